@@ -1,0 +1,22 @@
+"""Task streams for continual learning: definitions, a registry, and the built-in streams.
+
+A :class:`Stream` is an ordered tuple of :class:`Task` objects; builders register under a
+name (:func:`register`) and are looked up with :func:`get`. Built-in streams: ``offline-text``
+and ``offline-domains`` (packaged data, no download) and ``glue-seq`` (Hub or local GLUE TSVs).
+"""
+
+import cl_lora._torchvision_compat  # noqa: F401  (before anything imports torchvision)
+from cl_lora.streams import glue, offline  # noqa: F401  (registers the built-in streams)
+from cl_lora.streams.base import Stream, StreamOptions, Task
+from cl_lora.streams.registry import available, build, describe, get, register
+
+__all__ = [
+    "Stream",
+    "StreamOptions",
+    "Task",
+    "available",
+    "build",
+    "describe",
+    "get",
+    "register",
+]

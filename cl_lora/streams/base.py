@@ -1,0 +1,109 @@
+"""What a stream is: an ordered tuple of tasks, each with its own train/test data and metric."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from cl_lora.errors import BadInputError
+from cl_lora.streams import scoring
+
+SCENARIOS = ("task", "domain", "class")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One experience of a stream.
+
+    ``train`` and ``test`` have a ``"text"`` column, a ``"text_pair"`` column for sentence-pair
+    tasks, and an integer ``"label"`` in ``0 .. num_labels - 1``. ``metric`` is the primary
+    metric, a key of :data:`cl_lora.streams.scoring.METRICS`.
+    """
+
+    name: str
+    train: datasets.Dataset
+    test: datasets.Dataset
+    label_names: tuple[str, ...]
+    metric: str
+
+    def __post_init__(self) -> None:
+        if self.metric not in scoring.METRICS:
+            raise ValueError(f"task {self.name}: unknown metric {self.metric!r}")
+        for split in (self.train, self.test):
+            missing = {"text", "label"} - set(split.column_names)
+            if missing:
+                raise ValueError(f"task {self.name}: split lacks columns {sorted(missing)}")
+
+    @property
+    def num_labels(self) -> int:
+        """Size of the task's label space."""
+        return len(self.label_names)
+
+    @property
+    def chance(self) -> float:
+        """Score of always predicting the test set's most frequent label (lowest id on ties)."""
+        labels = self.test["label"]
+        counts = Counter(labels)
+        majority = min(counts, key=lambda label: (-counts[label], label))
+        return self.score([majority] * len(labels), labels)["score"]
+
+    def score(
+        self, predictions: Sequence[int] | np.ndarray, labels: Sequence[int] | np.ndarray
+    ) -> dict[str, float]:
+        """All of this task's metrics (GLUE style) plus ``"score"``, the primary value."""
+        return scoring.score(self.metric, predictions, labels)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An ordered sequence of tasks and the continual-learning scenario they form.
+
+    ``shared_head`` is True when all tasks share one label space and one classifier head
+    (domain-incremental); otherwise each task gets its own head.
+    """
+
+    name: str
+    tasks: tuple[Task, ...]
+    scenario: str
+    modality: str
+    shared_head: bool
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ValueError(f"stream {self.name}: scenario must be one of {SCENARIOS}")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """User choices a stream builder honours.
+
+    ``data_dir`` points at local data for streams that read it; the caps bound each task's
+    train/test size (``None`` keeps the stream's documented default).
+    """
+
+    data_dir: Path | None = None
+    max_train_per_task: int | None = None
+    max_test_per_task: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("max_train_per_task", "max_test_per_task"):
+            value = getattr(self, field)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise BadInputError(f"{field} must be a positive integer, got {value!r}")
+
+
+def to_dataset(frame: pd.DataFrame, label_names: Sequence[str]) -> datasets.Dataset:
+    """A ``datasets.Dataset`` with the task columns and a ``ClassLabel`` label feature."""
+    columns = [column for column in ("text", "text_pair") if column in frame.columns]
+    features = datasets.Features(
+        {column: datasets.Value("string") for column in columns}
+        | {"label": datasets.ClassLabel(names=list(label_names))}
+    )
+    frame = frame[[*columns, "label"]].reset_index(drop=True)
+    return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)

@@ -1,0 +1,54 @@
+"""Stream registry: builders register under a name with a one-line description."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+from cl_lora.errors import BadInputError
+from cl_lora.streams.base import Stream, StreamOptions
+
+Builder = Callable[[StreamOptions], Stream]
+
+_BUILDERS: dict[str, Builder] = {}
+_DESCRIPTIONS: dict[str, str] = {}
+
+
+def register(name: str, description: str) -> Callable[[Builder], Builder]:
+    """Decorator that makes ``build(options) -> Stream`` available as stream ``name``."""
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"stream '{name}' is already registered")
+        _BUILDERS[name] = builder
+        _DESCRIPTIONS[name] = description
+        return builder
+
+    return decorate
+
+
+def available() -> list[str]:
+    """Names of all registered streams, sorted."""
+    return sorted(_BUILDERS)
+
+
+def describe(name: str) -> str:
+    """The one-line description stream ``name`` was registered with (for ``--list``)."""
+    get(name)  # the same error and suggestion as get() for an unknown name
+    return _DESCRIPTIONS[name]
+
+
+def get(name: str) -> Builder:
+    """The builder registered as ``name``; an unknown name suggests the closest one."""
+    if name not in _BUILDERS:
+        close = difflib.get_close_matches(name, available(), n=1)
+        hint = f": did you mean '{close[0]}'?" if close else ""
+        raise BadInputError(
+            f"unknown stream '{name}'{hint} (python -m cl_lora.run --list shows all)"
+        )
+    return _BUILDERS[name]
+
+
+def build(name: str, options: StreamOptions | None = None) -> Stream:
+    """Build stream ``name`` with ``options`` (defaults when omitted)."""
+    return get(name)(options or StreamOptions())

@@ -1,0 +1,65 @@
+"""GLUE-style scoring: each metric is a plain function of (predictions, labels).
+
+GLUE's ``evaluate`` metric scripts are thin wrappers over these scikit-learn calls and are
+fetched from the Hub at run time, so they cannot be used offline; we call scikit-learn directly.
+
+MRPC and QQP are scored with accuracy *and* F1; their primary value ``acc_and_f1`` is the mean
+of the two, as the GLUE leaderboard averages them (and as transformers' former
+``glue_compute_metrics`` named it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+from cl_lora.errors import BadInputError
+
+ArrayLike = Sequence[int] | np.ndarray
+
+
+def accuracy(predictions: ArrayLike, labels: ArrayLike) -> float:
+    """Fraction of predictions equal to the label."""
+    return float(accuracy_score(labels, predictions))
+
+
+def f1(predictions: ArrayLike, labels: ArrayLike) -> float:
+    """Binary F1 of the positive class (label 1); 0.0 when nothing is predicted positive."""
+    return float(f1_score(labels, predictions, average="binary", pos_label=1, zero_division=0))
+
+
+def matthews_correlation(predictions: ArrayLike, labels: ArrayLike) -> float:
+    """Matthews correlation coefficient (CoLA's metric), in [-1, 1]; 0.0 for a constant guess."""
+    return float(matthews_corrcoef(labels, predictions))
+
+
+def acc_and_f1(predictions: ArrayLike, labels: ArrayLike) -> float:
+    """Mean of accuracy and binary F1 (the single GLUE number for MRPC and QQP)."""
+    return (accuracy(predictions, labels) + f1(predictions, labels)) / 2
+
+
+METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
+    "accuracy": accuracy,
+    "f1": f1,
+    "matthews_correlation": matthews_correlation,
+    "acc_and_f1": acc_and_f1,
+}
+
+# Metrics whose value is the mean of others: a task reports the parts next to the mean.
+COMPOSITE: dict[str, tuple[str, ...]] = {"acc_and_f1": ("accuracy", "f1")}
+
+
+def score(metric: str, predictions: ArrayLike, labels: ArrayLike) -> dict[str, float]:
+    """Every metric a task with primary ``metric`` reports, plus ``"score"`` (the primary)."""
+    if metric not in METRICS:
+        raise BadInputError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
+    predictions = np.asarray(predictions).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"{predictions.size} predictions for {labels.size} labels")
+    values = {part: METRICS[part](predictions, labels) for part in COMPOSITE.get(metric, ())}
+    values[metric] = METRICS[metric](predictions, labels)
+    values["score"] = values[metric]
+    return values
