@@ -1,0 +1,263 @@
+"""The run result file (DESIGN §7): schema, environment record, atomic writing, reading.
+
+One run is one folder: ``result.json`` (the record the leaderboard reads) plus two human views,
+``matrix.csv`` and ``heatmap.png``. All three are rendered to temporary files in the run folder
+first and then moved into place with ``os.replace``, ``result.json`` last, so a folder with a
+``result.json`` holds a complete run and a crash leaves either the old files or the new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePath
+from typing import Any, BinaryIO
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+SCHEMA_VERSION = 1
+RESULT_FILE = "result.json"
+
+_LIBRARIES = (
+    "torch",
+    "torchvision",
+    "transformers",
+    "peft",
+    "avalanche-lib",
+    "datasets",
+    "timm",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "scipy",
+)
+
+
+def environment() -> dict[str, Any]:
+    """What a run needs to be reproduced: Python, platform, library versions, git commit.
+
+    Library versions come from installed metadata (``None`` when not installed), so nothing
+    heavy is imported. ``git_commit`` is the commit of the cl_lora checkout, with ``+dirty``
+    when it has uncommitted changes, or ``None`` when cl_lora is not run from a git checkout.
+    """
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "libraries": {name: _version(name) for name in _LIBRARIES},
+        "git_commit": _git_commit(),
+    }
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout
+
+    try:
+        toplevel, commit = git("rev-parse", "--show-toplevel", "HEAD").split()
+        # An installed copy inside some other repository (e.g. a venv in a checkout) is no
+        # checkout of cl_lora: its commit would be someone else's.
+        if Path(toplevel).resolve() != root:
+            return None
+        dirty = git("status", "--porcelain").strip()
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Return ``obj`` as plain JSON data: NaN/inf become ``None`` (JSON null), numpy scalars
+    and arrays become Python numbers and lists, paths become strings; dicts, lists and tuples
+    are converted recursively. Anything else is returned as is (``json`` rejects it loudly).
+    """
+    if isinstance(obj, Mapping):
+        return {key: to_jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(value) for value in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, PurePath):
+        return str(obj)
+    return obj
+
+
+def matrix_array(result: Mapping[str, Any]) -> np.ndarray:
+    """The accuracy matrix of a result as a float array, NaN where not evaluated (null)."""
+    return np.array(result["matrix"], dtype=float)
+
+
+def write_run(run_dir: Path, result: dict[str, Any]) -> Path:
+    """Write ``result`` into ``run_dir`` atomically; return the path of ``result.json``.
+
+    ``result`` needs ``matrix`` (T x T, NaN/None where not evaluated) and ``tasks`` (T dicts
+    with a ``name``); ``stream`` and ``init`` (dicts with a ``name``) title the heatmap.
+    ``schema_version`` is added if absent. All three files are rendered to temporaries in
+    ``run_dir`` before any is moved into place (``result.json`` last), so an error while
+    rendering leaves the folder as it was; every temporary is removed on any error.
+    """
+    run_dir = Path(run_dir)
+    data = to_jsonable({"schema_version": SCHEMA_VERSION, **result})
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(
+            f"result has schema_version {data['schema_version']!r}; this cl_lora writes "
+            f"version {SCHEMA_VERSION}"
+        )
+    matrix = matrix_array(data)
+    names = _task_names(data, matrix)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+
+    frame = pd.DataFrame(matrix, index=[f"after {name}" for name in names], columns=names)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in (
+            ("matrix.csv", lambda fh: fh.write(frame.to_csv(na_rep="").encode())),
+            ("heatmap.png", lambda fh: _render_heatmap(data, matrix, names, fh)),
+            (RESULT_FILE, lambda fh: fh.write(text.encode())),
+        ):
+            staged.append((_stage(run_dir, name, write), run_dir / name))
+        for temp, final in staged:
+            os.replace(temp, final)
+    finally:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+    return run_dir / RESULT_FILE
+
+
+def _task_names(data: Mapping[str, Any], matrix: np.ndarray) -> list[str]:
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"result matrix must be square T x T, got shape {matrix.shape}")
+    tasks = data.get("tasks") or [{"name": f"task {j}"} for j in range(matrix.shape[0])]
+    if len(tasks) != matrix.shape[0]:
+        raise ValueError(f"result has {len(tasks)} tasks but a {matrix.shape[0]}-row matrix")
+    return [str(task["name"]) for task in tasks]
+
+
+def _stage(run_dir: Path, name: str, write: Callable[[BinaryIO], object]) -> Path:
+    """Write a temporary file next to ``run_dir / name`` (flushed to disk); return its path."""
+    fd, temp = tempfile.mkstemp(dir=run_dir, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return Path(temp)
+
+
+def _render_heatmap(
+    data: Mapping[str, Any], matrix: np.ndarray, names: list[str], fh: BinaryIO
+) -> None:
+    """Draw the accuracy matrix as an annotated heatmap (not-evaluated cells in grey)."""
+    T = matrix.shape[0]
+    side = 2.5 + 0.7 * T
+    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = fig.subplots()
+    finite = matrix[np.isfinite(matrix)]
+    vmin = min(0.0, float(finite.min())) if finite.size else 0.0
+    vmax = max(1.0, float(finite.max())) if finite.size else 1.0
+    colormap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colormap, vmin=vmin, vmax=vmax)
+    fig.colorbar(image, ax=ax, label="score")
+    for i in range(T):
+        for j in range(T):
+            if np.isfinite(matrix[i, j]):
+                dark = (matrix[i, j] - vmin) / (vmax - vmin) < 0.5
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white" if dark else "black",
+                    fontsize=8,
+                )
+    ax.set_xticks(range(T), names, rotation=45, ha="right")
+    ax.set_yticks(range(T), [f"after {name}" for name in names])
+    ax.set_xlabel("evaluated on")
+    title = " / ".join(n for n in (_name(data.get("stream")), _name(data.get("init"))) if n)
+    ax.set_title(title or "accuracy matrix")
+    fig.savefig(fh, format="png", dpi=100)
+
+
+def _name(part: Any) -> str | None:
+    """The name of a stream/init entry, given as a dict with ``name`` or as a plain string."""
+    if isinstance(part, Mapping):
+        part = part.get("name")
+    return None if part is None else str(part)
+
+
+def load_run(path: Path | str) -> dict[str, Any]:
+    """Read a run's ``result.json`` (``path`` is the file or its run folder).
+
+    Returns the dict as stored (null where a value is undefined; ``matrix_array`` gives the
+    matrix with NaN). Raises ``ValueError`` if the file's schema version is not one this
+    cl_lora reads.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULT_FILE
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: schema_version {version!r} is not supported (this cl_lora reads "
+            f"{SCHEMA_VERSION}); re-run it or use the cl_lora version that wrote it"
+        )
+    return data
+
+
+def new_run_id(config: Mapping[str, Any]) -> str:
+    """A short id that is the same for the same resolved config: the run's folder name.
+
+    ``<stream>-<init>-s<seed>-<hash>``, the hash being the first 8 hex digits of the SHA-256
+    of the config's canonical JSON (sorted keys, no whitespace), so a sweep can tell which
+    configs already ran. ``stream`` and ``init`` may be names or dicts with a ``name``.
+    """
+    try:
+        stream, init, seed = _name(config["stream"]), _name(config["init"]), config["seed"]
+    except KeyError as missing:
+        raise ValueError(
+            f"config needs 'stream', 'init' and 'seed'; {missing} is missing"
+        ) from None
+    canonical = json.dumps(
+        to_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=False
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
+    return "-".join(_slug(part) for part in (stream, init, f"s{seed}", digest))
+
+
+def _slug(text: str | None) -> str:
+    """``text`` made safe for a folder name (anything but letters, digits, ``._-`` -> ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
