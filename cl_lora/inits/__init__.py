@@ -1,0 +1,20 @@
+"""LoRA initialization methods as plugins (DESIGN §4–§5).
+
+``get(name)`` returns a callable ``init(weight, rank=r, scale=s, stats=..., **args)`` that
+gives :class:`LoRAFactors`; ``register(name, description)`` adds a method; packages add
+methods through the ``cl_lora.inits`` entry-point group.
+"""
+
+from cl_lora.inits import svd, zero_start  # noqa: F401  (built-ins register on import)
+from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
+from cl_lora.inits.registry import ENTRY_POINT_GROUP, available, get, register
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Argument",
+    "InitMethod",
+    "LoRAFactors",
+    "available",
+    "get",
+    "register",
+]

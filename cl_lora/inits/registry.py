@@ -1,0 +1,59 @@
+"""The registry of init methods: built-ins register with a decorator, other packages through
+the ``cl_lora.inits`` entry-point group (discovered on first lookup)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+from cl_lora.errors import BadInputError
+from cl_lora.inits.base import InitMethod
+
+ENTRY_POINT_GROUP = "cl_lora.inits"
+_REGISTRY: dict[str, InitMethod] = {}
+_entry_points_loaded = False
+
+
+def register(name: str, description: str) -> Callable[[type[InitMethod]], type[InitMethod]]:
+    """Class decorator: make an :class:`InitMethod` subclass selectable as ``--init name``."""
+
+    def decorate(cls: type[InitMethod]) -> type[InitMethod]:
+        if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
+            raise ValueError(f"init method '{name}' is already registered")
+        cls.name = name
+        cls.description = description
+        _REGISTRY[name] = cls()
+        return cls
+
+    return decorate
+
+
+def _load_entry_points() -> None:
+    """Import every installed plugin once; importing a plugin module runs its ``register``."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = entry_point.load()
+        if isinstance(loaded, type) and issubclass(loaded, InitMethod) and loaded.name == "":
+            register(entry_point.name, (loaded.__doc__ or "").strip().splitlines()[0])(loaded)
+
+
+def available() -> list[str]:
+    """Names of all registered init methods, built-in and plugins."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> InitMethod:
+    """The init method called ``name``; unknown names get close-match suggestions."""
+    _load_entry_points()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+        raise BadInputError(
+            f"unknown init method '{name}': {hint}(python -m cl_lora.run --list shows all)"
+        )
+    return _REGISTRY[name]
