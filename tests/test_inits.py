@@ -10,7 +10,7 @@ import torch
 from cl_lora import inits
 from cl_lora.backbones import ContinualClassifier, load_text_backbone
 from cl_lora.errors import BadInputError
-from cl_lora.strategy import LoRASettings, attach_lora, lora_layers, merge_lora
+from cl_lora.lora import LoRASettings, attach_lora, lora_layers, merge_lora
 
 SVD_METHODS = ["pissa", "milora", "intermediate"]
 SENTENCES = [{"text": "a quiet, moving film"}, {"text": "win a free prize now, text 80082"}]

@@ -19,7 +19,7 @@ OFFLINE_TEXT_SIZES = {  # name -> (train, test), as documented in cl_lora/stream
     "movie-sentiment": (1000, 300),
     "sms-spam": (907, 300),
     "trec-question": (876, 293),
-    "boolq": (1000, 300),
+    "boolq-relevance": (1000, 300),
     "tweet-sentiment": (1000, 300),
 }
 
@@ -40,7 +40,7 @@ def test_offline_text_tasks(offline_text: streams.Stream) -> None:
     assert [task.name for task in offline_text.tasks] == list(OFFLINE_TEXT_SIZES)
     for task in offline_text.tasks:
         assert (len(task.train), len(task.test)) == OFFLINE_TEXT_SIZES[task.name]
-        pair = ["text_pair"] if task.name == "boolq" else []
+        pair = ["text_pair"] if task.name == "boolq-relevance" else []
         for split in (task.train, task.test):
             assert split.column_names == ["text", *pair, "label"]
             assert set(split["label"]) == set(range(task.num_labels))

@@ -8,6 +8,7 @@ and ``offline-domains`` (packaged data, no download) and ``glue-seq`` (Hub or lo
 import cl_lora._torchvision_compat  # noqa: F401  (before anything imports torchvision)
 from cl_lora.streams import glue, offline  # noqa: F401  (registers the built-in streams)
 from cl_lora.streams.base import Stream, StreamOptions, Task
+from cl_lora.streams.offline import knowledge_probe
 from cl_lora.streams.registry import available, build, describe, get, register
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "build",
     "describe",
     "get",
+    "knowledge_probe",
     "register",
 ]

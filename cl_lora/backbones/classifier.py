@@ -1,0 +1,65 @@
+"""A backbone with task heads, as an Avalanche multi-task module.
+
+Task-incremental streams get one head per task, created when the task starts (so there is no
+head, and no score, for a task before it is trained). Domain-incremental streams share one head
+over a common label space.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.models import MultiTaskModule
+from torch import nn
+
+from cl_lora.backbones.base import Backbone, Inputs
+
+SHARED_HEAD = "shared"
+
+
+class ContinualClassifier(MultiTaskModule):
+    """``backbone.encoder`` -> pooled features -> the head of the example's task."""
+
+    def __init__(self, backbone: Backbone, shared_head: bool) -> None:
+        super().__init__()
+        self.encoder = backbone.encoder
+        self.shared_head = shared_head
+        self.heads = nn.ModuleDict()
+        self._features = backbone.features
+        self._feature_dim = backbone.feature_dim
+
+    def head_key(self, task_id: int) -> str:
+        return SHARED_HEAD if self.shared_head else str(task_id)
+
+    def has_head(self, task_id: int) -> bool:
+        return self.head_key(task_id) in self.heads
+
+    def add_head(self, task_id: int, num_labels: int) -> None:
+        """Create the head for ``task_id`` unless it exists (a shared head is created once)."""
+        key = self.head_key(task_id)
+        if key not in self.heads:
+            device = next(self.encoder.parameters()).device
+            self.heads[key] = nn.Linear(self._feature_dim, num_labels).to(device)
+
+    def features(self, inputs: Inputs) -> torch.Tensor:
+        return self._features(self.encoder, inputs)
+
+    def forward_single_task(self, x: Inputs, task_label: int) -> torch.Tensor:
+        return self.heads[self.head_key(int(task_label))](self.features(x))
+
+    def forward(self, x: Inputs, task_labels: torch.Tensor | int) -> torch.Tensor:
+        """Logits; batches are single-task in cl-lora, mixed batches are split per task."""
+        if isinstance(task_labels, int):
+            return self.forward_single_task(x, task_labels)
+        tasks = task_labels.unique()
+        if len(tasks) == 1:
+            return self.forward_single_task(x, int(tasks[0]))
+        outputs = [
+            self.forward_single_task({k: v[task_labels == t] for k, v in x.items()}, int(t))
+            for t in tasks
+        ]
+        logits = torch.empty(
+            len(task_labels), max(o.shape[1] for o in outputs), device=outputs[0].device
+        )
+        for t, out in zip(tasks, outputs, strict=True):
+            logits[task_labels == t, : out.shape[1]] = out
+        return logits

@@ -1,0 +1,81 @@
+"""The resolved configuration of one run: every knob that changes its result, and nothing else.
+
+Its dict form is stored in ``result.json`` and hashed into the run id, so two runs with the same
+config land in the same folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from cl_lora.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: a stream, an init method with its arguments, and the training recipe.
+
+    Defaults are the offline default run (``python -m cl_lora.run``): small enough for a few
+    minutes on 2 CPU cores, large enough that every task learns well above chance.
+    """
+
+    stream: str = "offline-text"
+    init: str = "lora"
+    init_args: dict[str, Any] = field(default_factory=dict)
+    backbone: str = "all-minilm-l6-v2"
+    targets: tuple[str, ...] | None = None  # None: the backbone's attention and MLP linears
+    calib: tuple[str, ...] | None = None  # None: the init method's default sources
+    calib_size: int = 256
+    rank: int = 8
+    alpha: float = 16.0
+    rslora: bool = False
+    epochs: int = 2
+    lr: float = 5e-4
+    head_lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    max_length: int = 64
+    seed: int = 0
+    max_train_per_task: int | None = None
+    max_test_per_task: int | None = None
+    data_dir: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name in ("rank", "epochs", "batch_size", "eval_batch_size", "max_length", "calib_size"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("max_train_per_task", "max_test_per_task"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0 or self.head_lr <= 0:
+            raise BadInputError("--lr and --head-lr must be positive")
+        if self.precision not in ("fp32", "bf16"):
+            raise BadInputError(f"unknown --precision '{self.precision}': use fp32 or bf16")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for name in ("targets", "calib"):
+            value = getattr(self, name)
+            data[name] = list(value) if value is not None else None
+        return data
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable CUDA device is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadInputError(f"unknown --device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError(f"--device {name} asked for CUDA, but none is available: use cpu")
+    return device

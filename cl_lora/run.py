@@ -1,0 +1,165 @@
+"""``python -m cl_lora.run``: one continual-learning run from the command line.
+
+Exit codes: 0 success, 2 bad input (one line, no traceback), 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cl_lora import inits, streams
+from cl_lora.config import RunConfig
+from cl_lora.errors import BadInputError, RunFailure
+from cl_lora.experiment import run_experiment
+from cl_lora.strategy.calibrate import parse_sources
+
+DEFAULTS = RunConfig()
+log = logging.getLogger("cl_lora")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401
+        raise BadInputError(f"{message} (python -m cl_lora.run --help lists the options)")
+
+
+def parse_init_args(pairs: Sequence[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings to a dict; the method coerces the values to its declared types."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise BadInputError(f"--init-arg '{pair}' is not KEY=VALUE (e.g. --init-arg f=0.25)")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m cl_lora.run", description=__doc__.splitlines()[0])
+    p.add_argument("--list", action="store_true", help="list streams and init methods, then exit")
+    p.add_argument("--stream", default=DEFAULTS.stream, help="task stream (see --list)")
+    p.add_argument("--init", default=DEFAULTS.init, help="LoRA init method (see --list)")
+    p.add_argument(
+        "--init-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument of the init method; repeatable",
+    )
+    p.add_argument(
+        "--calib",
+        help="data of input covariances: comma-separated probe, task, memory "
+        "(default: the init method's own)",
+    )
+    p.add_argument("--calib-size", type=int, default=DEFAULTS.calib_size, help="examples/source")
+    p.add_argument("--backbone", default=DEFAULTS.backbone, help="local folder or Hub name")
+    p.add_argument("--targets", help="comma-separated module-name suffixes LoRA adapts")
+    p.add_argument("--rank", type=int, default=DEFAULTS.rank)
+    p.add_argument("--alpha", type=float, default=DEFAULTS.alpha)
+    p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(rank) (rsLoRA)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="adapter learning rate")
+    p.add_argument("--head-lr", type=float, default=DEFAULTS.head_lr)
+    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
+    p.add_argument("--max-length", type=int, default=DEFAULTS.max_length, help="tokens")
+    p.add_argument("--seed", type=int, default=DEFAULTS.seed)
+    p.add_argument("--max-train-per-task", type=int)
+    p.add_argument("--max-test-per-task", type=int)
+    p.add_argument("--data-dir", help="local data folder (e.g. GLUE in the standard TSV layout)")
+    p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default=DEFAULTS.precision, choices=["fp32", "bf16"])
+    p.add_argument("--output-dir", default="results/runs", type=Path)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        stream=args.stream,
+        init=args.init,
+        init_args=parse_init_args(args.init_arg),
+        calib=parse_sources(args.calib) if args.calib else None,
+        calib_size=args.calib_size,
+        backbone=args.backbone,
+        targets=tuple(t for t in args.targets.split(",") if t) if args.targets else None,
+        rank=args.rank,
+        alpha=args.alpha,
+        rslora=args.rslora,
+        epochs=args.epochs,
+        lr=args.lr,
+        head_lr=args.head_lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        max_train_per_task=args.max_train_per_task,
+        max_test_per_task=args.max_test_per_task,
+        data_dir=args.data_dir,
+        device=args.device,
+        precision=args.precision,
+    )
+
+
+def listing() -> str:
+    """Streams and init methods, one line each (with each method's arguments)."""
+    lines = ["streams:"]
+    lines += [f"  {name:<18} {streams.describe(name)}" for name in streams.available()]
+    lines.append("init methods:")
+    for name in inits.available():
+        method = inits.get(name)
+        parts = [", ".join(f"{k}={a.default}" for k, a in method.arguments.items())]
+        if method.needs:
+            parts.append(f"needs {'+'.join(method.needs)} on {'+'.join(method.calibration)}")
+        extras = "; ".join(part for part in parts if part)
+        lines.append(f"  {name:<18} {method.description}" + (f"  [{extras}]" if extras else ""))
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "  -  " if value is None or value != value else f"{value:.3f}"
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The accuracy matrix and the metrics as a terminal table."""
+    names = [task["name"] for task in result["tasks"]]
+    width = max(len(n) for n in names) + 2
+    lines = [
+        f"{result['stream']['name']} / {result['init']['name']} / seed {result['seed']}",
+        "R[i][j]: score on task j (columns) after training task i (rows)",
+        " " * width + "".join(f"{n[:9]:>10}" for n in names),
+    ]
+    for name, row in zip(names, result["matrix"], strict=True):
+        lines.append(f"{name:<{width}}" + "".join(f"{_fmt(v):>10}" for v in row))
+    metrics = result["metrics"]
+    for key in ("acc", "avg_incremental_acc", "learning_acc", "bwt", "forgetting", "fwt"):
+        why = metrics["undefined_reasons"].get(key, "")
+        lines.append(f"{key:<20} {_fmt(metrics[key])}" + (f"  ({why})" if why else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        if args.list:
+            print(listing())
+            return 0
+        output = run_experiment(config_from_args(args), args.output_dir, verbose=not args.quiet)
+    except BadInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RunFailure as error:
+        print(f"run failed: {error}", file=sys.stderr)
+        return 1
+    print(summary(output.result))
+    print(f"result: {output.run_dir / 'result.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

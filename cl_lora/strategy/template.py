@@ -1,0 +1,196 @@
+"""The cl-lora training strategy: Avalanche's supervised template, specialised for LoRA re-init.
+
+Per experience (task), Avalanche calls ``model_adaptation``; here that merges the previous
+task's adapter into the backbone, creates the task's head, and attaches a fresh LoRA initialized
+by the chosen method. The optimizer (AdamW over the adapter and the task's head, with linear
+warm-up and decay) is rebuilt for every task. Everything else -- the loops, the plugin hooks,
+the loggers -- is Avalanche's, so its plugins (replay, EWC, LwF, loggers) compose with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from avalanche.training.templates import SupervisedTemplate
+from torch.utils.data import DataLoader
+
+from cl_lora.backbones import Backbone, ContinualClassifier
+from cl_lora.errors import RunFailure
+from cl_lora.inits import InitMethod
+from cl_lora.lora import LoRASettings, attach_lora, merge_lora
+from cl_lora.strategy.calibrate import Calibrator
+from cl_lora.strategy.dash import TRAINING_PLUGINS
+from cl_lora.strategy.plugins import TaskScorePlugin
+from cl_lora.streams import Stream
+
+
+class LoRAStrategy(SupervisedTemplate):
+    """Re-initializes a LoRA per task with ``init`` and trains it with the task's head.
+
+    ``scorer`` holds the task scores of the last ``eval`` call.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: ContinualClassifier,
+        backbone: Backbone,
+        stream: Stream,
+        init: InitMethod,
+        init_args: Mapping[str, Any],
+        lora: LoRASettings,
+        target_modules: Sequence[str],
+        lr: float,
+        head_lr: float,
+        weight_decay: float,
+        warmup_ratio: float,
+        seed: int,
+        precision: str = "fp32",
+        calib_sources: tuple[str, ...] | None = None,
+        calib_size: int = 256,
+        **template_args: Any,
+    ) -> None:
+        placeholder = torch.optim.AdamW(model.parameters(), lr=lr)  # replaced per task
+        self.scorer = TaskScorePlugin(stream)
+        plugins = [self.scorer, *(template_args.pop("plugins", None) or [])]
+        if init.training_plugin is not None:
+            plugin = TRAINING_PLUGINS[init.training_plugin]
+            plugins.append(plugin.from_args(init.resolve_args(init_args)))
+        super().__init__(model=model, optimizer=placeholder, plugins=plugins, **template_args)
+        self.backbone = backbone
+        self.stream = stream
+        self.init = init
+        self.init_args = dict(init_args)
+        self.lora = lora
+        self.target_modules = list(target_modules)
+        self.lr, self.head_lr = lr, head_lr
+        self.weight_decay, self.warmup_ratio = weight_decay, warmup_ratio
+        self.seed = seed
+        self.precision = precision
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.trainable_params: dict[int, int] = {}
+        self.init_seconds: dict[int, float] = {}
+        self.calibrator = Calibrator(
+            init=init,
+            init_args=self.init_args,
+            sources=calib_sources or init.calibration,
+            size=calib_size,
+            stream=stream,
+            backbone=backbone,
+            lora=lora,
+            target_modules=self.target_modules,
+            batch_size=self.eval_mb_size,
+            lr=lr,
+            device=self.device,
+        )
+
+    # -- per-task model and optimizer -------------------------------------------------------
+    @property
+    def task_id(self) -> int:
+        return int(self.experience.current_experience)
+
+    def model_adaptation(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
+        """In training: merge the last adapter, add the task's head, attach a fresh LoRA."""
+        model = super().model_adaptation(model)
+        if self.is_training:
+            start = time.perf_counter()
+            task = self.stream.tasks[self.task_id]
+            merge_lora(model)
+            model.add_head(self.task_id, task.num_labels)
+            model.to(self.device)
+            generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
+            encoder_params = attach_lora(
+                model,
+                self.lora,
+                self.target_modules,
+                self.init,
+                self.init_args,
+                stats=self.calibrator.collect(model, self.task_id, generator),
+                generator=generator,
+            )
+            head = model.heads[model.head_key(self.task_id)]
+            self.trainable_params[self.task_id] = encoder_params + sum(
+                p.numel() for p in head.parameters()
+            )
+            self.init_seconds[self.task_id] = time.perf_counter() - start
+        return model.to(self.device)
+
+    def check_model_and_optimizer(self, **kwargs: Any) -> None:
+        self.model = self.model_adaptation()
+        self.make_optimizer()
+
+    def make_optimizer(self, **kwargs: Any) -> None:
+        """A fresh AdamW over this task's adapter and head, with linear warm-up and decay."""
+        head = self.model.heads[self.model.head_key(self.task_id)]
+        adapter = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": adapter, "lr": self.lr},
+                {"params": list(head.parameters()), "lr": self.head_lr},
+            ],
+            weight_decay=self.weight_decay,
+        )
+        total = max(1, len(self.dataloader) * self.train_epochs)
+        warmup = max(1, round(self.warmup_ratio * total))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    def optimizer_step(self) -> None:
+        self.optimizer.step()
+        self.scheduler.step()
+
+    # -- data -------------------------------------------------------------------------------
+    def _loader(self, shuffle: bool, batch_size: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
+        return DataLoader(
+            self.adapted_dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def make_train_dataloader(self, **kwargs: Any) -> None:
+        self.dataloader = self._loader(shuffle=True, batch_size=self.train_mb_size)
+
+    def make_eval_dataloader(self, **kwargs: Any) -> None:
+        self.dataloader = self._loader(shuffle=False, batch_size=self.eval_mb_size)
+
+    def collate(self, items: Sequence[tuple[dict, int, int]]) -> list[Any]:
+        examples, labels, tasks = zip(*items, strict=True)
+        return [self.backbone.collate(examples), torch.tensor(labels), torch.tensor(tasks)]
+
+    def _unpack_minibatch(self) -> None:
+        inputs, labels, tasks = self.mbatch
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        self.mbatch = [inputs, labels.to(self.device), tasks.to(self.device)]
+
+    # -- forward and loss -------------------------------------------------------------------
+    def forward(self) -> torch.Tensor:
+        """Task-aware forward, under bf16 autocast when asked for."""
+        autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if self.precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return self.model(self.mb_x, self.mb_task_id).float()
+
+    def backward(self) -> None:
+        if not torch.isfinite(self.loss):
+            task = self.stream.tasks[self.task_id].name
+            raise RunFailure(
+                f"loss became {self.loss.item()} on task {self.task_id} ({task}) at step "
+                f"{self.clock.train_exp_iterations}: lower --lr or use --precision fp32"
+            )
+        super().backward()

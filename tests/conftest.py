@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny randomly initialized BERT and a toy stream, for fast strategy tests."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pandas as pd
+import pytest
+
+from cl_lora.backbones import Backbone, linear_layer_names
+from cl_lora.backbones.text import mean_pool, packaged_minilm_path, tokenize
+from cl_lora.streams import Stream, Task
+from cl_lora.streams.base import to_dataset
+
+
+def tiny_backbone() -> Backbone:
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: the real code path, in milliseconds."""
+    from transformers import AutoTokenizer, BertConfig, BertModel  # after cl_lora's shim
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
+    encoder = BertModel(config, add_pooling_layer=False)
+    return Backbone(
+        encoder=encoder,
+        collate=partial(tokenize, tokenizer, 16),
+        features=mean_pool,
+        feature_dim=32,
+        target_modules=linear_layer_names(encoder, exclude=("embeddings",)),
+        source={"name": "tiny-bert"},
+    )
+
+
+def make_toy_stream(shared_head: bool = False, tasks: int = 3) -> Stream:
+    """Tasks whose label is whether a cue word occurs: learnable in a few steps."""
+
+    cues = ["good", "spam", "question", "happy"][:tasks]
+    built = []
+    for cue in cues:
+        texts = [f"{cue} item {i}" if i % 2 else f"plain item {i}" for i in range(32)]
+        frame = pd.DataFrame({"text": texts, "label": [i % 2 for i in range(32)]})
+        built.append(
+            Task(
+                name=f"has-{cue}",
+                train=to_dataset(frame[:24], ("no", "yes")),
+                test=to_dataset(frame[24:], ("no", "yes")),
+                label_names=("no", "yes"),
+                metric="accuracy",
+            )
+        )
+    scenario = "domain" if shared_head else "task"
+    return Stream("toy", tuple(built), scenario, "text", shared_head)
+
+
+@pytest.fixture
+def backbone() -> Backbone:
+    return tiny_backbone()
+
+
+@pytest.fixture
+def toy_stream():
+    """Factory: ``toy_stream(shared_head=False, tasks=3)``."""
+    return make_toy_stream

@@ -1,0 +1,91 @@
+"""The CLI as a user meets it: listing, bad input, and whole tiny runs on the packaged data."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cl_lora.run import main
+
+TINY = ["--max-train-per-task", "24", "--max-test-per-task", "12", "--epochs", "1", "--quiet"]
+
+
+def test_list_shows_streams_and_inits(capsys) -> None:
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("offline-text", "offline-domains", "glue-seq", "lora", "pissa", "intermediate"):
+        assert f"  {name} " in out
+    assert "f=0.5" in out  # each method's arguments and their defaults
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--stream", "ofline-text"], "did you mean 'offline-text'"),
+        (["--init", "pisa"], "did you mean 'pissa'"),
+        (["--init", "intermediate", "--init-arg", "g=1"], "does not take g"),
+        (["--init-arg", "f"], "is not KEY=VALUE"),
+        (["--rank", "0"], "--rank must be at least 1"),
+        (["--rank", "4096", *TINY], "rank 4096 does not fit the smallest"),
+        (["--epochs", "two"], "invalid int value"),
+        (["--device", "cuda:7"], "CUDA"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path) -> None:
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_glue_without_data_or_network_names_both_ways_out(monkeypatch, capsys, tmp_path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["--stream", "glue-seq", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "network" in err
+    assert not list(tmp_path.iterdir())
+
+
+def _load(tmp_path) -> dict:
+    (result_file,) = tmp_path.rglob("result.json")
+    assert (result_file.parent / "matrix.csv").is_file()
+    assert (result_file.parent / "heatmap.png").stat().st_size > 0
+    return json.loads(result_file.read_text())
+
+
+def test_task_incremental_run_end_to_end(tmp_path, capsys) -> None:
+    argv = ["--init", "intermediate", "--init-arg", "f=0.25", "--seed", "1", *TINY]
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 0
+    assert "R[i][j]" in capsys.readouterr().out
+    result = _load(tmp_path)
+    matrix = result["matrix"]
+    assert [t["name"] for t in result["tasks"]] == [
+        "movie-sentiment",
+        "sms-spam",
+        "trec-question",
+        "boolq-relevance",
+        "tweet-sentiment",
+    ]
+    for i, row in enumerate(matrix):
+        assert all(v is not None and 0 <= v <= 1 for v in row[: i + 1])  # lower triangle
+        assert all(v is None for v in row[i + 1 :])  # per-task heads: not evaluated
+    assert result["init"] == {
+        "name": "intermediate",
+        "description": result["init"]["description"],
+        "args": {"f": 0.25, "start": None},
+        "needs": [],
+    }
+    assert result["seed"] == 1 and result["stream"]["scenario"] == "task"
+    assert result["metrics"]["fwt"] is None and "fwt" in result["metrics"]["undefined_reasons"]
+    assert math.isclose(result["metrics"]["acc"], sum(matrix[-1]) / 5)
+    assert len(result["trainable_params"]) == 5 and result["environment"]["libraries"]["peft"]
+
+
+def test_domain_incremental_run_has_before_scores_and_full_matrix(tmp_path) -> None:
+    assert main(["--stream", "offline-domains", *TINY, "--output-dir", str(tmp_path)]) == 0
+    result = _load(tmp_path)
+    assert all(v is not None for row in result["matrix"] for v in row)
+    assert all(v is not None for v in result["before"])
+    assert result["metrics"]["fwt"] is not None
