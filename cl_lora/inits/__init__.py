@@ -5,7 +5,16 @@ gives :class:`LoRAFactors`; ``register(name, description)`` adds a method; packa
 methods through the ``cl_lora.inits`` entry-point group.
 """
 
-from cl_lora.inits import svd, zero_start  # noqa: F401  (built-ins register on import)
+from cl_lora.inits import (  # noqa: F401  (built-ins register on import)
+    corda,
+    data_driven,
+    minor_frozen,
+    nullspace,
+    qr,
+    svd,
+    task_directions,
+    zero_start,
+)
 from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
 from cl_lora.inits.registry import ENTRY_POINT_GROUP, available, get, register
 

@@ -41,13 +41,20 @@ class InitMethod:
     """Base class of every init method; subclasses implement :meth:`factors`.
 
     ``name`` and ``description`` are set by :func:`cl_lora.inits.register`. ``needs`` lists
-    the statistics the method reads from ``stats``; ``arguments`` the keyword arguments it takes.
+    the statistics the method reads from ``stats`` (``"input_cov"``, ``"grad"``,
+    ``"warmup_delta"``; a method needing ``"warmup_delta"`` takes a ``warmup_steps`` argument);
+    ``calibration`` is the default data of its input covariances (``"probe"``: inputs standing
+    for pretrained knowledge, ``"task"``: the current task, ``"memory"``: earlier tasks);
+    ``arguments`` are the keyword arguments it takes; ``training_plugin`` names a strategy
+    plugin that acts during training (LoRA-Dash), whose arguments are the method's.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
+    calibration: ClassVar[tuple[str, ...]] = ("task",)
     arguments: ClassVar[dict[str, Argument]] = {}
+    training_plugin: ClassVar[str | None] = None
 
     def __call__(
         self,

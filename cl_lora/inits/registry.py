@@ -4,6 +4,7 @@ the ``cl_lora.inits`` entry-point group (discovered on first lookup)."""
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
@@ -30,14 +31,27 @@ def register(name: str, description: str) -> Callable[[type[InitMethod]], type[I
 
 
 def _load_entry_points() -> None:
-    """Import every installed plugin once; importing a plugin module runs its ``register``."""
+    """Import every installed plugin once.
+
+    An entry point names either an :class:`InitMethod` subclass, registered under the entry
+    point's name with its docstring's first line as description, or a module whose import
+    registers its methods with :func:`register`.
+    """
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = entry_point.load()
-        if isinstance(loaded, type) and issubclass(loaded, InitMethod) and loaded.name == "":
+        try:
+            loaded = entry_point.load()
+        except Exception as error:  # a broken plugin must not take the built-ins down with it
+            warnings.warn(
+                f"init plugin '{entry_point.name}' ({entry_point.value}) failed to load: {error}",
+                stacklevel=2,
+            )
+            continue
+        is_method = isinstance(loaded, type) and issubclass(loaded, InitMethod)
+        if is_method and "name" not in vars(loaded):  # not registered by a decorator yet
             register(entry_point.name, (loaded.__doc__ or "").strip().splitlines()[0])(loaded)
 
 

@@ -1,0 +1,94 @@
+"""Input covariances ``C = X^T X`` of adapted layers, collected with forward pre-hooks.
+
+Layers that read the very same input tensor (q/k/v of one attention block; gate/up of a gated
+MLP) share one covariance: it is accumulated once and handed to each of them, which saves both
+the matmuls and the memory of the duplicates. Padding tokens are left out via the batch's mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+
+class CovarianceCollector:
+    """Context manager: while active, every forward pass adds its layer inputs to ``C``.
+
+    Set :attr:`mask` to the batch's ``(batch, tokens)`` attention mask before each forward pass
+    so padded positions are skipped (inputs of another shape are used whole).
+    """
+
+    def __init__(self, encoder: nn.Module, layer_names: Sequence[str]) -> None:
+        self.encoder = encoder
+        self.layer_names = list(layer_names)
+        self.group_of: dict[str, int] = {}
+        self.sums: list[torch.Tensor] = []
+        self.mask: torch.Tensor | None = None
+        self._batch: list[tuple[torch.Tensor, int]] = []  # this pass's inputs and their groups
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> CovarianceCollector:
+        for name in self.layer_names:
+            module = self.encoder.get_submodule(name)
+            self._handles.append(module.register_forward_pre_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._batch.clear()
+
+    def start_batch(self, mask: torch.Tensor | None) -> None:
+        """Call before each forward pass."""
+        self.mask = mask
+        self._batch.clear()
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
+            return x[self.mask.bool()]
+        return x.reshape(-1, x.shape[-1])
+
+    def _hook(self, name: str):
+        def pre_hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            for seen, group in self._batch:
+                if seen is x:  # a sibling layer already added this very tensor
+                    self.group_of.setdefault(name, group)
+                    return
+            rows = self._rows(x.detach()).float()
+            group = self.group_of.get(name)
+            if group is None:
+                group = self.group_of[name] = len(self.sums)
+                self.sums.append(torch.zeros(rows.shape[1], rows.shape[1], device=rows.device))
+            self.sums[group] += rows.T @ rows
+            self._batch.append((x, group))
+
+        return pre_hook
+
+    def covariances(self) -> dict[str, torch.Tensor]:
+        """Each layer's ``C`` (layers of one group share the same tensor object)."""
+        return {name: self.sums[group] for name, group in self.group_of.items()}
+
+    def nbytes(self) -> int:
+        """Memory held: one matrix per distinct input."""
+        return sum(c.numel() * c.element_size() for c in self.sums)
+
+    def nbytes_per_module(self) -> int:
+        """Memory one matrix per module would hold, for comparison."""
+        return sum(
+            self.sums[g].numel() * self.sums[g].element_size() for g in self.group_of.values()
+        )
+
+
+def collect_input_covariances(
+    model: nn.Module, layer_names: Sequence[str], batches: Iterable[dict[str, torch.Tensor]]
+) -> CovarianceCollector:
+    """Forward ``batches`` through ``model.features`` (no gradients) and collect ``C``."""
+    with CovarianceCollector(model.encoder, layer_names) as collector, torch.no_grad():
+        for inputs in batches:
+            collector.start_batch(inputs.get("attention_mask"))
+            model.features(inputs)
+    return collector

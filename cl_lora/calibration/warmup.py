@@ -1,0 +1,56 @@
+"""A short warm-up of plain LoRA on the task, whose update ``s B A`` shows which directions of
+each weight the task wants to change (what LoRA-Init / LoRA-TSD select from)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from cl_lora import inits
+from cl_lora.backbones import ContinualClassifier
+from cl_lora.backbones.base import Inputs
+from cl_lora.lora import ADAPTER, LoRASettings, attach_lora, drop_lora, lora_layers
+
+
+def warmup_deltas(
+    model: ContinualClassifier,
+    task_id: int,
+    settings: LoRASettings,
+    layer_names: Sequence[str],
+    batches: Iterable[tuple[Inputs, torch.Tensor]],
+    steps: int,
+    lr: float,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Each layer's ``s B A`` after ``steps`` AdamW steps of plain LoRA (with the task head).
+
+    The warm-up leaves no trace: its adapter is dropped without merging (plain LoRA's residual
+    is the weight itself) and the task head is restored to its state before the warm-up.
+    """
+    head = model.heads[model.head_key(task_id)]
+    head_state = {key: value.clone() for key, value in head.state_dict().items()}
+    was_training = model.training
+    attach_lora(model, settings, layer_names, inits.get("lora"), {}, {}, generator)
+    try:
+        adapter = [p for p in model.encoder.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW([*adapter, *head.parameters()], lr=lr)
+        model.train()
+        for inputs, labels in itertools.islice(itertools.cycle(list(batches)), steps):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(inputs, task_id), labels).backward()
+            optimizer.step()
+        return {
+            name: (
+                layer.scaling[ADAPTER]
+                * layer.lora_B[ADAPTER].weight.detach()
+                @ layer.lora_A[ADAPTER].weight.detach()
+            )
+            for name, layer in lora_layers(model.encoder).items()
+        }
+    finally:
+        drop_lora(model)
+        head.load_state_dict(head_state)
+        model.train(was_training)

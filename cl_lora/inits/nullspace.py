@@ -1,0 +1,89 @@
+"""LoRA-Null: LoRA initialized in the null space of pretrained-knowledge activations (DESIGN §5).
+
+Tang et al., "Put the Space of LoRA Initialization to the Extreme to Preserve Pre-trained
+Knowledge" (arXiv 2503.02659, AAAI 2026).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+
+from cl_lora.inits.base import InitMethod, LoRAFactors
+from cl_lora.inits.registry import register
+
+
+def input_covariance(stats: Mapping[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """``stats["input_cov"]`` (``C = X^T X``, ``in x in``) as a symmetric float64 matrix.
+
+    Float64 because the methods that read it resolve its smallest eigenvalues or invert it,
+    where float32 round-off is of the size of the quantities themselves.
+    """
+    cov = stats["input_cov"]
+    in_features = weight.shape[1]
+    if cov.shape != (in_features, in_features):
+        raise ValueError(
+            f"input_cov has shape {tuple(cov.shape)} but this layer takes {in_features} inputs: "
+            f"it must be {in_features}x{in_features}"
+        )
+    cov = cov.detach().to(device=weight.device, dtype=torch.float64)
+    return (cov + cov.T) / 2
+
+
+def null_space_factors(
+    weight: torch.Tensor, cov: torch.Tensor, rank: int, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B, A`` with ``s B A = W Q Q^T``, ``Q`` the ``rank`` least-excited input directions.
+
+    ``Q`` holds the eigenvectors of ``C`` with the ``rank`` smallest eigenvalues (``eigh`` sorts
+    ascending). ``W_p = W Q Q^T`` has rank at most ``r``, so its top-``r`` SVD is the thin SVD of
+    the ``out x r`` matrix ``W Q = U S V^T``: ``W_p = U S (Q V)^T``, split with ``sqrt(S / s)``
+    like PiSSA. The rows of ``A`` then lie in ``span(Q)``.
+    """
+    _, eigenvectors = torch.linalg.eigh(cov)
+    null = eigenvectors[:, :rank]
+    U, S, Vh = torch.linalg.svd(weight.double() @ null, full_matrices=False)
+    root = torch.sqrt(S / scale)
+    B = U * root
+    A = root[:, None] * (Vh @ null.T)
+    return B.to(weight.dtype), A.to(weight.dtype)
+
+
+@register("lora-null", "LoRA-Null: A, B from W projected onto the null space of knowledge inputs")
+class LoRANull(InitMethod):
+    """Tang et al. 2025 (arXiv 2503.02659), LoRA-Null: ``C = X^T X`` over pretrained-knowledge
+    activations ``X``; ``Q_null`` = eigenvectors of its ``r`` smallest eigenvalues; ``B, A`` from
+    the top-``r`` SVD of ``W_p = W Q_null Q_null^T``; residual ``W - W_p``.
+
+    ``A``'s rows span (an approximation of) the activations' null space, so right after init
+    the adapter barely reads inputs of pretrained knowledge (``A x ~ 0`` for them) and the
+    frozen residual alone reproduces ``W x`` on them. ``stats["input_cov"]`` should therefore
+    come from knowledge inputs (the probe set, plus a memory of earlier tasks in a stream).
+    """
+
+    needs = ("input_cov",)
+    calibration = ("probe",)
+    trainable: ClassVar[frozenset[str]] = frozenset({"A", "B"})
+
+    def factors(
+        self,
+        weight: torch.Tensor,
+        *,
+        rank: int,
+        scale: float,
+        stats: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None,
+    ) -> LoRAFactors:
+        B, A = null_space_factors(weight, input_covariance(stats, weight), rank, scale)
+        return LoRAFactors(A=A, B=B, residual=weight - scale * B @ A, trainable=self.trainable)
+
+
+@register("lora-null-v2", "LoRA-Null-v2: LoRA-Null with A frozen; only B trains")
+class LoRANullV2(LoRANull):
+    """Tang et al. 2025 (arXiv 2503.02659), LoRA-Null-v2: the LoRA-Null init with the
+    down-projection ``A`` frozen, so the adapter keeps reading only null-space input directions
+    during training, not just at init."""
+
+    trainable = frozenset({"B"})

@@ -1,0 +1,86 @@
+"""Task-specific directions (Si et al., "Unleashing the Power of Task-Specific Directions in
+Parameter Efficient Fine-tuning", ICLR 2025; extended as arXiv 2409.01035 v4+).
+
+A short warm-up of plain LoRA gives the update ``dW`` a task wants; for each singular pair
+``(u_i, sigma_i, v_i)`` of ``W`` its *change rate* ``|u_i^T dW v_i| / sigma_i`` says how much the
+task amplifies that direction relative to its strength. LoRA-Init trains the ``r`` directions
+with the largest rates; LoRA-Dash adds one trainable scalar per top direction during training;
+LoRA-TSD does both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
+from cl_lora.inits.registry import register
+from cl_lora.inits.svd import factors_from_svd
+from cl_lora.inits.zero_start import KaimingLoRA
+
+
+def change_rates(
+    U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, delta: torch.Tensor
+) -> torch.Tensor:
+    """``|u_i^T dW v_i| / sigma_i`` for every singular pair of ``W = U diag(S) Vh``."""
+    projected = torch.einsum("mi,mn,in->i", U, delta.to(U.dtype), Vh)
+    return projected.abs() / S.clamp(min=torch.finfo(S.dtype).tiny)
+
+
+WARMUP = {"warmup_steps": Argument(int, 25, "plain-LoRA warm-up steps that reveal the directions")}
+DASH = {
+    "s": Argument(int, 8, "task-specific directions LoRA-Dash adds per layer"),
+    "t": Argument(int, 100, "optimizer steps of the task before LoRA-Dash picks its directions"),
+}
+
+
+@register("lora-init", "LoRA-Init: train the r singular directions a warm-up changes the most")
+class LoRAInit(InitMethod):
+    """LoRA-Init: window = the ``r`` singular pairs of ``W`` with the largest change rates under
+    a ``warmup_steps`` plain-LoRA warm-up (``stats["warmup_delta"]``), split like PiSSA (both
+    factors train, residual ``W - s B A``). The warm-up adapter is discarded."""
+
+    needs = ("warmup_delta",)
+    arguments = WARMUP
+
+    def factors(
+        self,
+        weight: torch.Tensor,
+        *,
+        rank: int,
+        scale: float,
+        stats: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None,
+        warmup_steps: int,
+    ) -> LoRAFactors:
+        svd = torch.linalg.svd(weight, full_matrices=False)
+        chosen = change_rates(*svd, stats["warmup_delta"]).topk(rank).indices
+        return factors_from_svd(weight, svd, chosen, scale)
+
+
+@register(
+    "lora-dash", "LoRA-Dash: plain LoRA plus s trainable task-specific directions after t steps"
+)
+class LoRADash(KaimingLoRA):
+    """LoRA-Dash: plain LoRA at init; after ``t`` optimizer steps the ``dash`` training plugin
+    adds ``sum_i d_i u_i v_i^T`` over the top-``s`` directions by change rate, ``d`` from 0."""
+
+    arguments = DASH
+    training_plugin = "dash"
+
+    def factors(self, weight: torch.Tensor, **kwargs: object) -> LoRAFactors:
+        kwargs = {key: value for key, value in kwargs.items() if key not in DASH}
+        return super().factors(weight, **kwargs)
+
+
+@register("lora-tsd", "LoRA-TSD: LoRA-Init at init, then LoRA-Dash during training")
+class LoRATSD(LoRAInit):
+    """LoRA-TSD: the LoRA-Init initialization followed by the LoRA-Dash training plugin."""
+
+    arguments = {**WARMUP, **DASH}
+    training_plugin = "dash"
+
+    def factors(self, weight: torch.Tensor, **kwargs: object) -> LoRAFactors:
+        kwargs = {key: value for key, value in kwargs.items() if key not in DASH}
+        return super().factors(weight, **kwargs)

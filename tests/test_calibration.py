@@ -1,0 +1,143 @@
+"""Calibration on the real MiniLM: covariances per distinct input, gradients, warm-ups, and
+every init method attached with its real statistics leaving the model's outputs unchanged."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cl_lora import inits, streams
+from cl_lora.backbones import ContinualClassifier, load_text_backbone
+from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
+from cl_lora.lora import LoRASettings, attach_lora, lora_layers
+from cl_lora.strategy.calibrate import Calibrator
+
+SETTINGS = LoRASettings(rank=4, alpha=8)
+FROZEN = {"lora-null-v2": "A", "mica": "B"}  # the factor each of these keeps frozen
+ROWS = [
+    {"text": "a quiet, moving film about grief"},
+    {"text": "win a free prize now, text 80082"},
+    {"text": "What is the capital of Peru?"},
+]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_text_backbone()
+
+
+@pytest.fixture(scope="module")
+def stream():
+    options = streams.StreamOptions(max_train_per_task=16, max_test_per_task=8)
+    return streams.build("offline-text", options)
+
+
+def classifier(backbone) -> ContinualClassifier:
+    model = ContinualClassifier(copy.deepcopy(backbone), shared_head=False)
+    model.add_head(0, 2)
+    return model.eval()
+
+
+def test_one_covariance_per_distinct_input(backbone) -> None:
+    model = classifier(backbone)
+    inputs = backbone.collate(ROWS)
+    collector = collect_input_covariances(model, backbone.target_modules, [inputs])
+    covs = collector.covariances()
+    layer = "encoder.layer.0.attention.self."
+    assert covs[layer + "query"] is covs[layer + "key"] is covs[layer + "value"]
+    assert len(collector.sums) == 4 * 6  # q/k/v, attention output, MLP in, MLP out per block
+    assert collector.nbytes() < collector.nbytes_per_module()
+    # the query's C is X^T X over the real (unpadded) tokens entering block 0
+    hidden = model.encoder(**inputs, output_hidden_states=True).hidden_states[0]
+    X = hidden[inputs["attention_mask"].bool()]
+    torch.testing.assert_close(covs[layer + "query"], X.T @ X, rtol=1e-4, atol=1e-3)
+
+
+def test_gradients_match_autograd_and_leave_the_model_as_it_was(backbone) -> None:
+    model = classifier(backbone)
+    inputs, labels = backbone.collate(ROWS[:2]), torch.tensor([0, 1])
+    name = "encoder.layer.1.intermediate.dense"
+    flags = [p.requires_grad for p in model.parameters()]
+    grads = collect_gradients(model, 0, [name], [(inputs, labels)])
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(p.grad is None for p in model.parameters())
+    torch.nn.functional.cross_entropy(model(inputs, 0), labels).backward()
+    weight = model.encoder.get_submodule(name).weight
+    torch.testing.assert_close(grads[name], weight.grad)
+
+
+def test_warmup_leaves_no_trace(backbone) -> None:
+    model = classifier(backbone)
+    inputs, labels = backbone.collate(ROWS[:2]), torch.tensor([0, 1])
+    before = model(inputs, 0)
+    deltas = warmup_deltas(
+        model, 0, SETTINGS, backbone.target_modules, [(inputs, labels)], 3, 1e-2, torch.Generator()
+    )
+    assert len(deltas) == 36 and all(d.abs().sum() > 0 for d in deltas.values())
+    assert not lora_layers(model.encoder)
+    torch.testing.assert_close(model.eval()(inputs, 0), before)
+
+
+def calibrator(method, stream, backbone, sources=None) -> Calibrator:
+    return Calibrator(
+        init=method,
+        init_args={"warmup_steps": 2} if "warmup_steps" in method.arguments else {},
+        sources=sources or method.calibration,
+        size=8,
+        stream=stream,
+        backbone=backbone,
+        lora=SETTINGS,
+        target_modules=backbone.target_modules,
+        batch_size=4,
+        lr=1e-3,
+        device=torch.device("cpu"),
+    )
+
+
+@pytest.mark.parametrize("name", inits.available())
+def test_every_method_keeps_the_real_model_unchanged_at_init(name, backbone, stream) -> None:
+    """Residual identity and function preserved, with the statistics calibration collects."""
+    method = inits.get(name)
+    model = classifier(backbone)
+    inputs = backbone.collate(ROWS)
+    before = model(inputs, 0)
+    cal = calibrator(method, stream, backbone)
+    generator = torch.Generator().manual_seed(0)
+    stats = cal.collect(model, 0, generator)
+    assert all(set(layer) == set(method.needs) for layer in stats.values())
+    attach_lora(model, SETTINGS, backbone.target_modules, method, cal.init_args, stats, generator)
+    torch.testing.assert_close(model(inputs, 0), before, atol=2e-4, rtol=2e-4)
+    declared = {"A", "B"} - {FROZEN.get(name)}
+    for layer in lora_layers(model.encoder).values():
+        trains = {
+            "A": layer.lora_A["default"].weight.requires_grad,
+            "B": layer.lora_B["default"].weight.requires_grad,
+        }
+        assert {factor for factor, on in trains.items() if on} == declared
+
+
+def test_lora_null_reads_almost_nothing_of_its_calibration_inputs(backbone, stream) -> None:
+    method = inits.get("lora-null")
+    model = classifier(backbone)
+    cal = calibrator(method, stream, backbone)
+    stats = cal.collect(model, 0, torch.Generator())
+    name = "encoder.layer.2.intermediate.dense"
+    factors = method(model.encoder.get_submodule(name).weight, rank=4, scale=2.0, stats=stats[name])
+    # the calibration activations entering that layer
+    C = stats[name]["input_cov"].double()
+    random = torch.randn(512, C.shape[0], dtype=torch.float64)
+    A = factors.A.double()
+    on_calibration = torch.trace(A @ C @ A.T)  # = ||A X^T||^2 over calibration tokens
+    on_random = (random @ A.T).pow(2).sum() * (torch.trace(C) / random.pow(2).sum())
+    assert on_calibration < 1e-3 * on_random
+    assert cal.reports[0]["input_cov_examples"] == {"probe": 8}
+
+
+def test_memory_calibration_reads_earlier_tasks(backbone, stream) -> None:
+    cal = calibrator(inits.get("lora-null"), stream, backbone, sources=("probe", "memory"))
+    model = classifier(backbone)
+    model.add_head(2, 6)
+    cal.collect(model, 2, torch.Generator())
+    assert cal.reports[0]["input_cov_examples"] == {"probe": 8, "memory": 8}
