@@ -56,10 +56,11 @@ class LoRAStrategy(SupervisedTemplate):
     ) -> None:
         placeholder = torch.optim.AdamW(model.parameters(), lr=lr)  # replaced per task
         self.scorer = TaskScorePlugin(stream)
-        plugins = [self.scorer, *(template_args.pop("plugins", None) or [])]
-        if init.training_plugin is not None:
+        plugins: list[Any] = [self.scorer]
+        if init.training_plugin is not None:  # the method's own plugin acts before the user's
             plugin = TRAINING_PLUGINS[init.training_plugin]
             plugins.append(plugin.from_args(init.resolve_args(init_args)))
+        plugins += template_args.pop("plugins", None) or []
         super().__init__(model=model, optimizer=placeholder, plugins=plugins, **template_args)
         self.backbone = backbone
         self.stream = stream
