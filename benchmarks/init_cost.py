@@ -40,7 +40,6 @@ import gc
 import importlib
 import importlib.util
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -60,10 +59,12 @@ from peft.tuners.lora.config import CordaConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
+from benchmarks._cli import entry_point, finish
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
+from cl_lora.cli import OneLineParser
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.inits import InitMethod
@@ -119,6 +120,14 @@ class Settings:
             raise BadInputError("--warmup-steps must be at least 1")
         if self.train_warmup_steps < 0 or self.task_index < 0:
             raise BadInputError("--train-warmup-steps and --task-index must not be negative")
+        if not self.skip_vit:
+            import timm
+
+            if not timm.is_model(self.vit_model):
+                raise BadInputError(
+                    f"unknown timm model '{self.vit_model}': pass a timm ViT name such as "
+                    f"{VIT_MODEL}, or --skip-vit"
+                )
         known = inits.available()
         unknown = [name for name in self.methods if name not in known]
         if unknown:
@@ -198,8 +207,7 @@ def text_case(settings: Settings, device: torch.device) -> tuple[Case, streams.S
         return {}
 
     def calibrator(init: InitMethod) -> Calibrator:
-        """One per method for the whole run, as the strategy keeps one for the whole stream (so
-        the probe set is read once, in the untimed warm-up call)."""
+        """One per method for the whole run, as the strategy keeps one for the whole stream."""
         if init.name not in calibrators:
             calibrators[init.name] = Calibrator(
                 init=init,
@@ -211,6 +219,7 @@ def text_case(settings: Settings, device: torch.device) -> tuple[Case, streams.S
                 lora=settings.lora,
                 target_modules=backbone.target_modules,
                 batch_size=RECIPE.eval_batch_size,  # what LoRAStrategy passes (eval_mb_size)
+                train_batch_size=RECIPE.batch_size,
                 lr=RECIPE.lr,
                 device=device,
             )
@@ -224,10 +233,21 @@ def text_case(settings: Settings, device: torch.device) -> tuple[Case, streams.S
     ) -> dict[str, dict[str, torch.Tensor]]:
         return calibrator(init).collect(model, task_id, generator)
 
+    # Built now, untimed, with the probe set read once: the strategy reads it once per run, not
+    # once per task (its Calibrator keeps it), so it is no part of the per-task cost.
+    probe = None
+    for name in {*settings.method_names, "lora-null", "lora-ga"}:  # + the two used below
+        cal = calibrator(inits.get(name))
+        if "input_cov" in cal.init.needs and "probe" in cal.sources:
+            if probe is None:
+                cal._probe_rows()
+                probe = cal._probe
+            cal._probe = probe
+
     # PEFT reads the very rows our calibration reads (the Calibrator's own selection helpers).
     def peft_batches(init: InitMethod) -> Iterator[Inputs]:
         cal = calibrator(init)
-        return cal._batches(cal._input_rows(task_id)[0])
+        return cal._batches(cal._input_rows(task_id)[0], cal.batch_size)
 
     def peft_singles(init: InitMethod) -> Iterator[Inputs]:
         for row in calibrator(init)._input_rows(task_id)[0]:
@@ -419,7 +439,7 @@ def time_ours(case: Case, init: InitMethod, settings: Settings) -> tuple[float, 
     calibrated = time.perf_counter()
     attach_lora(model, settings.lora, case.target_modules, init, args, stats, generator)
     _sync(case.device)
-    return calibrated - start, time.perf_counter() - calibrated
+    return (calibrated - start if init.needs else 0.0), time.perf_counter() - calibrated
 
 
 # -- PEFT's path -----------------------------------------------------------------------------------
@@ -884,16 +904,9 @@ def report(result: dict[str, Any]) -> str:
 
 
 # -- CLI -------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one line (exit code 2 from the entry point)."""
-
-    def error(self, message: str) -> None:  # noqa: D401
-        raise BadInputError(f"{message} (python -m benchmarks.init_cost --help lists options)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
-    p = _Parser(prog="python -m benchmarks.init_cost", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m benchmarks.init_cost", description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=[], help="init methods (default: all)")
     p.add_argument(
         "--repeats", type=int, default=defaults.repeats, help="timed calls per text method"
@@ -956,17 +969,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device=args.device,
     )
     result = measure(settings)
-    print(report(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"numbers: {args.json}")
-    return result
+    return finish(result, report(result), args.json)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BadInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    entry_point(main)

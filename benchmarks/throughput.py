@@ -27,9 +27,7 @@ import contextlib
 import copy
 import dataclasses
 import gc
-import json
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,8 +41,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader
 
+from benchmarks._cli import entry_point, finish
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
+from cl_lora.cli import OneLineParser
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings, attach_lora
@@ -61,9 +61,9 @@ TARGET_RATIO = 0.95
 class Settings:
     """What one benchmark run measures; the training recipe is the default run's."""
 
-    examples: int = 256
+    examples: int = 512
     batch_size: int = 16
-    repeats: int = 3
+    repeats: int = 5
     warmup_batches: int = 2
     task_index: int = 0
     seed: int = 0
@@ -418,16 +418,9 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one line (exit code 2 from the entry point)."""
-
-    def error(self, message: str) -> None:  # noqa: D401
-        raise BadInputError(f"{message} (python -m benchmarks.throughput --help lists options)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
-    p = _Parser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
     p.add_argument("--examples", type=int, default=defaults.examples, help="train examples")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--repeats", type=int, default=defaults.repeats, help="timed rounds per side")
@@ -459,17 +452,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         precision=args.precision,
     )
     result = measure(settings)
-    print(report(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"numbers: {args.json}")
-    return result
+    return finish(result, report(result), args.json)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BadInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    entry_point(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_lora import inits, streams
+from cl_lora.cli import OneLineParser
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError, RunFailure
 from cl_lora.experiment import run_experiment
@@ -20,13 +21,6 @@ from cl_lora.strategy.calibrate import parse_sources
 
 DEFAULTS = RunConfig()
 log = logging.getLogger("cl_lora")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad arguments as one line and exit code 2."""
-
-    def error(self, message: str) -> None:  # noqa: D401
-        raise BadInputError(f"{message} (python -m cl_lora.run --help lists the options)")
 
 
 def parse_init_args(pairs: Sequence[str]) -> dict[str, str]:
@@ -41,7 +35,7 @@ def parse_init_args(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m cl_lora.run", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m cl_lora.run", description=__doc__.splitlines()[0])
     p.add_argument("--list", action="store_true", help="list streams and init methods, then exit")
     p.add_argument("--stream", default=DEFAULTS.stream, help="task stream (see --list)")
     p.add_argument("--init", default=DEFAULTS.init, help="LoRA init method (see --list)")

@@ -66,3 +66,40 @@ def backbone() -> Backbone:
 def toy_stream():
     """Factory: ``toy_stream(shared_head=False, tasks=3)``."""
     return make_toy_stream
+
+
+def make_strategy(
+    backbone: Backbone,
+    stream: Stream,
+    init: str = "lora",
+    init_args: dict | None = None,
+    epochs: int = 1,
+    plugins: list | None = None,
+):
+    """A ``LoRAStrategy`` with a fast recipe (rank 2, batch 8, high learning rates), silent."""
+    from cl_lora import inits
+    from cl_lora.backbones import ContinualClassifier
+    from cl_lora.experiment import _evaluator
+    from cl_lora.lora import LoRASettings
+    from cl_lora.strategy import LoRAStrategy
+
+    return LoRAStrategy(
+        model=ContinualClassifier(backbone, shared_head=stream.shared_head),
+        backbone=backbone,
+        stream=stream,
+        init=inits.get(init),
+        init_args=init_args or {},
+        lora=LoRASettings(rank=2, alpha=4),
+        target_modules=backbone.target_modules,
+        lr=1e-2,
+        head_lr=1e-2,
+        weight_decay=0.0,
+        warmup_ratio=0.1,
+        seed=0,
+        train_mb_size=8,
+        train_epochs=epochs,
+        eval_mb_size=16,
+        device="cpu",
+        plugins=plugins,
+        evaluator=_evaluator(verbose=False),
+    )

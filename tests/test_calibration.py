@@ -91,6 +91,7 @@ def calibrator(method, stream, backbone, sources=None) -> Calibrator:
         lora=SETTINGS,
         target_modules=backbone.target_modules,
         batch_size=4,
+        train_batch_size=2,
         lr=1e-3,
         device=torch.device("cpu"),
     )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 from avalanche.core import SupervisedPlugin
+from conftest import make_strategy
 
-from cl_lora import inits
-from cl_lora.backbones import ContinualClassifier
-from cl_lora.experiment import _evaluator
-from cl_lora.lora import LoRASettings, lora_layers
-from cl_lora.strategy import LoRAStrategy, run_stream
+from cl_lora.lora import lora_layers
+from cl_lora.strategy import run_stream
 from cl_lora.strategy.dash import DashPlugin
+
+
+def dash_of(strategy) -> DashPlugin:
+    return next(p for p in strategy.plugins if isinstance(p, DashPlugin))
 
 
 class Observer(SupervisedPlugin):
@@ -23,7 +25,7 @@ class Observer(SupervisedPlugin):
         self.d_at_start: list[torch.Tensor] = []
 
     def after_update(self, strategy, **kwargs) -> None:
-        dash = next(p for p in strategy.plugins if isinstance(p, DashPlugin))
+        dash = dash_of(strategy)
         groups = strategy.optimizer.param_groups
         self.trained.append(sum(p.numel() for g in groups for p in g["params"]))
         self.terms.append(len(dash.terms))
@@ -32,29 +34,12 @@ class Observer(SupervisedPlugin):
 
 
 def test_dash_adds_s_scalars_per_layer_after_t_steps(backbone, toy_stream) -> None:
-    stream = toy_stream(tasks=2)
     observer = Observer()
-    strategy = LoRAStrategy(
-        model=ContinualClassifier(backbone, shared_head=False),
-        backbone=backbone,
-        stream=stream,
-        init=inits.get("lora-dash"),
-        init_args={"s": 3, "t": 2},
-        lora=LoRASettings(rank=2, alpha=4),
-        target_modules=backbone.target_modules,
-        lr=1e-2,
-        head_lr=1e-2,
-        weight_decay=0.0,
-        warmup_ratio=0.1,
-        seed=0,
-        train_mb_size=8,
-        train_epochs=2,  # 3 steps per epoch: Dash joins at step 2 of 6
-        eval_mb_size=16,
-        device="cpu",
-        plugins=[observer],
-        evaluator=_evaluator(verbose=False),
+    # 3 steps per epoch, 2 epochs: Dash joins at step 2 of 6
+    strategy = make_strategy(
+        backbone, toy_stream(tasks=2), "lora-dash", {"s": 3, "t": 2}, epochs=2, plugins=[observer]
     )
-    dash = next(p for p in strategy.plugins if isinstance(p, DashPlugin))
+    dash = dash_of(strategy)
     assert strategy.plugins.index(dash) < strategy.plugins.index(observer)
     layers = len(backbone.target_modules)
     run_stream(strategy)

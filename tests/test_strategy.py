@@ -6,35 +6,10 @@ import copy
 
 import numpy as np
 import torch
-from conftest import tiny_backbone
+from conftest import make_strategy, tiny_backbone
 
-from cl_lora import inits
-from cl_lora.backbones import ContinualClassifier
-from cl_lora.experiment import _evaluator
-from cl_lora.lora import LoRASettings, lora_layers
-from cl_lora.strategy import LoRAStrategy, run_stream
-
-
-def make_strategy(backbone, stream, init: str = "lora", epochs: int = 1) -> LoRAStrategy:
-    return LoRAStrategy(
-        model=ContinualClassifier(backbone, shared_head=stream.shared_head),
-        backbone=backbone,
-        stream=stream,
-        init=inits.get(init),
-        init_args={},
-        lora=LoRASettings(rank=2, alpha=4),
-        target_modules=backbone.target_modules,
-        lr=1e-2,
-        head_lr=1e-2,
-        weight_decay=0.0,
-        warmup_ratio=0.1,
-        seed=0,
-        train_mb_size=8,
-        train_epochs=epochs,
-        eval_mb_size=16,
-        device="cpu",
-        evaluator=_evaluator(verbose=False),
-    )
+from cl_lora.lora import lora_layers
+from cl_lora.strategy import run_stream
 
 
 def test_each_task_merges_the_last_adapter_and_starts_a_fresh_one(backbone, toy_stream) -> None:

@@ -28,7 +28,7 @@ def change_rates(
     return projected.abs() / S.clamp(min=torch.finfo(S.dtype).tiny)
 
 
-WARMUP = {"warmup_steps": Argument(int, 25, "plain-LoRA warm-up steps that reveal the directions")}
+WARMUP = {"warmup_steps": Argument(int, 10, "plain-LoRA warm-up steps that reveal the directions")}
 DASH = {
     "s": Argument(int, 8, "task-specific directions LoRA-Dash adds per layer"),
     "t": Argument(int, 100, "optimizer steps of the task before LoRA-Dash picks its directions"),

@@ -51,7 +51,8 @@ class Calibrator:
     backbone: Backbone
     lora: LoRASettings
     target_modules: Sequence[str]
-    batch_size: int
+    batch_size: int  # forward-only passes (covariances, gradients)
+    train_batch_size: int  # warm-up steps, as in training
     lr: float
     device: torch.device
 
@@ -87,17 +88,17 @@ class Calibrator:
             rows = {"probe": self._probe_rows()}
         return [row for part in rows.values() for row in part], {k: len(v) for k, v in rows.items()}
 
-    def _batches(self, rows: list[dict[str, Any]]) -> Iterator[Inputs]:
-        for start in range(0, len(rows), self.batch_size):
-            inputs = self.backbone.collate(rows[start : start + self.batch_size])
+    def _batches(self, rows: list[dict[str, Any]], size: int) -> Iterator[Inputs]:
+        for start in range(0, len(rows), size):
+            inputs = self.backbone.collate(rows[start : start + size])
             yield {key: value.to(self.device) for key, value in inputs.items()}
 
-    def _labelled(self, task_id: int, count: int) -> list[tuple[Inputs, torch.Tensor]]:
+    def _labelled(self, task_id: int, count: int, size: int) -> list[tuple[Inputs, torch.Tensor]]:
         rows = self._rows(self.stream.tasks[task_id].train, count, labelled=True)
         labels = torch.tensor([row.pop("label") for row in rows], device=self.device)
         return [
-            (inputs, labels[i * self.batch_size : (i + 1) * self.batch_size])
-            for i, inputs in enumerate(self._batches(rows))
+            (inputs, labels[i * size : (i + 1) * size])
+            for i, inputs in enumerate(self._batches(rows, size))
         ]
 
     def collect(
@@ -111,7 +112,9 @@ class Calibrator:
         model.eval()
         if "input_cov" in needs:
             rows, used = self._input_rows(task_id)
-            collector = collect_input_covariances(model, self.target_modules, self._batches(rows))
+            collector = collect_input_covariances(
+                model, self.target_modules, self._batches(rows, self.batch_size)
+            )
             for name, cov in collector.covariances().items():
                 stats[name]["input_cov"] = cov
             report |= {
@@ -120,7 +123,7 @@ class Calibrator:
                 "input_cov_bytes_one_per_module": collector.nbytes_per_module(),
             }
         if "grad" in needs:
-            batches = self._labelled(task_id, self.size)
+            batches = self._labelled(task_id, self.size, self.batch_size)
             for name, grad in collect_gradients(
                 model, task_id, self.target_modules, batches
             ).items():
@@ -128,7 +131,7 @@ class Calibrator:
             report["grad_examples"] = sum(len(labels) for _, labels in batches)
         if "warmup_delta" in needs:
             steps = self.init.resolve_args(self.init_args)["warmup_steps"]
-            batches = self._labelled(task_id, steps * self.batch_size)
+            batches = self._labelled(task_id, steps * self.train_batch_size, self.train_batch_size)
             deltas = warmup_deltas(
                 model, task_id, self.lora, self.target_modules, batches, steps, self.lr, generator
             )

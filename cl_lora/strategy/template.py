@@ -85,6 +85,7 @@ class LoRAStrategy(SupervisedTemplate):
             lora=lora,
             target_modules=self.target_modules,
             batch_size=self.eval_mb_size,
+            train_batch_size=self.train_mb_size,
             lr=lr,
             device=self.device,
         )
