@@ -6,6 +6,7 @@ lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import warnings
@@ -131,7 +132,7 @@ def _result(
     }
 
 
-def _evaluator(verbose: bool) -> EvaluationPlugin:
+def make_evaluator(verbose: bool) -> EvaluationPlugin:
     """Avalanche's interactive progress bars, or silence (without its no-logger warning)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
@@ -143,7 +144,9 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
     start = time.perf_counter()
     device = resolve_device(config.device)
     init = inits.get(config.init)
-    init.resolve_args(config.init_args)  # reject unknown --init-arg before any work
+    # typed and complete arguments (rejects unknown ones before any work): they go into the
+    # run id and the result, so "f=.25" and "f=0.25" are the same run
+    config = dataclasses.replace(config, init_args=init.resolve_args(config.init_args))
     stream = streams.build(
         config.stream,
         streams.StreamOptions(
@@ -181,7 +184,7 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
         train_epochs=config.epochs,
         eval_mb_size=config.eval_batch_size,
         device=device,
-        evaluator=_evaluator(verbose),
+        evaluator=make_evaluator(verbose),
     )
     outcome = run_stream(strategy, checkpoint=run_dir / CHECKPOINT)
     calibration = {

@@ -79,7 +79,7 @@ def make_strategy(
     """A ``LoRAStrategy`` with a fast recipe (rank 2, batch 8, high learning rates), silent."""
     from cl_lora import inits
     from cl_lora.backbones import ContinualClassifier
-    from cl_lora.experiment import _evaluator
+    from cl_lora.experiment import make_evaluator
     from cl_lora.lora import LoRASettings
     from cl_lora.strategy import LoRAStrategy
 
@@ -101,5 +101,5 @@ def make_strategy(
         eval_mb_size=16,
         device="cpu",
         plugins=plugins,
-        evaluator=_evaluator(verbose=False),
+        evaluator=make_evaluator(verbose=False),
     )

@@ -323,3 +323,10 @@ def test_bad_inputs(weight: torch.Tensor, stats: dict[str, torch.Tensor]) -> Non
         inits.get("corda-kpm")(
             weight, rank=RANK, scale=SCALE, stats={"input_cov": torch.zeros(384, 384)}
         )
+
+
+def test_pissa_equals_peft(weight: torch.Tensor) -> None:
+    A, B, residual = peft_init(OneLinear(weight), init_lora_weights="pissa")
+    ours = inits.get("pissa")(weight, rank=RANK, scale=SCALE)
+    torch.testing.assert_close(ours.B @ ours.A, B @ A, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.residual, residual, atol=1e-4, rtol=1e-4)
