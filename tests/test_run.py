@@ -76,6 +76,7 @@ def test_task_incremental_run_end_to_end(tmp_path, capsys) -> None:
         "description": result["init"]["description"],
         "args": {"f": 0.25, "start": None},
         "needs": [],
+        "calibration": {"sources": [], "per_task": []},
     }
     assert result["seed"] == 1 and result["stream"]["scenario"] == "task"
     assert result["metrics"]["fwt"] is None and "fwt" in result["metrics"]["undefined_reasons"]
@@ -84,8 +85,18 @@ def test_task_incremental_run_end_to_end(tmp_path, capsys) -> None:
 
 
 def test_domain_incremental_run_has_before_scores_and_full_matrix(tmp_path) -> None:
-    assert main(["--stream", "offline-domains", *TINY, "--output-dir", str(tmp_path)]) == 0
+    calib = ["--init", "lora-null", "--calib", "probe,memory", "--calib-size", "8"]
+    argv = ["--stream", "offline-domains", *calib, *TINY, "--output-dir", str(tmp_path)]
+    assert main(argv) == 0
     result = _load(tmp_path)
     assert all(v is not None for row in result["matrix"] for v in row)
     assert all(v is not None for v in result["before"])
     assert result["metrics"]["fwt"] is not None
+    calibration = result["init"]["calibration"]
+    assert calibration["sources"] == ["probe", "memory"]
+    assert [task["input_cov_examples"] for task in calibration["per_task"]] == [
+        {"probe": 8},
+        {"probe": 8, "memory": 8},
+        {"probe": 8, "memory": 8},
+        {"probe": 8, "memory": 6},  # 8 // 3 = 2 from each earlier task
+    ]
