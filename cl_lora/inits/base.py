@@ -9,6 +9,7 @@ in ``needs`` (e.g. ``"input_cov"``, ``"grad"``), so the strategy collects only t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,7 +38,7 @@ class LoRAFactors:
     trainable: frozenset[str] = field(default_factory=lambda: frozenset({"A", "B"}))
 
 
-class InitMethod:
+class InitMethod(ABC):
     """Base class of every init method; subclasses implement :meth:`factors`.
 
     ``name`` and ``description`` are set by :func:`cl_lora.inits.register`. ``needs`` lists
@@ -110,6 +111,7 @@ class InitMethod:
             resolved[key] = value
         return resolved
 
+    @abstractmethod
     def factors(
         self,
         weight: torch.Tensor,
@@ -121,4 +123,3 @@ class InitMethod:
         **args: Any,
     ) -> LoRAFactors:
         """The method itself, on a float32 weight with validated arguments."""
-        raise NotImplementedError

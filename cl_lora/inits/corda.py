@@ -12,6 +12,7 @@ normalized to a unit mean eigenvalue (see :func:`damped_inverse`).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 
 import torch
@@ -63,8 +64,9 @@ class CorDA(InitMethod):
 
     needs = ("input_cov",)
 
+    @abstractmethod
     def window(self, k: int, rank: int) -> slice:
-        raise NotImplementedError
+        """Which singular components the adapter trains (each mode defines it)."""
 
     def factors(
         self,

@@ -7,6 +7,7 @@ the window's part of ``W``); the residual keeps the rest of the spectrum and bot
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 
 import torch
@@ -39,8 +40,9 @@ def window_factors(weight: torch.Tensor, start: int, rank: int, scale: float) ->
 class SpectrumWindow(InitMethod):
     """Base for methods defined by where their window starts."""
 
+    @abstractmethod
     def start(self, k: int, rank: int, **args: object) -> int:
-        raise NotImplementedError
+        """Where the trained window starts (subclasses define it)."""
 
     def factors(
         self,
