@@ -59,7 +59,7 @@ from peft.tuners.lora.config import CordaConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks._cli import entry_point, finish
+from benchmarks._common import entry_point, finish, labelled_collate
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
 from cl_lora.backbones.base import Inputs
@@ -71,6 +71,7 @@ from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings, attach_lora
 from cl_lora.strategy.calibrate import Calibrator
 from cl_lora.strategy.experiences import TaskExamples
+from cl_lora.strategy.optim import task_optimizer
 
 STREAM = "offline-text"
 TRAIN_INIT = "lora"  # the method trained to measure one task's training time
@@ -620,28 +621,15 @@ def training_time(case: Case, stream: streams.Stream, settings: Settings) -> dic
     model = copy.deepcopy(case.model)
     generator = torch.Generator().manual_seed(settings.seed * 1000 + case.task_id)
     attach_lora(model, settings.lora, case.target_modules, inits.get(TRAIN_INIT), {}, {}, generator)
-    collate = case.backbone.collate
-
-    def collate_fn(items: Sequence[tuple[dict, int]]) -> tuple[Inputs, torch.Tensor]:
-        examples, labels = zip(*items, strict=True)
-        return collate(examples), torch.tensor(labels)
-
     loader = DataLoader(
         TaskExamples(task.train),
         batch_size=RECIPE.batch_size,
         shuffle=True,
-        collate_fn=collate_fn,
+        collate_fn=labelled_collate(case.backbone.collate),
         generator=generator,
     )
     head = model.heads[model.head_key(case.task_id)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in model.encoder.parameters() if p.requires_grad]},
-            {"params": list(head.parameters()), "lr": RECIPE.head_lr},
-        ],
-        lr=RECIPE.lr,
-        weight_decay=RECIPE.weight_decay,
-    )
+    optimizer = task_optimizer(model.encoder, head, RECIPE.lr, RECIPE.head_lr, RECIPE.weight_decay)
     total_steps = len(loader) * RECIPE.epochs
     untimed = settings.train_warmup_steps
     steps = min(settings.train_steps, len(loader) - min(untimed, len(loader) - 1))

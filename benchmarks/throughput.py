@@ -41,7 +41,7 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader
 
-from benchmarks._cli import entry_point, finish
+from benchmarks._common import entry_point, finish, labelled_collate
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
 from cl_lora.cli import OneLineParser
@@ -50,6 +50,7 @@ from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings, attach_lora
 from cl_lora.strategy import LoRAStrategy
 from cl_lora.strategy.experiences import TaskExamples, to_benchmark
+from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
 
 STREAM = "offline-text"
 INIT = "lora"
@@ -188,39 +189,17 @@ def bare_pass(bench: Bench, rows: Any) -> Pass:
     init_seconds = time.perf_counter() - start
 
     start = time.perf_counter()
-    collate = bench.backbone.collate
-
-    def collate_fn(items: Sequence[tuple[dict, int]]) -> tuple[dict, torch.Tensor]:
-        examples, labels = zip(*items, strict=True)
-        return collate(examples), torch.tensor(labels)
-
     loader = DataLoader(
         TaskExamples(rows),
         batch_size=settings.batch_size,
         shuffle=True,
-        collate_fn=collate_fn,
+        collate_fn=labelled_collate(bench.backbone.collate),
         generator=torch.Generator().manual_seed(bench.generator_seed),
         pin_memory=device.type == "cuda",
     )
     head = model.heads[model.head_key(task_id)]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": [p for p in model.encoder.parameters() if p.requires_grad]},
-            {"params": list(head.parameters()), "lr": RECIPE.head_lr},
-        ],
-        lr=RECIPE.lr,
-        weight_decay=RECIPE.weight_decay,
-    )
-    total = len(loader)
-    warmup = max(1, round(RECIPE.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (
-            (step + 1) / warmup
-            if step < warmup
-            else max(0.0, (total - step) / max(1, total - warmup))
-        ),
-    )
+    optimizer = task_optimizer(model.encoder, head, RECIPE.lr, RECIPE.head_lr, RECIPE.weight_decay)
+    scheduler = linear_warmup_decay(optimizer, len(loader), RECIPE.warmup_ratio)
     batches = []
     model.train()
     loop_start = time.perf_counter()

@@ -24,6 +24,7 @@ from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings, attach_lora, merge_lora
 from cl_lora.strategy.calibrate import Calibrator
 from cl_lora.strategy.dash import TRAINING_PLUGINS
+from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
 from cl_lora.strategy.plugins import TaskScorePlugin
 from cl_lora.streams import Stream
 
@@ -103,7 +104,6 @@ class LoRAStrategy(SupervisedTemplate):
             task = self.stream.tasks[self.task_id]
             merge_lora(model)
             model.add_head(self.task_id, task.num_labels)
-            model.to(self.device)
             generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
             encoder_params = attach_lora(
                 model,
@@ -128,23 +128,11 @@ class LoRAStrategy(SupervisedTemplate):
     def make_optimizer(self, **kwargs: Any) -> None:
         """A fresh AdamW over this task's adapter and head, with linear warm-up and decay."""
         head = self.model.heads[self.model.head_key(self.task_id)]
-        adapter = [p for p in self.model.encoder.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": adapter, "lr": self.lr},
-                {"params": list(head.parameters()), "lr": self.head_lr},
-            ],
-            weight_decay=self.weight_decay,
+        self.optimizer = task_optimizer(
+            self.model.encoder, head, self.lr, self.head_lr, self.weight_decay
         )
-        total = max(1, len(self.dataloader) * self.train_epochs)
-        warmup = max(1, round(self.warmup_ratio * total))
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        steps = len(self.dataloader) * self.train_epochs
+        self.scheduler = linear_warmup_decay(self.optimizer, steps, self.warmup_ratio)
 
     def optimizer_step(self) -> None:
         self.optimizer.step()

@@ -1,14 +1,29 @@
-"""What the benchmark scripts share at their edges: printing, the JSON file, exit codes."""
+"""What the benchmark scripts share: batches of labelled rows, printing, the JSON file, exit
+codes."""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cl_lora.errors import BadInputError
+
+
+def labelled_collate(
+    collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]],
+) -> Callable[[Sequence[tuple[dict[str, Any], int]]], tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """A DataLoader collate for ``(row, label)`` items: the backbone's inputs and the labels."""
+
+    def collate_fn(items):
+        examples, labels = zip(*items, strict=True)
+        return collate(examples), torch.tensor(labels)
+
+    return collate_fn
 
 
 def finish(result: dict[str, Any], table: str, json_path: Path | None) -> dict[str, Any]:
