@@ -46,6 +46,7 @@ class RunConfig:
     data_dir: str | None = None
     device: str = "auto"
     precision: str = "fp32"
+    deterministic: bool = False  # torch.use_deterministic_algorithms (matters on GPU)
 
     def __post_init__(self) -> None:
         for name in ("rank", "epochs", "batch_size", "eval_batch_size", "max_length", "calib_size"):

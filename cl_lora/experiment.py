@@ -7,9 +7,12 @@ lives here.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,10 +29,11 @@ from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.metrics import summarize
-from cl_lora.results import SCHEMA_VERSION, environment, new_run_id, write_run
+from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
 from cl_lora.strategy import LoRAStrategy, StreamOutcome, run_stream
 
 CHECKPOINT = "checkpoint.pt"
+log = logging.getLogger("cl_lora")
 
 
 @dataclass
@@ -38,6 +42,7 @@ class RunOutput:
 
     run_dir: Path
     result: dict[str, Any]
+    skipped: bool = False  # resumed a run that had already finished: nothing ran
 
 
 def seed_everything(seed: int) -> None:
@@ -139,14 +144,83 @@ def make_evaluator(verbose: bool) -> EvaluationPlugin:
         return EvaluationPlugin(loggers=[InteractiveLogger()] if verbose else [])
 
 
-def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) -> RunOutput:
-    """Run ``config`` and write ``<output_dir>/<run-id>/result.json``; bad input fails early."""
-    start = time.perf_counter()
-    device = resolve_device(config.device)
+def resolve_config(config: RunConfig) -> RunConfig:
+    """``config`` with its names checked and its init arguments typed and complete.
+
+    Cheap (no data or weights are loaded), so a sweep can reject a typo before any run
+    starts. The resolved config is what the run id hashes, so "f=.25" and "f=0.25" are one run.
+    """
+    streams.get(config.stream)
     init = inits.get(config.init)
-    # typed and complete arguments (rejects unknown ones before any work): they go into the
-    # run id and the result, so "f=.25" and "f=0.25" are the same run
-    config = dataclasses.replace(config, init_args=init.resolve_args(config.init_args))
+    return dataclasses.replace(config, init_args=init.resolve_args(config.init_args))
+
+
+def run_id_of(config: RunConfig) -> str:
+    """The folder name of ``config``'s run (the config must be resolved)."""
+    return new_run_id(config.to_dict())
+
+
+def finished_result(run_dir: Path) -> dict[str, Any] | None:
+    """The result of a run that finished in ``run_dir``, or None if it has not."""
+    try:
+        return load_run(run_dir)
+    except (OSError, ValueError):
+        return None
+
+
+def _determinism(config: RunConfig, device: torch.device) -> dict[str, Any]:
+    """What a reader needs to judge whether re-running this config gives this matrix."""
+    return {
+        "seed": config.seed,
+        "device": str(device),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _use_deterministic_algorithms(on: bool) -> None:
+    """Deterministic kernels on request; cuBLAS needs its workspace fixed before CUDA starts."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.benchmark = False
+
+
+def _progress(stream: streams.Stream) -> Callable[[int, StreamOutcome], None]:
+    """A log line per finished task: a summary that survives ``--quiet`` and log files."""
+
+    def report(task: int, outcome: StreamOutcome) -> None:
+        row = outcome.matrix[task, : task + 1]
+        log.info(
+            "[%d/%d] %s done: train %.1fs, mean score so far %.3f",
+            task + 1,
+            len(stream.tasks),
+            stream.tasks[task].name,
+            outcome.timings["train_s"][-1],
+            float(np.nanmean(row)),
+        )
+
+    return report
+
+
+def run_experiment(
+    config: RunConfig, output_dir: Path, verbose: bool = True, resume: bool = False
+) -> RunOutput:
+    """Run ``config`` and write ``<output_dir>/<run-id>/result.json``; bad input fails early.
+
+    With ``resume``, a run that already finished is returned as it is (nothing runs), and one
+    that stopped part-way continues from the checkpoint of its last finished task.
+    """
+    start = time.perf_counter()
+    config = resolve_config(config)
+    run_id = run_id_of(config)
+    run_dir = output_dir / run_id
+    if resume and (done := finished_result(run_dir)) is not None:
+        return RunOutput(run_dir=run_dir, result=done, skipped=True)
+    device = resolve_device(config.device)
+    _use_deterministic_algorithms(config.deterministic)
+    init = inits.get(config.init)
     stream = streams.build(
         config.stream,
         streams.StreamOptions(
@@ -160,9 +234,8 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
     targets = _targets(config, backbone.target_modules)
     _check_rank(config.rank, backbone.encoder, targets)
     lora = LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
-    run_id = new_run_id(config.to_dict())
-    run_dir = output_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / CHECKPOINT
 
     strategy = LoRAStrategy(
         model=ContinualClassifier(backbone, shared_head=stream.shared_head),
@@ -186,7 +259,9 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
         device=device,
         evaluator=make_evaluator(verbose),
     )
-    outcome = run_stream(strategy, checkpoint=run_dir / CHECKPOINT)
+    outcome = run_stream(
+        strategy, checkpoint=checkpoint, on_task_end=_progress(stream), resume=resume
+    )
     calibration = {
         "sources": list(strategy.calibrator.sources) if init.needs else [],
         "per_task": strategy.calibrator.reports,
@@ -203,5 +278,10 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
         device,
         time.perf_counter() - start,
     )
+    result["determinism"] = {
+        **_determinism(config, device),
+        "resumed_after_task": outcome.resumed_after,
+    }
     write_run(run_dir, result)
+    checkpoint.unlink(missing_ok=True)  # result.json now marks the run finished
     return RunOutput(run_dir=run_dir, result=result)

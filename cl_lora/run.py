@@ -68,7 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="local data folder (e.g. GLUE in the standard TSV layout)")
     p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default=DEFAULTS.precision, choices=["fp32", "bf16"])
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic torch kernels (slower on GPU; CPU runs are deterministic anyway)",
+    )
     p.add_argument("--output-dir", default="results/runs", type=Path)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue this config's run after its last finished task; skip it if finished",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -96,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         data_dir=args.data_dir,
         device=args.device,
         precision=args.precision,
+        deterministic=args.deterministic,
     )
 
 
@@ -143,13 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             print(listing())
             return 0
-        output = run_experiment(config_from_args(args), args.output_dir, verbose=not args.quiet)
+        output = run_experiment(
+            config_from_args(args), args.output_dir, verbose=not args.quiet, resume=args.resume
+        )
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunFailure as error:
         print(f"run failed: {error}", file=sys.stderr)
         return 1
+    if output.skipped:
+        print(f"already finished: {output.run_dir} (nothing ran)")
     print(summary(output.result))
     print(f"result: {output.run_dir / 'result.json'}")
     return 0

@@ -1,6 +1,7 @@
 """The Avalanche-based strategy: per task, merge the last adapter, re-init LoRA, train, evaluate."""
 
-from cl_lora.strategy.loop import StreamOutcome, run_stream
+from cl_lora.strategy.loop import run_stream
+from cl_lora.strategy.outcome import StreamOutcome
 from cl_lora.strategy.plugins import TaskScorePlugin
 from cl_lora.strategy.template import LoRAStrategy
 

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
+from cl_lora.errors import RunFailure
+from cl_lora.strategy.checkpoint import load_checkpoint, save_checkpoint
 from cl_lora.strategy.experiences import to_benchmark
+from cl_lora.strategy.outcome import StreamOutcome
 from cl_lora.strategy.template import LoRAStrategy
 
-
-@dataclass
-class StreamOutcome:
-    """Everything the loop measured; ``matrix[i, j]`` is task j's score after training task i."""
-
-    matrix: np.ndarray
-    before: list[float | None]
-    scores: list[list[dict[str, float] | None]]
-    timings: dict[str, list[float]] = field(default_factory=dict)
-    trainable_params: list[int] = field(default_factory=list)
-
-
-def save_checkpoint(path: Path, strategy: LoRAStrategy, outcome: StreamOutcome, task: int) -> None:
-    """Model (with its adapter) and the rows of ``R`` so far, replaced atomically."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "finished_task": task,
-            "model": strategy.model.state_dict(),
-            "matrix": outcome.matrix[: task + 1].tolist(),
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+log = logging.getLogger("cl_lora")
 
 
 def _evaluate(strategy: LoRAStrategy, test_stream) -> dict[int, dict]:
@@ -51,29 +27,42 @@ def run_stream(
     strategy: LoRAStrategy,
     checkpoint: Path | None = None,
     on_task_end: Callable[[int, StreamOutcome], None] | None = None,
+    resume: bool = False,
 ) -> StreamOutcome:
     """Train the stream's tasks in order and evaluate all of them after each one.
 
-    ``b`` (scores before any training) is defined only with a shared head: per-task heads do
-    not exist before their task, so there is nothing to score.
+    With ``checkpoint``, the state after every task is saved there; with ``resume`` too and a
+    checkpoint present, training continues after its last finished task. ``b`` (scores before
+    any training) is defined only with a shared head: per-task heads do not exist before their
+    task, so there is nothing to score.
     """
     stream = strategy.stream
-    count = len(stream.tasks)
     benchmark = to_benchmark(stream)
-    outcome = StreamOutcome(
-        matrix=np.full((count, count), np.nan),
-        before=[None] * count,
-        scores=[[None] * count for _ in range(count)],
-        timings={"train_s": [], "eval_s": [], "init_s": []},
-    )
-    if stream.shared_head:
-        strategy.model.add_head(0, stream.tasks[0].num_labels)
-        for j, score in _evaluate(strategy, benchmark.test_stream).items():
-            outcome.before[j] = score["score"]
+    first = 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        outcome, finished = load_checkpoint(checkpoint, strategy)
+        outcome.resumed_after = finished
+        first = finished + 1
+        log.info("resuming after task %d of %d from %s", first, len(stream.tasks), checkpoint)
+    else:
+        outcome = StreamOutcome.empty(len(stream.tasks))
+        if stream.shared_head:
+            strategy.model.add_head(0, stream.tasks[0].num_labels)
+            for j, score in _evaluate(strategy, benchmark.test_stream).items():
+                outcome.before[j] = score["score"]
 
     for i, experience in enumerate(benchmark.train_stream):
+        if i < first:
+            continue
         start = time.perf_counter()
-        strategy.train(experience)
+        try:
+            strategy.train(experience)
+        except RunFailure as failure:
+            if checkpoint is not None and i > 0:
+                raise RunFailure(
+                    f"{failure}; the tasks before it are checkpointed in {checkpoint}"
+                ) from None
+            raise
         outcome.timings["train_s"].append(time.perf_counter() - start)
         outcome.timings["init_s"].append(strategy.init_seconds[i])
         outcome.trainable_params.append(strategy.trainable_params[i])

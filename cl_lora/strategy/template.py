@@ -91,6 +91,22 @@ class LoRAStrategy(SupervisedTemplate):
             device=self.device,
         )
 
+    # -- resumable state --------------------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Per-task bookkeeping a resumed run needs; subclasses with state of their own extend
+        both this and :meth:`restore_checkpoint_state` (the model and plugins are saved apart).
+        """
+        return {
+            "trainable_params": dict(self.trainable_params),
+            "init_seconds": dict(self.init_seconds),
+            "calibration_reports": list(self.calibrator.reports),
+        }
+
+    def restore_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        self.trainable_params = dict(state["trainable_params"])
+        self.init_seconds = dict(state["init_seconds"])
+        self.calibrator.reports = list(state["calibration_reports"])
+
     # -- per-task model and optimizer -------------------------------------------------------
     @property
     def task_id(self) -> int:

@@ -1,0 +1,127 @@
+"""Resume: a run stopped after any finished task ends with the matrix of an unbroken run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_strategy, make_toy_stream, tiny_backbone
+
+from cl_lora.run import main
+from cl_lora.strategy import run_stream
+
+TINY = ["--max-train-per-task", "24", "--max-test-per-task", "12", "--epochs", "1", "--quiet"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _counting_strategy():
+    """A strategy with a plugin whose state spans tasks (as replay buffers and EWC do)."""
+    from avalanche.core import SupervisedPlugin
+
+    class StepCounter(SupervisedPlugin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.steps = 0
+
+        def after_training_iteration(self, strategy, **kwargs) -> None:
+            self.steps += 1
+
+    return make_strategy(tiny_backbone(), make_toy_stream(tasks=3), plugins=[StepCounter()])
+
+
+def test_resumed_stream_matches_an_unbroken_one_with_plugin_state(tmp_path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    strategy = _counting_strategy()
+    unbroken = run_stream(strategy).matrix
+    steps = strategy.plugins[1].steps
+
+    def stop_after_first(task: int, _outcome) -> None:
+        if task == 0:
+            raise Interrupted
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted):
+        run_stream(_counting_strategy(), checkpoint=checkpoint, on_task_end=stop_after_first)
+    torch.manual_seed(123)  # a fresh process would not share the first one's RNG state
+    strategy = _counting_strategy()
+    resumed = run_stream(strategy, checkpoint=checkpoint, resume=True)
+    assert resumed.resumed_after == 0
+    assert strategy.plugins[1].steps == steps  # task 0's count came back with the checkpoint
+    np.testing.assert_array_equal(resumed.matrix, unbroken)
+
+
+def _run_cli(argv: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cl_lora.run", *argv],
+        cwd=Path(__file__).parent.parent,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        **kwargs,
+    )
+
+
+def test_run_killed_after_its_second_task_resumes_to_the_same_result(tmp_path) -> None:
+    unbroken_dir, broken_dir = tmp_path / "unbroken", tmp_path / "broken"
+    assert main([*TINY, "--output-dir", str(unbroken_dir)]) == 0
+    (unbroken,) = unbroken_dir.rglob("result.json")
+
+    process = _run_cli([*TINY, "--output-dir", str(broken_dir)])
+    for line in process.stderr:
+        if line.startswith("[2/5]"):
+            os.kill(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    assert not list(broken_dir.rglob("result.json"))
+    (checkpoint,) = broken_dir.rglob("checkpoint.pt")
+
+    resumed = _run_cli([*TINY, "--output-dir", str(broken_dir), "--resume"])
+    log = resumed.stderr.read()
+    assert resumed.wait(timeout=300) == 0, log
+    assert "resuming after task" in log
+    result = json.loads((checkpoint.parent / "result.json").read_text())
+    assert result["matrix"] == json.loads(unbroken.read_text())["matrix"]
+    assert result["determinism"]["resumed_after_task"] >= 1
+    assert not checkpoint.exists()  # result.json marks the run finished
+
+
+def test_resume_skips_a_finished_run(tmp_path, capsys) -> None:
+    argv = [*TINY, "--output-dir", str(tmp_path), "--resume"]
+    assert main(argv) == 0
+    (result,) = tmp_path.rglob("result.json")
+    written = result.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert result.stat().st_mtime_ns == written
+
+
+def test_nan_after_a_finished_task_keeps_its_checkpoint(monkeypatch, capsys, tmp_path) -> None:
+    from cl_lora.strategy import LoRAStrategy
+
+    real = LoRAStrategy.criterion
+
+    def nan_on_second_task(self):
+        loss = real(self)
+        return loss * float("nan") if self.task_id == 1 else loss
+
+    monkeypatch.setattr(LoRAStrategy, "criterion", nan_on_second_task)
+    assert main([*TINY, "--output-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "loss became nan on task 1 (sms-spam)" in err and "checkpointed in" in err
+    assert "\n" not in err
+    assert list(tmp_path.rglob("checkpoint.pt"))
+    assert not list(tmp_path.rglob("result.json"))
