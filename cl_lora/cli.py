@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 from cl_lora.errors import BadInputError
 
@@ -12,3 +13,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # noqa: D401
         raise BadInputError(f"{message} ({self.prog} --help lists the options)")
+
+
+def parse_key_values(pairs: Sequence[str], option: str = "--init-arg") -> dict[str, str]:
+    """``KEY=VALUE`` strings to a dict of strings; the receiver coerces the values."""
+    parsed = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise BadInputError(f"{option} '{pair}' is not KEY=VALUE (e.g. {option} f=0.25)")
+        parsed[key.strip()] = value.strip()
+    return parsed

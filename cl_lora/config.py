@@ -6,6 +6,7 @@ config land in the same folder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,6 +61,15 @@ class RunConfig:
             raise BadInputError("--lr and --head-lr must be positive")
         if self.precision not in ("fp32", "bf16"):
             raise BadInputError(f"unknown --precision '{self.precision}': use fp32 or bf16")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """The inverse of :meth:`to_dict` (lists back to tuples)."""
+        data = dict(data)
+        for name in ("targets", "calib"):
+            if data.get(name) is not None:
+                data[name] = tuple(data[name])
+        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

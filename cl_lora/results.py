@@ -152,6 +152,13 @@ def write_run(run_dir: Path, result: dict[str, Any]) -> Path:
     return run_dir / RESULT_FILE
 
 
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (a reader sees the old file or the new)."""
+    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
+    temp = _stage(path.parent, path.name, lambda fh: fh.write(text.encode()))
+    os.replace(temp, path)
+
+
 def _task_names(data: Mapping[str, Any], matrix: np.ndarray) -> list[str]:
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"result matrix must be square T x T, got shape {matrix.shape}")

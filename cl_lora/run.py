@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cl_lora import inits, streams
-from cl_lora.cli import OneLineParser
+from cl_lora.cli import OneLineParser, parse_key_values
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError, RunFailure
 from cl_lora.experiment import run_experiment
@@ -21,17 +21,6 @@ from cl_lora.strategy.calibrate import parse_sources
 
 DEFAULTS = RunConfig()
 log = logging.getLogger("cl_lora")
-
-
-def parse_init_args(pairs: Sequence[str]) -> dict[str, str]:
-    """``KEY=VALUE`` strings to a dict; the method coerces the values to its declared types."""
-    parsed = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise BadInputError(f"--init-arg '{pair}' is not KEY=VALUE (e.g. --init-arg f=0.25)")
-        parsed[key.strip()] = value.strip()
-    return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         stream=args.stream,
         init=args.init,
-        init_args=parse_init_args(args.init_arg),
+        init_args=parse_key_values(args.init_arg),
         calib=parse_sources(args.calib) if args.calib else None,
         calib_size=args.calib_size,
         backbone=args.backbone,

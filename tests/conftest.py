@@ -36,6 +36,17 @@ def tiny_backbone() -> Backbone:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory) -> str:
+    """``tiny_backbone()`` saved as a ``save_pretrained`` folder, for ``--backbone`` in CLI runs."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tiny_backbone().encoder.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(packaged_minilm_path()).save_pretrained(folder)
+    return str(folder)
+
+
 def make_toy_stream(shared_head: bool = False, tasks: int = 3) -> Stream:
     """Tasks whose label is whether a cue word occurs: learnable in a few steps."""
 

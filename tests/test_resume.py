@@ -103,6 +103,9 @@ def test_resume_skips_a_finished_run(tmp_path, capsys) -> None:
     assert main(argv) == 0
     (result,) = tmp_path.rglob("result.json")
     written = result.stat().st_mtime_ns
+    determinism = json.loads(result.read_text())["determinism"]
+    assert determinism["device"] == "cpu" and determinism["deterministic_algorithms"] is False
+    assert determinism["resumed_after_task"] is None and determinism["torch_threads"] >= 1
     capsys.readouterr()
     assert main(argv) == 0
     assert "already finished" in capsys.readouterr().out

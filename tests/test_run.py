@@ -31,9 +31,14 @@ def test_list_shows_streams_and_inits(capsys) -> None:
         (["--rank", "4096", *TINY], "rank 4096 does not fit the smallest"),
         (["--epochs", "two"], "invalid int value"),
         (["--device", "cuda:7"], "CUDA"),
+        (["--backbone", "all-minilm-l6"], "did you mean 'all-minilm-l6-v2'"),
+        (["--stream", "glue-seq", "--data-dir", "/no/such/dir"], "is not a directory"),
+        (["--stream", "glue-seq", "--data-dir", "."], "GLUE folder . lacks CoLA/train.tsv"),
+        (["--seed", "0", "--resume", "--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path) -> None:
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an unknown backbone name fails without network
     assert main([*argv, "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

@@ -7,6 +7,7 @@ checkpoint was trained with, and a sane default for any encoder whose pooler is 
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -86,8 +87,10 @@ def load_text_backbone(name: str = MINILM, max_length: int = 128) -> Backbone:
     except OSError as error:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         why = "offline mode is on" if offline else str(error).splitlines()[0]
+        close = difflib.get_close_matches(name, [MINILM], n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         raise BadInputError(
-            f"cannot load text backbone '{name}' ({why}): pass --backbone with a local "
+            f"cannot load text backbone '{name}' ({why}): {hint}pass --backbone with a local "
             f"save_pretrained folder, or '{MINILM}' for the packaged offline model"
         ) from None
     return Backbone(

@@ -1,0 +1,100 @@
+"""Where a sweep's runs execute: local worker processes, or tasks on a Ray cluster.
+
+Each backend is a generator of events, ``("start", run_id)`` when a run is handed to a worker
+and ``("end", record)`` when it comes back, so the progress view is the same for both.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cl_lora.config import RunConfig
+from cl_lora.experiment import run_id_of
+from cl_lora.sweep.worker import execute
+
+Event = tuple[str, Any]
+BACKENDS = ("local", "ray")
+
+
+def _died(config: RunConfig, error: BaseException) -> dict[str, Any]:
+    """The record of a run whose worker process died (it could not report for itself)."""
+    return {"run_id": run_id_of(config), "status": "failed", "error": f"worker died: {error!r}"}
+
+
+def local_runs(
+    configs: Sequence[RunConfig], output_dir: Path, max_parallel: int
+) -> Iterator[Event]:
+    """Up to ``max_parallel`` runs at once, each in a fresh process (no state leaks between
+    runs), sharing this machine's CPU threads evenly among them."""
+    threads = max(1, torch.get_num_threads() // max_parallel)
+    context = multiprocessing.get_context("spawn")
+    queue = deque(configs)
+    running: dict[Future, RunConfig] = {}
+    with ProcessPoolExecutor(max_parallel, mp_context=context, max_tasks_per_child=1) as pool:
+        while queue or running:
+            while queue and len(running) < max_parallel:
+                config = queue.popleft()
+                future = pool.submit(execute, config.to_dict(), str(output_dir), threads)
+                running[future] = config
+                yield "start", run_id_of(config)
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                config = running.pop(future)
+                try:
+                    yield "end", future.result()
+                except Exception as error:
+                    yield "end", _died(config, error)
+
+
+def ray_runs(
+    configs: Sequence[RunConfig],
+    output_dir: Path,
+    max_parallel: int,
+    cpus_per_run: float,
+    gpus_per_run: float | None,
+) -> Iterator[Event]:
+    """One Ray task per run. Connects to the cluster in ``RAY_ADDRESS`` (or one started with
+    ``ray start`` on this machine), else starts a local instance. ``gpus_per_run`` None asks
+    for one GPU when the cluster has any. ``output_dir`` must be shared by every node. Ray
+    retries a task whose node died; the retry resumes from the run's last checkpoint.
+    """
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS"),
+            include_dashboard=False,
+            log_to_driver=False,  # each run logs to its own log.txt
+            logging_level=logging.WARNING,
+        )
+    if gpus_per_run is None:
+        gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
+    task = ray.remote(execute).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run)
+    threads = max(1, int(cpus_per_run))
+    queue = deque(configs)
+    running: dict[Any, RunConfig] = {}
+    try:
+        while queue or running:
+            while queue and (max_parallel <= 0 or len(running) < max_parallel):
+                config = queue.popleft()
+                running[task.remote(config.to_dict(), str(output_dir), threads)] = config
+                yield "start", run_id_of(config)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            config = running.pop(ref)
+            try:
+                yield "end", ray.get(ref)
+            except Exception as error:  # the task's worker or node died for good
+                yield "end", _died(config, error)
+    finally:
+        if started_here:
+            ray.shutdown()

@@ -1,0 +1,77 @@
+"""From sweep arguments to the list of resolved run configs, checked before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cl_lora.cli import parse_key_values
+from cl_lora.config import RunConfig
+from cl_lora.errors import BadInputError
+from cl_lora.experiment import resolve_config, run_id_of
+
+GRID_AXES = ("stream", "init", "init_args", "seed")  # set by the grid, not by --set
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def parse_init_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` (e.g. ``intermediate:f=0.25``)."""
+    name, _, args = spec.partition(":")
+    pairs = [pair for pair in args.split(",") if pair]
+    return name, parse_key_values(pairs, option=f"--inits {name}:")
+
+
+def _coerce(key: str, text: str) -> Any:
+    """``text`` as the type of RunConfig field ``key`` (``none`` for an optional field)."""
+    hint = _HINTS[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if type(None) in typing.get_args(hint) and text.lower() == "none":
+        return None
+    kind = typing.get_origin(args[0]) or args[0] if args else hint
+    if kind is tuple:
+        return tuple(part for part in text.split(",") if part)
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise BadInputError(f"--set {key}={text}: use true or false")
+        return text.lower() in ("true", "1")
+    try:
+        return kind(text)
+    except ValueError:
+        raise BadInputError(f"--set {key}={text}: {key} takes a {kind.__name__}") from None
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs as typed RunConfig fields; unknown keys name the close ones."""
+    fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in GRID_AXES]
+    overrides = {}
+    for key, text in parse_key_values(pairs, option="--set").items():
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f": did you mean '{close[0]}'?" if close else ""
+            axes = " (streams, inits and seeds are grid axes)" if key in GRID_AXES else ""
+            raise BadInputError(f"--set {key} is not a run setting{hint}{axes}")
+        overrides[key] = _coerce(key, text)
+    return overrides
+
+
+def expand_grid(
+    streams: Sequence[str],
+    inits: Sequence[str],
+    seeds: Sequence[int],
+    overrides: Mapping[str, Any] | None = None,
+) -> list[RunConfig]:
+    """Every (stream, init spec, seed) as a resolved config; any bad name fails before a run.
+
+    Duplicates (e.g. ``intermediate`` and ``intermediate:f=0.5``, the default) collapse.
+    """
+    configs: dict[str, RunConfig] = {}
+    for stream, spec, seed in itertools.product(streams, inits, seeds):
+        name, args = parse_init_spec(spec)
+        config = RunConfig(stream=stream, init=name, init_args=args, seed=seed, **(overrides or {}))
+        resolved = resolve_config(config)
+        configs.setdefault(run_id_of(resolved), resolved)
+    return list(configs.values())
