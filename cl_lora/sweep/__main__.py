@@ -119,7 +119,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
         return list(records.values())
     output_dir.mkdir(parents=True, exist_ok=True)
     running = 0
-    for kind, payload in _events(args, todo, output_dir):
+    for kind, payload in _events(args, todo, output_dir) if todo else ():  # no Ray start-up
         running += 1 if kind == "start" else -1
         if kind == "end":
             records[payload["run_id"]] = payload
