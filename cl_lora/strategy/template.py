@@ -76,6 +76,7 @@ class LoRAStrategy(SupervisedTemplate):
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.trainable_params: dict[int, int] = {}
         self.init_seconds: dict[int, float] = {}
+        self.heads: torch.nn.Module = torch.nn.ModuleList()  # the heads the current task trains
         self.calibrator = Calibrator(
             init=init,
             init_args=self.init_args,
@@ -97,39 +98,58 @@ class LoRAStrategy(SupervisedTemplate):
         return int(self.experience.current_experience)
 
     def model_adaptation(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
-        """In training: merge the last adapter, add the task's head, attach a fresh LoRA."""
+        """In training: add the task's head(s), then prepare the encoder (by default: merge the
+        last adapter and attach a fresh LoRA)."""
         model = super().model_adaptation(model)
         if self.is_training:
             start = time.perf_counter()
-            task = self.stream.tasks[self.task_id]
-            merge_lora(model)
-            model.add_head(self.task_id, task.num_labels)
+            self.heads = self.make_heads(model)
             generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
-            encoder_params = attach_lora(
-                model,
-                self.lora,
-                self.target_modules,
-                self.init,
-                self.init_args,
-                stats=self.calibrator.collect(model, self.task_id, generator),
-                generator=generator,
-            )
-            head = model.heads[model.head_key(self.task_id)]
+            encoder_params = self.prepare_encoder(model, generator)
             self.trainable_params[self.task_id] = encoder_params + sum(
-                p.numel() for p in head.parameters()
+                p.numel() for p in self.heads.parameters()
             )
             self.init_seconds[self.task_id] = time.perf_counter() - start
         return model.to(self.device)
+
+    # -- hooks that baselines override (baselines/) -------------------------------------------
+    def make_heads(self, model: ContinualClassifier) -> torch.nn.Module:
+        """Create the head(s) this task trains and return them: the current task's head."""
+        model.add_head(self.task_id, self.stream.tasks[self.task_id].num_labels)
+        return model.heads[model.head_key(self.task_id)]
+
+    def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+        """Make the encoder ready for this task; returns its trainable parameter count.
+
+        The suite's life cycle: fold the last adapter into the backbone and attach a fresh LoRA
+        initialized by the init method.
+        """
+        merge_lora(model)
+        return attach_lora(
+            model,
+            self.lora,
+            self.target_modules,
+            self.init,
+            self.init_args,
+            stats=self.init_stats(model, generator),
+            generator=generator,
+        )
+
+    def init_stats(
+        self, model: ContinualClassifier, generator: torch.Generator
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Per adapted layer, the statistics the init method reads (collected on ``model``)."""
+        return self.calibrator.collect(model, self.task_id, generator)
 
     def check_model_and_optimizer(self, **kwargs: Any) -> None:
         self.model = self.model_adaptation()
         self.make_optimizer()
 
     def make_optimizer(self, **kwargs: Any) -> None:
-        """A fresh AdamW over this task's adapter and head, with linear warm-up and decay."""
-        head = self.model.heads[self.model.head_key(self.task_id)]
+        """A fresh AdamW over the encoder's trainable parameters and this task's head(s), with
+        linear warm-up and decay."""
         self.optimizer = task_optimizer(
-            self.model.encoder, head, self.lr, self.head_lr, self.weight_decay
+            self.model.encoder, self.heads, self.lr, self.head_lr, self.weight_decay
         )
         steps = len(self.dataloader) * self.train_epochs
         self.scheduler = linear_warmup_decay(self.optimizer, steps, self.warmup_ratio)
