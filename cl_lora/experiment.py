@@ -6,7 +6,6 @@ lives here.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import time
 import warnings
@@ -20,6 +19,7 @@ import torch
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
+from baselines.method import Method, resolve
 from cl_lora import inits, streams
 from cl_lora.backbones import ContinualClassifier, load_text_backbone
 from cl_lora.config import RunConfig, resolve_device
@@ -27,7 +27,7 @@ from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.metrics import summarize
 from cl_lora.results import SCHEMA_VERSION, environment, new_run_id, write_run
-from cl_lora.strategy import LoRAStrategy, StreamOutcome, run_stream
+from cl_lora.strategy import StreamOutcome, run_stream
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -71,7 +71,7 @@ def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None
 
 
 def _result(
-    config: RunConfig,
+    method: Method,
     calibration: dict[str, Any],
     run_id: str,
     stream: streams.Stream,
@@ -82,7 +82,7 @@ def _result(
     device: torch.device,
     wall_s: float,
 ) -> dict[str, Any]:
-    init = inits.get(config.init)
+    config, init = method.config, method.init
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -105,7 +105,10 @@ def _result(
             }
             for task in stream.tasks
         ],
-        "init": {
+        "method": method.record(),
+        "init": None  # a baseline without a LoRA init (frozen, seq-ft, inflora)
+        if init is None
+        else {
             "name": init.name,
             "description": init.description,
             "args": init.resolve_args(config.init_args),
@@ -143,10 +146,11 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
     """Run ``config`` and write ``<output_dir>/<run-id>/result.json``; bad input fails early."""
     start = time.perf_counter()
     device = resolve_device(config.device)
-    init = inits.get(config.init)
-    # typed and complete arguments (rejects unknown ones before any work): they go into the
-    # run id and the result, so "f=.25" and "f=0.25" are the same run
-    config = dataclasses.replace(config, init_args=init.resolve_args(config.init_args))
+    # the method (init, baseline, plugins) with typed and complete arguments (rejects unknown
+    # ones before any work): they go into the run id and the result, so "f=.25" and "f=0.25"
+    # are the same run
+    method = resolve(config)
+    config = method.config
     stream = streams.build(
         config.stream,
         streams.StreamOptions(
@@ -164,11 +168,11 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
     run_dir = output_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    strategy = LoRAStrategy(
+    strategy = method.strategy(
         model=ContinualClassifier(backbone, shared_head=stream.shared_head),
         backbone=backbone,
         stream=stream,
-        init=init,
+        init=method.init or inits.get("lora"),  # baselines without an init never call it
         init_args=config.init_args,
         lora=lora,
         target_modules=targets,
@@ -184,15 +188,17 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
         train_epochs=config.epochs,
         eval_mb_size=config.eval_batch_size,
         device=device,
+        plugins=method.plugins(),
         evaluator=make_evaluator(verbose),
+        **method.strategy_args,
     )
     outcome = run_stream(strategy, checkpoint=run_dir / CHECKPOINT)
     calibration = {
-        "sources": list(strategy.calibrator.sources) if init.needs else [],
+        "sources": list(strategy.calibrator.sources) if strategy.init.needs else [],
         "per_task": strategy.calibrator.reports,
     }
     result = _result(
-        config,
+        method,
         calibration,
         run_id,
         stream,
