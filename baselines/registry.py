@@ -109,9 +109,7 @@ def available() -> list[str]:
 
 def get(name: str) -> Baseline:
     """The baseline called ``name``; unknown names get close-match suggestions."""
-    if name not in _BASELINES:
-        raise unknown_name("baseline", name, list(_BASELINES))
-    return _BASELINES[name]
+    return _lookup("baseline", _BASELINES, name)
 
 
 def available_plugins() -> list[str]:
@@ -121,9 +119,13 @@ def available_plugins() -> list[str]:
 
 def get_plugin(name: str) -> Plugin:
     """The plugin called ``name``; unknown names get close-match suggestions."""
-    if name not in _PLUGINS:
-        raise unknown_name("plugin", name, list(_PLUGINS))
-    return _PLUGINS[name]
+    return _lookup("plugin", _PLUGINS, name)
+
+
+def _lookup(kind: str, registry: Mapping[str, Any], name: str) -> Any:
+    if name not in registry:
+        raise unknown_name(kind, name, list(registry))
+    return registry[name]
 
 
 def split_plugin_args(
