@@ -24,6 +24,12 @@ from cl_lora.strategy.experiences import to_benchmark
 QUERY = "encoder.layer.0.attention.self.query"
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """The tiny BERT's random weights and the replay memory draw from the global generator."""
+    torch.manual_seed(0)
+
+
 def baseline_strategy(name: str, stream, epochs: int = 1, **args):
     spec = baselines.get(name)
     return make_strategy(
@@ -310,3 +316,21 @@ def test_joint_experiences_come_from_the_stream(toy_stream) -> None:
     strategy.experience = to_benchmark(stream).train_stream[2]
     strategy.train_dataset_adaptation()
     assert len(strategy.adapted_dataset) == sum(sizes)
+
+
+def test_batches_mixing_single_texts_and_pairs_tokenize_as_each_alone() -> None:
+    """Replay and joint batches mix tasks with and without a ``text_pair`` (offline-text)."""
+    from transformers import AutoTokenizer
+
+    from cl_lora.backbones.text import packaged_minilm_path, tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+    pair = {"text": "is the sky blue", "text_pair": "the sky is blue on clear days"}
+    single = {"text": "great movie"}
+    mixed = tokenize(tokenizer, 64, [pair, single])
+    for row, example in enumerate((pair, single)):
+        alone = tokenize(tokenizer, 64, [example])
+        length = int(alone["attention_mask"].sum())
+        for key, value in mixed.items():
+            assert torch.equal(value[row, :length], alone[key][0, :length]), key
+        assert mixed["attention_mask"][row, length:].sum() == 0
