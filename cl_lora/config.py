@@ -24,8 +24,12 @@ class RunConfig:
     """
 
     stream: str = "offline-text"
-    init: str = "lora"
+    init: str | None = "lora"  # None only for baselines without a LoRA init (see baselines/)
     init_args: dict[str, Any] = field(default_factory=dict)
+    baseline: str | None = None  # None: the suite's method, a fresh LoRA per task
+    baseline_args: dict[str, Any] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()  # continual-learning plugins (ewc, lwf, replay)
+    plugin_args: dict[str, Any] = field(default_factory=dict)
     backbone: str = "all-minilm-l6-v2"
     targets: tuple[str, ...] | None = None  # None: the backbone's attention and MLP linears
     calib: tuple[str, ...] | None = None  # None: the init method's default sources
@@ -73,6 +77,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["plugins"] = list(self.plugins)
         for name in ("targets", "calib"):
             value = getattr(self, name)
             data[name] = list(value) if value is not None else None

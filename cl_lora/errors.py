@@ -4,6 +4,8 @@ Bad input is the user's to fix (exit 2, one line, no traceback); a run failure h
 running (exit 1). Messages are one line that says what to do.
 """
 
+import difflib
+
 
 class BadInputError(Exception):
     """Input the user can fix: unknown names, bad arguments, missing data or assets."""
@@ -11,3 +13,10 @@ class BadInputError(Exception):
 
 class RunFailure(Exception):
     """A failure while running that is not the user's input (e.g. a NaN loss)."""
+
+
+def unknown_name(kind: str, name: str, known: list[str]) -> BadInputError:
+    """The one-line error for an unknown registered name, with close matches as suggestions."""
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    return BadInputError(f"unknown {kind} '{name}': {hint}(python -m cl_lora.run --list shows all)")

@@ -6,7 +6,6 @@ lives here.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -23,6 +22,7 @@ import torch
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
+from baselines.method import Method, resolve
 from cl_lora import inits, streams
 from cl_lora.backbones import ContinualClassifier, load_text_backbone
 from cl_lora.config import RunConfig, resolve_device
@@ -30,7 +30,7 @@ from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.metrics import summarize
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
-from cl_lora.strategy import LoRAStrategy, StreamOutcome, run_stream
+from cl_lora.strategy import StreamOutcome, run_stream
 
 CHECKPOINT = "checkpoint.pt"
 log = logging.getLogger("cl_lora")
@@ -76,7 +76,7 @@ def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None
 
 
 def _result(
-    config: RunConfig,
+    method: Method,
     calibration: dict[str, Any],
     run_id: str,
     stream: streams.Stream,
@@ -87,7 +87,7 @@ def _result(
     device: torch.device,
     wall_s: float,
 ) -> dict[str, Any]:
-    init = inits.get(config.init)
+    config, init = method.config, method.init
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -110,7 +110,10 @@ def _result(
             }
             for task in stream.tasks
         ],
-        "init": {
+        "method": method.record(),
+        "init": None  # a baseline without a LoRA init (frozen, seq-ft, inflora)
+        if init is None
+        else {
             "name": init.name,
             "description": init.description,
             "args": init.resolve_args(config.init_args),
@@ -144,15 +147,19 @@ def make_evaluator(verbose: bool) -> EvaluationPlugin:
         return EvaluationPlugin(loggers=[InteractiveLogger()] if verbose else [])
 
 
-def resolve_config(config: RunConfig) -> RunConfig:
-    """``config`` with its names checked and its init arguments typed and complete.
+def resolve_method(config: RunConfig) -> Method:
+    """``config``'s stream checked and its method (init, baseline, plugins) resolved.
 
     Cheap (no data or weights are loaded), so a sweep can reject a typo before any run
     starts. The resolved config is what the run id hashes, so "f=.25" and "f=0.25" are one run.
     """
     streams.get(config.stream)
-    init = inits.get(config.init)
-    return dataclasses.replace(config, init_args=init.resolve_args(config.init_args))
+    return resolve(config)
+
+
+def resolve_config(config: RunConfig) -> RunConfig:
+    """``config`` with every name checked and every argument typed and complete."""
+    return resolve_method(config).config
 
 
 def run_id_of(config: RunConfig) -> str:
@@ -213,14 +220,14 @@ def run_experiment(
     that stopped part-way continues from the checkpoint of its last finished task.
     """
     start = time.perf_counter()
-    config = resolve_config(config)
+    method = resolve_method(config)
+    config = method.config
     run_id = run_id_of(config)
     run_dir = output_dir / run_id
     if resume and (done := finished_result(run_dir)) is not None:
         return RunOutput(run_dir=run_dir, result=done, skipped=True)
     device = resolve_device(config.device)
     _use_deterministic_algorithms(config.deterministic)
-    init = inits.get(config.init)
     stream = streams.build(
         config.stream,
         streams.StreamOptions(
@@ -237,11 +244,11 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / CHECKPOINT
 
-    strategy = LoRAStrategy(
+    strategy = method.strategy(
         model=ContinualClassifier(backbone, shared_head=stream.shared_head),
         backbone=backbone,
         stream=stream,
-        init=init,
+        init=method.init or inits.get("lora"),  # baselines without an init never call it
         init_args=config.init_args,
         lora=lora,
         target_modules=targets,
@@ -257,17 +264,19 @@ def run_experiment(
         train_epochs=config.epochs,
         eval_mb_size=config.eval_batch_size,
         device=device,
+        plugins=method.plugins(),
         evaluator=make_evaluator(verbose),
+        **method.strategy_args,
     )
     outcome = run_stream(
         strategy, checkpoint=checkpoint, on_task_end=_progress(stream), resume=resume
     )
     calibration = {
-        "sources": list(strategy.calibrator.sources) if init.needs else [],
+        "sources": list(strategy.calibrator.sources) if strategy.init.needs else [],
         "per_task": strategy.calibrator.reports,
     }
     result = _result(
-        config,
+        method,
         calibration,
         run_id,
         stream,

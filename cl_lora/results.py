@@ -245,24 +245,30 @@ def load_run(path: Path | str) -> dict[str, Any]:
     return data
 
 
+def method_label(config: Mapping[str, Any]) -> str:
+    """What a run trains, in one word: its baseline or init method, then its plugins joined
+    with ``+`` (``lora``, ``seq-ft``, ``pissa+replay``)."""
+    base = _name(config.get("baseline")) or _name(config.get("init")) or "none"
+    return "+".join([base, *(config.get("plugins") or [])])
+
+
 def new_run_id(config: Mapping[str, Any]) -> str:
     """A short id that is the same for the same resolved config: the run's folder name.
 
-    ``<stream>-<init>-s<seed>-<hash>``, the hash being the first 8 hex digits of the SHA-256
-    of the config's canonical JSON (sorted keys, no whitespace), so a sweep can tell which
-    configs already ran. ``stream`` and ``init`` may be names or dicts with a ``name``.
+    ``<stream>-<method>-s<seed>-<hash>``, the method being :func:`method_label` (the init for
+    the suite's own method), the hash being the first 8 hex digits of the SHA-256 of the
+    config's canonical JSON (sorted keys, no whitespace), so a sweep can tell which configs
+    already ran. ``stream`` and ``init`` may be names or dicts with a ``name``.
     """
-    try:
-        stream, init, seed = _name(config["stream"]), _name(config["init"]), config["seed"]
-    except KeyError as missing:
-        raise ValueError(
-            f"config needs 'stream', 'init' and 'seed'; {missing} is missing"
-        ) from None
+    missing = [key for key in ("stream", "init", "seed") if key not in config]
+    if missing:  # init must be there even when None (a baseline without an init method)
+        raise ValueError(f"config needs 'stream', 'init' and 'seed'; {missing} is missing")
+    stream, seed = _name(config["stream"]), config["seed"]
     canonical = json.dumps(
         to_jsonable(config), sort_keys=True, separators=(",", ":"), allow_nan=False
     )
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:8]
-    return "-".join(_slug(part) for part in (stream, init, f"s{seed}", digest))
+    return "-".join(_slug(part) for part in (stream, method_label(config), f"s{seed}", digest))
 
 
 def _slug(text: str | None) -> str:

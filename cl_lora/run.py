@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import baselines
 from cl_lora import inits, streams
 from cl_lora.cli import OneLineParser, parse_key_values
 from cl_lora.config import RunConfig
@@ -27,13 +28,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m cl_lora.run", description=__doc__.splitlines()[0])
     p.add_argument("--list", action="store_true", help="list streams and init methods, then exit")
     p.add_argument("--stream", default=DEFAULTS.stream, help="task stream (see --list)")
-    p.add_argument("--init", default=DEFAULTS.init, help="LoRA init method (see --list)")
+    p.add_argument("--init", help=f"LoRA init method (see --list; default {DEFAULTS.init})")
     p.add_argument(
         "--init-arg",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="an argument of the init method; repeatable",
+    )
+    p.add_argument("--baseline", help="train with a baseline instead (see --list)")
+    p.add_argument(
+        "--baseline-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument of the baseline; repeatable",
+    )
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        help="a continual-learning plugin (ewc, lwf, replay) with the re-initialized LoRA; "
+        "repeatable",
+    )
+    p.add_argument(
+        "--plugin-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument of a chosen plugin (each key belongs to one plugin); repeatable",
     )
     p.add_argument(
         "--calib",
@@ -75,8 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         stream=args.stream,
-        init=args.init,
+        init=args.init,  # None: the default, or no init for a baseline that uses none
         init_args=parse_key_values(args.init_arg),
+        baseline=args.baseline,
+        baseline_args=parse_key_values(args.baseline_arg, "--baseline-arg"),
+        plugins=tuple(args.plugin),
+        plugin_args=parse_key_values(args.plugin_arg, "--plugin-arg"),
         calib=parse_sources(args.calib) if args.calib else None,
         calib_size=args.calib_size,
         backbone=args.backbone,
@@ -111,6 +138,19 @@ def listing() -> str:
             parts.append(f"needs {'+'.join(method.needs)} on {'+'.join(method.calibration)}")
         extras = "; ".join(part for part in parts if part)
         lines.append(f"  {name:<18} {method.description}" + (f"  [{extras}]" if extras else ""))
+    for title, names, get in (
+        ("baselines (--baseline):", baselines.available(), baselines.get),
+        (
+            "plugins (--plugin, with any --init):",
+            baselines.available_plugins(),
+            baselines.get_plugin,
+        ),
+    ):
+        lines.append(title)
+        for name in names:
+            entry = get(name)
+            extras = ", ".join(f"{k}={a.default}" for k, a in entry.arguments.items())
+            lines.append(f"  {name:<18} {entry.description}" + (f"  [{extras}]" if extras else ""))
     return "\n".join(lines)
 
 
@@ -123,7 +163,7 @@ def summary(result: dict[str, Any]) -> str:
     names = [task["name"] for task in result["tasks"]]
     width = max(len(n) for n in names) + 2
     lines = [
-        f"{result['stream']['name']} / {result['init']['name']} / seed {result['seed']}",
+        f"{result['stream']['name']} / {result['method']['name']} / seed {result['seed']}",
         "R[i][j]: score on task j (columns) after training task i (rows)",
         " " * width + "".join(f"{n[:9]:>10}" for n in names),
     ]

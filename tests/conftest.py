@@ -86,15 +86,18 @@ def make_strategy(
     init_args: dict | None = None,
     epochs: int = 1,
     plugins: list | None = None,
+    strategy: type | None = None,
+    **strategy_args,
 ):
-    """A ``LoRAStrategy`` with a fast recipe (rank 2, batch 8, high learning rates), silent."""
+    """A ``LoRAStrategy`` (or the ``strategy`` subclass, e.g. a baseline, built with
+    ``strategy_args``) with a fast recipe (rank 2, batch 8, high learning rates), silent."""
     from cl_lora import inits
     from cl_lora.backbones import ContinualClassifier
     from cl_lora.experiment import make_evaluator
     from cl_lora.lora import LoRASettings
     from cl_lora.strategy import LoRAStrategy
 
-    return LoRAStrategy(
+    return (strategy or LoRAStrategy)(
         model=ContinualClassifier(backbone, shared_head=stream.shared_head),
         backbone=backbone,
         stream=stream,
@@ -113,4 +116,5 @@ def make_strategy(
         device="cpu",
         plugins=plugins,
         evaluator=make_evaluator(verbose=False),
+        **strategy_args,
     )

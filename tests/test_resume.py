@@ -62,6 +62,49 @@ def test_resumed_stream_matches_an_unbroken_one_with_plugin_state(tmp_path) -> N
     np.testing.assert_array_equal(resumed.matrix, unbroken)
 
 
+@pytest.mark.parametrize(
+    ("module", "name", "attribute", "args"),
+    [
+        ("o_lora", "OrthogonalLoRA", "earlier_A", {"lambda_orth": 0.5, "lambda_l2": 0.0}),
+        ("inflora", "InterferenceFreeLoRA", "basis", {"threshold": 0.95}),
+    ],
+)
+def test_baselines_resume_with_their_memory_of_earlier_tasks(
+    module, name, attribute, args, tmp_path
+) -> None:
+    import importlib
+
+    import torch
+
+    strategy_class = getattr(importlib.import_module(f"baselines.{module}"), name)
+
+    def build():
+        return make_strategy(
+            tiny_backbone(), make_toy_stream(tasks=3), strategy=strategy_class, **args
+        )
+
+    torch.manual_seed(0)
+    unbroken = build()
+    matrix = run_stream(unbroken).matrix
+
+    def stop_after_second(task: int, _outcome) -> None:
+        if task == 1:  # the memory then holds task 0, which the model no longer shows
+            raise Interrupted
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted):
+        run_stream(build(), checkpoint=checkpoint, on_task_end=stop_after_second)
+    resumed = build()
+    np.testing.assert_array_equal(
+        run_stream(resumed, checkpoint=checkpoint, resume=True).matrix, matrix
+    )
+    expected, got = getattr(unbroken, attribute), getattr(resumed, attribute)
+    assert expected and set(got) == set(expected)  # without task 0's memory these differ
+    for key in expected:
+        assert torch.equal(got[key], expected[key])
+
+
 def _run_cli(argv: list[str], **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "cl_lora.run", *argv],

@@ -49,9 +49,20 @@ def test_grid_resolves_every_run_and_collapses_duplicates() -> None:
     assert {c.init_args.get("f") for c in configs if c.init == "intermediate"} == {0.5}
 
 
+def test_grid_takes_baselines_next_to_inits() -> None:
+    configs = expand_grid(["offline-text"], ["lora"], [0], None, ["frozen", "o-lora:lambda_orth=1"])
+    assert [(c.init, c.baseline) for c in configs] == [
+        ("lora", None),
+        (None, "frozen"),
+        ("lora", "o-lora"),
+    ]
+    assert configs[2].baseline_args["lambda_orth"] == 1.0
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--baselines", "frozn"], "did you mean 'frozen'"),
         (["--inits", "lora", "pisa"], "did you mean 'pissa'"),
         (["--streams", "ofline-text"], "did you mean 'offline-text'"),
         (["--inits", "intermediate:g=1"], "does not take g"),

@@ -46,8 +46,33 @@ class ContinualClassifier(MultiTaskModule):
     def forward_single_task(self, x: Inputs, task_label: int) -> torch.Tensor:
         return self.heads[self.head_key(int(task_label))](self.features(x))
 
-    def forward(self, x: Inputs, task_labels: torch.Tensor | int) -> torch.Tensor:
-        """Logits; batches are single-task in cl-lora, mixed batches are split per task."""
+    def forward_all_tasks(self, x: Inputs) -> dict[int, torch.Tensor]:
+        """Logits of every head trained so far, keyed by task id (what LwF distills).
+
+        The encoder runs once, not once per task as in Avalanche's default; a head shared by
+        several tasks appears once, under the first task that uses it.
+        """
+        features = self.features(x)
+        outputs: dict[int, torch.Tensor] = {}
+        seen: set[str] = set()
+        for task_id in sorted(self.known_train_tasks_labels):
+            key = self.head_key(int(task_id))
+            if key in self.heads and key not in seen:
+                seen.add(key)
+                outputs[int(task_id)] = self.heads[key](features)
+        return outputs
+
+    def forward(
+        self, x: Inputs, task_labels: torch.Tensor | int | None
+    ) -> torch.Tensor | dict[int, torch.Tensor]:
+        """Logits; ``None`` task labels give every head's logits (a dict, as in Avalanche).
+
+        Batches are single-task in sequential training; mixed batches (replay, joint training)
+        are split per task. Heads of different widths are padded with ``-inf``, so the padding
+        gets zero probability in softmax and cross-entropy and is never the argmax.
+        """
+        if task_labels is None:
+            return self.forward_all_tasks(x)
         if isinstance(task_labels, int):
             return self.forward_single_task(x, task_labels)
         tasks = task_labels.unique()
@@ -57,8 +82,11 @@ class ContinualClassifier(MultiTaskModule):
             self.forward_single_task({k: v[task_labels == t] for k, v in x.items()}, int(t))
             for t in tasks
         ]
-        logits = torch.empty(
-            len(task_labels), max(o.shape[1] for o in outputs), device=outputs[0].device
+        logits = torch.full(
+            (len(task_labels), max(o.shape[1] for o in outputs)),
+            float("-inf"),
+            device=outputs[0].device,
+            dtype=outputs[0].dtype,
         )
         for t, out in zip(tasks, outputs, strict=True):
             logits[task_labels == t, : out.shape[1]] = out

@@ -58,20 +58,21 @@ def mean_pool(encoder: nn.Module, inputs: Inputs) -> torch.Tensor:
 
 
 def tokenize(tokenizer: Any, max_length: int, examples: Sequence[dict[str, Any]]) -> Inputs:
-    """Pad a batch of ``{"text", ["text_pair"]}`` rows to its longest member (dynamic padding)."""
+    """Pad a batch of ``{"text", ["text_pair"]}`` rows to its longest member (dynamic padding).
+
+    A batch that mixes single texts and pairs (replay or joint training over tasks of both
+    kinds) is encoded row by row and then padded together, in the batch's order.
+    """
+    options = {"truncation": True, "max_length": max_length}
+    padding = {"padding": True, "pad_to_multiple_of": 8, "return_tensors": "pt"}
+    # pad_to_multiple_of: fewer distinct shapes, each new one is slow on first use
+    has_pair = {"text_pair" in example for example in examples}
+    if len(has_pair) > 1:
+        rows = [tokenizer(e["text"], e.get("text_pair"), **options) for e in examples]
+        return dict(tokenizer.pad(rows, **padding))
     texts = [example["text"] for example in examples]
-    pairs = [example["text_pair"] for example in examples] if "text_pair" in examples[0] else None
-    return dict(
-        tokenizer(
-            texts,
-            pairs,
-            padding=True,
-            truncation=True,
-            max_length=max_length,
-            pad_to_multiple_of=8,  # fewer distinct shapes: each new one is slow on first use
-            return_tensors="pt",
-        )
-    )
+    pairs = [example["text_pair"] for example in examples] if True in has_pair else None
+    return dict(tokenizer(texts, pairs, **options, **padding))
 
 
 def load_text_backbone(name: str = MINILM, max_length: int = 128) -> Backbone:

@@ -28,6 +28,30 @@ class Argument:
     help: str
 
 
+def resolve_arguments(
+    owner: str, arguments: Mapping[str, Argument], args: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``args`` with every declared argument's default filled in and values coerced to the
+    declared types; unknown keys and uncoercible values are :class:`BadInputError` naming
+    ``owner`` (e.g. ``"init 'pissa'"``, ``"baseline 'o-lora'"``)."""
+    unknown = sorted(set(args) - set(arguments))
+    if unknown:
+        accepted = ", ".join(sorted(arguments)) or "no arguments"
+        raise BadInputError(f"{owner} does not take {', '.join(unknown)}: it accepts {accepted}")
+    resolved = {}
+    for key, spec in arguments.items():
+        value = args.get(key, spec.default)
+        if value is not None and not isinstance(value, spec.type):
+            try:
+                value = spec.type(value)
+            except (TypeError, ValueError):
+                raise BadInputError(
+                    f"{owner} argument {key}={value!r} is not a {spec.type.__name__}: {spec.help}"
+                ) from None
+        resolved[key] = value
+    return resolved
+
+
 @dataclass(frozen=True)
 class LoRAFactors:
     """What an init returns for one layer."""
@@ -91,25 +115,7 @@ class InitMethod(ABC):
 
     def resolve_args(self, args: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults filled in and values coerced to their declared types; unknown keys rejected."""
-        unknown = sorted(set(args) - set(self.arguments))
-        if unknown:
-            accepted = ", ".join(sorted(self.arguments)) or "no arguments"
-            raise BadInputError(
-                f"init '{self.name}' does not take {', '.join(unknown)}: it accepts {accepted}"
-            )
-        resolved = {}
-        for key, spec in self.arguments.items():
-            value = args.get(key, spec.default)
-            if value is not None and not isinstance(value, spec.type):
-                try:
-                    value = spec.type(value)
-                except (TypeError, ValueError):
-                    raise BadInputError(
-                        f"init '{self.name}' argument {key}={value!r} is not a "
-                        f"{spec.type.__name__}: {spec.help}"
-                    ) from None
-            resolved[key] = value
-        return resolved
+        return resolve_arguments(f"init '{self.name}'", self.arguments, args)
 
     @abstractmethod
     def factors(

@@ -3,12 +3,11 @@ the ``cl_lora.inits`` entry-point group (discovered on first lookup)."""
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
-from cl_lora.errors import BadInputError
+from cl_lora.errors import unknown_name
 from cl_lora.inits.base import InitMethod
 
 ENTRY_POINT_GROUP = "cl_lora.inits"
@@ -65,9 +64,5 @@ def get(name: str) -> InitMethod:
     """The init method called ``name``; unknown names get close-match suggestions."""
     _load_entry_points()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
-        raise BadInputError(
-            f"unknown init method '{name}': {hint}(python -m cl_lora.run --list shows all)"
-        )
+        raise unknown_name("init method", name, list(_REGISTRY))
     return _REGISTRY[name]

@@ -13,7 +13,9 @@ from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datas
 from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
-from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche.benchmarks.utils.classification_dataset import (
+    TaskAwareSupervisedClassificationDataset,
+)
 from avalanche.benchmarks.utils.data_attribute import DataAttribute, TaskLabels
 from torch.utils.data import Dataset
 
@@ -35,9 +37,11 @@ class TaskExamples(Dataset):
         return {key: value for key, value in row.items() if key != "label"}, row.pop("label")
 
 
-def _experience_dataset(rows: Any, task_id: int) -> AvalancheDataset:
+def _experience_dataset(rows: Any, task_id: int) -> TaskAwareSupervisedClassificationDataset:
+    """Avalanche's supervised, task-aware dataset type: what its plugins (LwF's per-task
+    classes, replay's task-balanced memory) expect of an experience."""
     examples = TaskExamples(rows)
-    return AvalancheDataset(
+    return TaskAwareSupervisedClassificationDataset(
         [examples],
         data_attributes=[
             DataAttribute(examples.labels, "targets"),

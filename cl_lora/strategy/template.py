@@ -32,8 +32,12 @@ from cl_lora.streams import Stream
 class LoRAStrategy(SupervisedTemplate):
     """Re-initializes a LoRA per task with ``init`` and trains it with the task's head.
 
-    ``scorer`` holds the task scores of the last ``eval`` call.
+    ``scorer`` holds the task scores of the last ``eval`` call. ``checkpointed`` names the
+    attributes a subclass carries from task to task (e.g. earlier tasks' subspaces), so that a
+    resumed run gets them back.
     """
+
+    checkpointed: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -76,6 +80,7 @@ class LoRAStrategy(SupervisedTemplate):
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.trainable_params: dict[int, int] = {}
         self.init_seconds: dict[int, float] = {}
+        self.heads: torch.nn.Module = torch.nn.ModuleList()  # the heads the current task trains
         self.calibrator = Calibrator(
             init=init,
             init_args=self.init_args,
@@ -93,19 +98,21 @@ class LoRAStrategy(SupervisedTemplate):
 
     # -- resumable state --------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
-        """Per-task bookkeeping a resumed run needs; subclasses with state of their own extend
-        both this and :meth:`restore_checkpoint_state` (the model and plugins are saved apart).
-        """
+        """Per-task bookkeeping a resumed run needs, plus the attributes a subclass names in
+        ``checkpointed`` (the model and plugins are saved apart)."""
         return {
             "trainable_params": dict(self.trainable_params),
             "init_seconds": dict(self.init_seconds),
             "calibration_reports": list(self.calibrator.reports),
+            "attributes": {name: getattr(self, name) for name in self.checkpointed},
         }
 
     def restore_checkpoint_state(self, state: Mapping[str, Any]) -> None:
         self.trainable_params = dict(state["trainable_params"])
         self.init_seconds = dict(state["init_seconds"])
         self.calibrator.reports = list(state["calibration_reports"])
+        for name, value in state["attributes"].items():
+            setattr(self, name, value)
 
     # -- per-task model and optimizer -------------------------------------------------------
     @property
@@ -113,39 +120,58 @@ class LoRAStrategy(SupervisedTemplate):
         return int(self.experience.current_experience)
 
     def model_adaptation(self, model: torch.nn.Module | None = None) -> torch.nn.Module:
-        """In training: merge the last adapter, add the task's head, attach a fresh LoRA."""
+        """In training: add the task's head(s), then prepare the encoder (by default: merge the
+        last adapter and attach a fresh LoRA)."""
         model = super().model_adaptation(model)
         if self.is_training:
             start = time.perf_counter()
-            task = self.stream.tasks[self.task_id]
-            merge_lora(model)
-            model.add_head(self.task_id, task.num_labels)
+            self.heads = self.make_heads(model)
             generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
-            encoder_params = attach_lora(
-                model,
-                self.lora,
-                self.target_modules,
-                self.init,
-                self.init_args,
-                stats=self.calibrator.collect(model, self.task_id, generator),
-                generator=generator,
-            )
-            head = model.heads[model.head_key(self.task_id)]
+            encoder_params = self.prepare_encoder(model, generator)
             self.trainable_params[self.task_id] = encoder_params + sum(
-                p.numel() for p in head.parameters()
+                p.numel() for p in self.heads.parameters()
             )
             self.init_seconds[self.task_id] = time.perf_counter() - start
         return model.to(self.device)
+
+    # -- hooks that baselines override (baselines/) -------------------------------------------
+    def make_heads(self, model: ContinualClassifier) -> torch.nn.Module:
+        """Create the head(s) this task trains and return them: the current task's head."""
+        model.add_head(self.task_id, self.stream.tasks[self.task_id].num_labels)
+        return model.heads[model.head_key(self.task_id)]
+
+    def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+        """Make the encoder ready for this task; returns its trainable parameter count.
+
+        The suite's life cycle: fold the last adapter into the backbone and attach a fresh LoRA
+        initialized by the init method.
+        """
+        merge_lora(model)
+        return attach_lora(
+            model,
+            self.lora,
+            self.target_modules,
+            self.init,
+            self.init_args,
+            stats=self.init_stats(model, generator),
+            generator=generator,
+        )
+
+    def init_stats(
+        self, model: ContinualClassifier, generator: torch.Generator
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Per adapted layer, the statistics the init method reads (collected on ``model``)."""
+        return self.calibrator.collect(model, self.task_id, generator)
 
     def check_model_and_optimizer(self, **kwargs: Any) -> None:
         self.model = self.model_adaptation()
         self.make_optimizer()
 
     def make_optimizer(self, **kwargs: Any) -> None:
-        """A fresh AdamW over this task's adapter and head, with linear warm-up and decay."""
-        head = self.model.heads[self.model.head_key(self.task_id)]
+        """A fresh AdamW over the encoder's trainable parameters and this task's head(s), with
+        linear warm-up and decay."""
         self.optimizer = task_optimizer(
-            self.model.encoder, head, self.lr, self.head_lr, self.weight_decay
+            self.model.encoder, self.heads, self.lr, self.head_lr, self.weight_decay
         )
         steps = len(self.dataloader) * self.train_epochs
         self.scheduler = linear_warmup_decay(self.optimizer, steps, self.warmup_ratio)

@@ -34,9 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inits",
         nargs="+",
-        default=["lora"],
         metavar="INIT",
-        help="init methods, each NAME or NAME:KEY=VALUE,... (e.g. intermediate:f=0.25)",
+        help="init methods, each NAME or NAME:KEY=VALUE,... (e.g. intermediate:f=0.25); "
+        "default lora unless --baselines is given",
+    )
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        default=[],
+        metavar="BASELINE",
+        help="baselines, each NAME or NAME:KEY=VALUE,... (e.g. o-lora:lambda_orth=0.1)",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="SEED")
     p.add_argument(
@@ -100,7 +107,9 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the grid, printing one line per event; returns a record per run, in grid order."""
     if args.max_parallel is not None and args.max_parallel < 0:
         raise BadInputError("--max-parallel must be 0 (ray: no limit) or more")
-    configs = expand_grid(args.streams, args.inits, args.seeds, parse_overrides(args.set))
+    inits = args.inits if args.inits is not None else ([] if args.baselines else ["lora"])
+    overrides = parse_overrides(args.set)
+    configs = expand_grid(args.streams, inits, args.seeds, overrides, args.baselines)
     output_dir = args.output_dir.resolve()
     states = {run_id_of(c): _state(c, output_dir) for c in configs}
     counts = {s: list(states.values()).count(s) for s in ("finished", "resume", "new")}

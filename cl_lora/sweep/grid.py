@@ -14,15 +14,15 @@ from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import resolve_config, run_id_of
 
-GRID_AXES = ("stream", "init", "init_args", "seed")  # set by the grid, not by --set
+GRID_AXES = ("stream", "init", "init_args", "baseline", "baseline_args", "seed")  # not --set
 _HINTS = typing.get_type_hints(RunConfig)
 
 
-def parse_init_spec(spec: str) -> tuple[str, dict[str, str]]:
+def parse_init_spec(spec: str, option: str = "--inits") -> tuple[str, dict[str, str]]:
     """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` (e.g. ``intermediate:f=0.25``)."""
     name, _, args = spec.partition(":")
     pairs = [pair for pair in args.split(",") if pair]
-    return name, parse_key_values(pairs, option=f"--inits {name}:")
+    return name, parse_key_values(pairs, option=f"{option} {name}:")
 
 
 def _coerce(key: str, text: str) -> Any:
@@ -63,15 +63,20 @@ def expand_grid(
     inits: Sequence[str],
     seeds: Sequence[int],
     overrides: Mapping[str, Any] | None = None,
+    baselines: Sequence[str] = (),
 ) -> list[RunConfig]:
-    """Every (stream, init spec, seed) as a resolved config; any bad name fails before a run.
+    """Every (stream, method, seed) as a resolved config; any bad name fails before a run.
 
+    Methods are the init specs and the baseline specs (``NAME[:KEY=VALUE,...]`` each).
     Duplicates (e.g. ``intermediate`` and ``intermediate:f=0.5``, the default) collapse.
     """
+    methods = [{"init": name, "init_args": args} for name, args in map(parse_init_spec, inits)] + [
+        {"baseline": name, "baseline_args": args}
+        for name, args in (parse_init_spec(spec, "--baselines") for spec in baselines)
+    ]
     configs: dict[str, RunConfig] = {}
-    for stream, spec, seed in itertools.product(streams, inits, seeds):
-        name, args = parse_init_spec(spec)
-        config = RunConfig(stream=stream, init=name, init_args=args, seed=seed, **(overrides or {}))
+    for stream, method, seed in itertools.product(streams, methods, seeds):
+        config = RunConfig(stream=stream, seed=seed, **method, **(overrides or {}))
         resolved = resolve_config(config)
         configs.setdefault(run_id_of(resolved), resolved)
     return list(configs.values())

@@ -1,0 +1,23 @@
+"""``frozen``: the pretrained backbone never changes; only the task heads train.
+
+The no-forgetting floor of the backbone: with one head per task, a finished task's head and the
+backbone stay bit-identical, so its score cannot move (forgetting exactly 0). With a shared head
+(domain-incremental streams) the head itself still trains on every task and can forget.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from baselines.registry import register
+from cl_lora.backbones import ContinualClassifier
+from cl_lora.strategy import LoRAStrategy
+
+
+@register("frozen", "frozen backbone, no LoRA: only the task heads train", uses_init=False)
+class FrozenBackbone(LoRAStrategy):
+    """Linear probing per task: no adapter, every encoder parameter frozen."""
+
+    def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+        model.encoder.requires_grad_(False)
+        return 0

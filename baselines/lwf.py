@@ -1,0 +1,42 @@
+"""``--plugin lwf``: Avalanche's Learning without Forgetting (Li & Hoiem, TPAMI 2017).
+
+While task ``t`` trains, the model after task ``t-1`` (a frozen copy, adapter included) labels
+the current inputs through every earlier head, and the current model is distilled towards
+those soft labels (temperature ``temperature``, weight ``alpha``), on the earlier tasks'
+classes only. Avalanche's plugin does all of this; it reaches every head through
+``model(x, None)``, which :class:`~cl_lora.backbones.ContinualClassifier` answers with one
+encoder pass and one output per distinct head (a shared head is distilled once, not once per
+task). One change: the teacher is put in eval mode, so its soft labels are not dropout noise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from avalanche.training.plugins import LwFPlugin
+
+from baselines.registry import register_plugin
+from cl_lora.inits import Argument
+
+
+class TeacherEvalLwF(LwFPlugin):
+    """Avalanche's LwF with a deterministic (eval-mode) teacher."""
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        super().after_training_exp(strategy, **kwargs)
+        self.lwf.prev_model.eval()
+
+
+def make_lwf(alpha: float, temperature: float) -> TeacherEvalLwF:
+    return TeacherEvalLwF(alpha=alpha, temperature=temperature)
+
+
+register_plugin(
+    "lwf",
+    "Learning without Forgetting: distill the previous model's heads (Li & Hoiem; Avalanche)",
+    make_lwf,
+    {
+        "alpha": Argument(float, 1.0, "weight of the distillation loss"),
+        "temperature": Argument(float, 2.0, "softmax temperature of the distillation"),
+    },
+)

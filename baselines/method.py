@@ -1,0 +1,117 @@
+"""What a run trains, resolved and validated from its config: the suite's own method (a fresh
+LoRA per task with ``--init``, optionally with ``--plugin`` s) or a ``--baseline``.
+
+Rules (all bad input, one line, before any work):
+
+- ``--plugin`` combines only with the suite's re-initialized LoRA (no ``--baseline``): each
+  baseline already *is* a way of training the stream, and pairing it with another
+  continual-learning method would make its row stand for neither.
+- baselines without a LoRA init (``seq-ft``, ``frozen``, ``inflora``, which designs its own)
+  reject ``--init`` (other than the default ``lora``), ``--init-arg`` and ``--calib``; their
+  result records no init.
+- ``--baseline-arg`` needs a ``--baseline`` that declares the key; ``--plugin-arg`` a chosen
+  plugin that declares it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from avalanche.core import SupervisedPlugin
+
+from baselines.registry import SEQUENTIAL_MATRIX, get, get_plugin, split_plugin_args
+from cl_lora import inits
+from cl_lora.config import RunConfig
+from cl_lora.errors import BadInputError
+from cl_lora.inits import InitMethod
+from cl_lora.results import method_label
+from cl_lora.strategy import LoRAStrategy
+
+DEFAULT_INIT = "lora"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A resolved method: the config with every argument resolved (what the run id hashes and
+    ``result.json`` records), the strategy class and its extra keywords, the init (``None``
+    for baselines without one) and the plugin arguments."""
+
+    config: RunConfig
+    strategy: type[LoRAStrategy]
+    strategy_args: dict[str, Any]
+    init: InitMethod | None
+    plugin_args: dict[str, dict[str, Any]]
+
+    def plugins(self) -> list[SupervisedPlugin]:
+        """Fresh plugin instances (they hold per-run state)."""
+        return [get_plugin(name).build(args) for name, args in self.plugin_args.items()]
+
+    def record(self) -> dict[str, Any]:
+        """The ``method`` block of ``result.json``: what a leaderboard groups runs by."""
+        config = self.config
+        baseline = get(config.baseline) if config.baseline else None
+        return {
+            "name": method_label(config.to_dict()),
+            "baseline": config.baseline,
+            "description": baseline.description if baseline else self.init.description,
+            "args": dict(config.baseline_args),
+            "init": config.init,
+            "plugins": [
+                {"name": name, "description": get_plugin(name).description, "args": args}
+                for name, args in self.plugin_args.items()
+            ],
+            "matrix": baseline.matrix if baseline else SEQUENTIAL_MATRIX,
+        }
+
+
+def resolve(config: RunConfig) -> Method:
+    """Validate ``config``'s method choice and resolve every argument (see module rules)."""
+    plugin_args = split_plugin_args(config.plugins, config.plugin_args)
+    if len(set(config.plugins)) != len(config.plugins):
+        raise BadInputError(f"--plugin given twice: {', '.join(config.plugins)}")
+    if config.baseline is None:
+        if config.baseline_args:
+            raise BadInputError("--baseline-arg needs a --baseline (see --list)")
+        init = inits.get(config.init or DEFAULT_INIT)
+        config = dataclasses.replace(
+            config,
+            init=init.name,
+            init_args=init.resolve_args(config.init_args),
+            plugin_args={k: v for args in plugin_args.values() for k, v in args.items()},
+        )
+        return Method(config, LoRAStrategy, {}, init, plugin_args)
+
+    baseline = get(config.baseline)
+    if config.plugins:
+        raise BadInputError(
+            f"--plugin {'/'.join(config.plugins)} pairs with the suite's re-initialized LoRA, "
+            f"not with --baseline {baseline.name} (a baseline is already a way to train the "
+            f"stream): drop one of them"
+        )
+    args = baseline.resolve_args(config.baseline_args)
+    if baseline.uses_init:
+        init = inits.get(config.init or DEFAULT_INIT)
+        config = dataclasses.replace(
+            config, init=init.name, init_args=init.resolve_args(config.init_args)
+        )
+    else:
+        given = [
+            flag
+            for flag, used in (
+                ("--init", config.init not in (None, DEFAULT_INIT)),
+                ("--init-arg", bool(config.init_args)),
+                ("--calib", config.calib is not None),
+            )
+            if used
+        ]
+        if given:
+            raise BadInputError(
+                f"--baseline {baseline.name} uses no init method ({baseline.description}): "
+                f"drop {', '.join(given)}"
+            )
+        init = None
+        config = dataclasses.replace(config, init=None, init_args={})
+    config = dataclasses.replace(config, baseline_args=args)
+    return Method(config, baseline.strategy, args, init, {})

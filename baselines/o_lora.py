@@ -1,0 +1,91 @@
+"""``o-lora``: orthogonal subspace learning (Wang et al., 2023, "Orthogonal Subspace Learning
+for Language Model Continual Learning", Findings of EMNLP 2023, arXiv:2310.14152).
+
+A new LoRA per task; earlier tasks' adapters are frozen, and the new adapter's ``A`` is pushed
+orthogonal to every earlier task's ``A`` by a penalty. The paper's orthogonality loss between
+task ``i``'s and task ``t``'s subspaces is ``L_orth(A_i, A_t) = sum_{j,k} O_{i,t}[j,k]^2`` with
+``O_{i,t} = A_i^T A_t`` (Sec. 3, the orthogonality loss), and task ``t`` trains on
+``L = L_task + lambda_1 sum_{i<t} L_orth(A_i, A_t) + lambda_2 sum ||new LoRA params||_2``
+(the training objective of Sec. 3; ``lambda_2`` is the L2 term on the new adapter in the
+official code, 0 by default; ``lambda_1 = 0.5`` is the official scripts' value).
+
+As in the official code, ``A`` is the adapter's down-projection (PEFT's ``lora_A``, ``r x n``,
+whose rows are the input directions it reads), so ``O`` is ``A_i A_t^T`` here. Frozen earlier
+adapters add ``s B_i A_i`` to the layer; folding them into the base weight (the suite's merge)
+computes exactly the same function, so this strategy merges as usual and only keeps each
+layer's earlier ``A_i`` for the penalty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from baselines.registry import register
+from cl_lora.backbones import ContinualClassifier
+from cl_lora.inits import Argument
+from cl_lora.lora import ADAPTER, lora_layers
+from cl_lora.strategy import LoRAStrategy
+
+
+def orthogonality_penalty(
+    earlier: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor]
+) -> torch.Tensor:
+    """``sum_layers ||A_earlier A_t^T||_F^2``: zero iff every current ``A_t`` row is orthogonal to
+    every earlier row of the same layer.
+
+    ``earlier[name]`` stacks the rows of all earlier tasks' ``A`` of a layer
+    (``(t r) x n``), so the sum over earlier tasks of O-LoRA's ``L_orth`` is one product.
+    """
+    terms = [(earlier[name] @ a.T).pow(2).sum() for name, a in current.items() if name in earlier]
+    if not terms:
+        return torch.zeros(())
+    return torch.stack(terms).sum()
+
+
+@register(
+    "o-lora",
+    "O-LoRA: new LoRA per task, A kept orthogonal to earlier tasks' A (Wang et al. 2023)",
+    arguments={
+        "lambda_orth": Argument(float, 0.5, "weight of the orthogonality loss (lambda_1)"),
+        "lambda_l2": Argument(float, 0.0, "weight of the L2 norm of the new adapter (lambda_2)"),
+    },
+)
+class OrthogonalLoRA(LoRAStrategy):
+    """The suite's merge + fresh LoRA per task, plus O-LoRA's penalty on the new ``A``."""
+
+    checkpointed = ("earlier_A",)
+
+    def __init__(self, *, lambda_orth: float, lambda_l2: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lambda_orth, self.lambda_l2 = lambda_orth, lambda_l2
+        self.earlier_A: dict[str, torch.Tensor] = {}
+
+    def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+        if isinstance(model.encoder, PeftModel):  # keep the finished task's A before merging
+            for name, a in self._current_A(model).items():
+                a = a.detach().clone()
+                previous = self.earlier_A.get(name)
+                self.earlier_A[name] = a if previous is None else torch.cat([previous, a])
+        return super().prepare_encoder(model, generator)
+
+    @staticmethod
+    def _current_A(model: ContinualClassifier) -> dict[str, torch.Tensor]:
+        return {
+            name: layer.lora_A[ADAPTER].weight for name, layer in lora_layers(model.encoder).items()
+        }
+
+    def criterion(self) -> torch.Tensor:
+        loss = super().criterion()
+        if not self.is_training:
+            return loss
+        if self.earlier_A and self.lambda_orth:
+            penalty = orthogonality_penalty(self.earlier_A, self._current_A(self.model))
+            loss = loss + self.lambda_orth * penalty.to(loss.device)
+        if self.lambda_l2:
+            new = [p for p in self.model.encoder.parameters() if p.requires_grad]
+            loss = loss + self.lambda_l2 * torch.stack([p.norm() for p in new]).sum()
+        return loss
