@@ -25,7 +25,8 @@ class RunConfig:
     stream: str = "offline-text"
     init: str = "lora"
     init_args: dict[str, Any] = field(default_factory=dict)
-    backbone: str = "all-minilm-l6-v2"
+    backbone: str | None = None  # None: the stream's default (resolved before the run id)
+    scenario: str | None = None  # None: the stream's default scenario
     targets: tuple[str, ...] | None = None  # None: the backbone's attention and MLP linears
     calib: tuple[str, ...] | None = None  # None: the init method's default sources
     calib_size: int = 256

@@ -7,6 +7,7 @@ lives here.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 import warnings
@@ -21,15 +22,26 @@ from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
 from cl_lora import inits, streams
-from cl_lora.backbones import ContinualClassifier, load_text_backbone
+from cl_lora.backbones import (
+    MINILM,
+    MNIST_VIT,
+    VIT_DEFAULT,
+    Backbone,
+    ContinualClassifier,
+    load_text_backbone,
+    load_vit_backbone,
+)
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.metrics import summarize
 from cl_lora.results import SCHEMA_VERSION, environment, new_run_id, write_run
 from cl_lora.strategy import LoRAStrategy, StreamOutcome, run_stream
+from cl_lora.strategy.retention import RetentionProbe
 
 CHECKPOINT = "checkpoint.pt"
+DEFAULT_BACKBONES = {"text": MINILM, "vision": VIT_DEFAULT}  # unless the stream names its own
+log = logging.getLogger("cl_lora")
 
 
 @dataclass
@@ -59,6 +71,22 @@ def _targets(config: RunConfig, default: list[str]) -> list[str]:
     return chosen
 
 
+def prepare_backbone(name: str) -> None:
+    """Build what a backbone needs once: the offline MNIST ViT is pretrained (with progress
+    output) the first time it is asked for, then read from the cache."""
+    if name == MNIST_VIT:
+        from cl_lora.pretrain_mnist import ensure_mnist_vit
+
+        ensure_mnist_vit(progress=log.info)
+
+
+def load_backbone(name: str, modality: str, max_length: int) -> Backbone:
+    """The backbone ``name`` for a stream of ``modality`` (a timm model for vision)."""
+    if modality == "vision":
+        return load_vit_backbone(name)
+    return load_text_backbone(name, max_length=max_length)
+
+
 def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None:
     """Fail before any work when a target layer is too small for ``rank``."""
     modules = dict(encoder.named_modules())
@@ -81,6 +109,7 @@ def _result(
     outcome: StreamOutcome,
     device: torch.device,
     wall_s: float,
+    retention: dict[str, Any],
 ) -> dict[str, Any]:
     init = inits.get(config.init)
     return {
@@ -124,6 +153,7 @@ def _result(
         "before": outcome.before,
         "scores": outcome.scores,
         "metrics": summarize(outcome.matrix, outcome.before),
+        "retention": retention,
         "timings": {**outcome.timings, "total_s": wall_s},
         "trainable_params": outcome.trainable_params,
         "device": str(device),
@@ -153,10 +183,18 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
             data_dir=Path(config.data_dir) if config.data_dir else None,
             max_train_per_task=config.max_train_per_task,
             max_test_per_task=config.max_test_per_task,
+            scenario=config.scenario,
         ),
     )
+    # the defaults this run resolves to are part of its id and its record
+    config = dataclasses.replace(
+        config,
+        backbone=config.backbone or stream.backbone or DEFAULT_BACKBONES[stream.modality],
+        scenario=stream.scenario,
+    )
+    prepare_backbone(config.backbone)
     seed_everything(config.seed)
-    backbone = load_text_backbone(config.backbone, max_length=config.max_length)
+    backbone = load_backbone(config.backbone, stream.modality, config.max_length)
     targets = _targets(config, backbone.target_modules)
     _check_rank(config.rank, backbone.encoder, targets)
     lora = LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
@@ -165,7 +203,9 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
     run_dir.mkdir(parents=True, exist_ok=True)
 
     strategy = LoRAStrategy(
-        model=ContinualClassifier(backbone, shared_head=stream.shared_head),
+        model=ContinualClassifier(
+            backbone, shared_head=stream.shared_head, class_incremental=stream.scenario == "class"
+        ),
         backbone=backbone,
         stream=stream,
         init=init,
@@ -186,7 +226,10 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
         device=device,
         evaluator=make_evaluator(verbose),
     )
-    outcome = run_stream(strategy, checkpoint=run_dir / CHECKPOINT)
+    probe = RetentionProbe.for_backbone(
+        streams.knowledge_probe(stream.modality), backbone, batch_size=config.eval_batch_size
+    )
+    outcome = run_stream(strategy, checkpoint=run_dir / CHECKPOINT, probe=probe)
     calibration = {
         "sources": list(strategy.calibrator.sources) if init.needs else [],
         "per_task": strategy.calibrator.reports,
@@ -202,6 +245,7 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
         outcome,
         device,
         time.perf_counter() - start,
+        probe.record(outcome.retention),
     )
     write_run(run_dir, result)
     return RunOutput(run_dir=run_dir, result=result)

@@ -103,7 +103,7 @@ class LoRAStrategy(SupervisedTemplate):
             start = time.perf_counter()
             task = self.stream.tasks[self.task_id]
             merge_lora(model)
-            model.add_head(self.task_id, task.num_labels)
+            model.add_head(self.task_id, task.num_labels, task.classes)
             generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
             encoder_params = attach_lora(
                 model,
