@@ -4,6 +4,8 @@ fails in seconds with a one-line fix instead of retrying for minutes."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import huggingface_hub
 
@@ -32,8 +34,31 @@ def hub_reachable() -> bool:
     return True
 
 
-def load_failure(error: BaseException) -> str:
+def load_failure(error: BaseException, reachable: bool = True) -> str:
     """Why loading from the Hub failed, in a few words for a one-line error message."""
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return "offline mode is on"
+    if not reachable:
+        return "cannot reach the Hugging Face Hub and the model is not cached"
     return next(iter(str(error).splitlines()), type(error).__name__)
+
+
+@contextmanager
+def cache_only_when_unreachable() -> Iterator[bool]:
+    """Inside, Hub downloads read only the local cache if the Hub cannot be reached (one 3 s
+    check), so a model that is not cached fails at once instead of after minutes of retries.
+
+    Yields whether the Hub is reachable.
+    """
+    constants = huggingface_hub.constants
+    if constants.HF_HUB_OFFLINE or env_offline():
+        yield False
+        return
+    if hub_reachable():
+        yield True
+        return
+    previous, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        yield False
+    finally:
+        constants.HF_HUB_OFFLINE = previous

@@ -76,6 +76,22 @@ def test_load_vit_from_local_folder_and_weights_file(tmp_path: Path) -> None:
         load_vit_backbone(f"vit_tiny_patch16_224={tmp_path / 'missing.safetensors'}")
 
 
+def test_hub_vit_without_network_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    from cl_lora import hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(BadInputError, match="cannot reach the Hugging Face Hub") as error:
+        load_vit_backbone("vit_tiny_patch16_224.augreg_in21k_ft_in1k")
+    assert time.perf_counter() - start < 5 and "\n" not in str(error.value)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
+
+
 def test_mnist_vit_alias_without_cache_names_the_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from cl_lora.backbones.base import Backbone, Inputs
 from cl_lora.errors import BadInputError
-from cl_lora.hub import load_failure
+from cl_lora.hub import cache_only_when_unreachable, load_failure
 
 VIT_DEFAULT = "vit_base_patch16_224.augreg_in21k"
 MNIST_VIT = "mnist-vit"
@@ -173,8 +173,14 @@ def load_vit_backbone(name: str = VIT_DEFAULT) -> Backbone:
     kwargs: dict[str, Any] = {"pretrained": True}
     if file is not None:
         kwargs["pretrained_cfg_overlay"] = {"file": file}
+    local = file is not None or model_name.startswith("local-dir:")
+    reachable = True
     try:
-        model = timm.create_model(model_name, **kwargs)
+        if local:
+            model = timm.create_model(model_name, **kwargs)
+        else:
+            with cache_only_when_unreachable() as reachable:
+                model = timm.create_model(model_name, **kwargs)
     except RuntimeError as error:
         if "Unknown model" in str(error):
             raise BadInputError(
@@ -186,9 +192,9 @@ def load_vit_backbone(name: str = VIT_DEFAULT) -> Backbone:
         ) from None
     except (OSError, ValueError) as error:
         raise BadInputError(
-            f"cannot load vision backbone '{name}' ({load_failure(error)}): pass --backbone with "
-            "a local timm "
-            f"folder or NAME=FILE, or '{MNIST_VIT}' for the offline MNIST ViT"
+            f"cannot load vision backbone '{name}' ({load_failure(error, reachable)}): pass "
+            f"--backbone with a local timm folder or NAME=FILE, or '{MNIST_VIT}' for the "
+            "offline MNIST ViT"
         ) from None
     keep = "mnist" if name == MNIST_VIT else None
     source = {
