@@ -76,19 +76,36 @@ def test_load_vit_from_local_folder_and_weights_file(tmp_path: Path) -> None:
         load_vit_backbone(f"vit_tiny_patch16_224={tmp_path / 'missing.safetensors'}")
 
 
-def test_hub_vit_without_network_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch):
+    """No offline switches set, and the Hub unreachable; returns a fast one-line checker."""
     import huggingface_hub
 
     from cl_lora import hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "hub_reachable", lambda: False)
-    start = time.perf_counter()
-    with pytest.raises(BadInputError, match="cannot reach the Hugging Face Hub") as error:
-        load_vit_backbone("vit_tiny_patch16_224.augreg_in21k_ft_in1k")
-    assert time.perf_counter() - start < 5 and "\n" not in str(error.value)
+    monkeypatch.setattr(vision, "hub_reachable", lambda: False)
+
+    def fails_fast(call, match: str) -> None:
+        start = time.perf_counter()
+        with pytest.raises(BadInputError, match=match) as error:
+            call()
+        assert time.perf_counter() - start < 5 and "\n" not in str(error.value)
+
+    return fails_fast
+
+
+def test_hub_vit_without_network_fails_fast(no_network) -> None:
+    import huggingface_hub
+
+    no_network(
+        lambda: load_vit_backbone("vit_tiny_patch16_224.augreg_in21k_ft_in1k"),
+        "cannot reach the Hugging Face Hub",
+    )
     assert huggingface_hub.constants.HF_HUB_OFFLINE is False  # restored
 
 
@@ -277,15 +294,8 @@ def test_imagenet_r_from_image_folder_and_hub_layout(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stream", ["split-cifar100", "imagenet-r"])
-def test_hub_vision_streams_fail_fast_offline(stream: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(vision, "hub_reachable", lambda: False)
-    start = time.perf_counter()
-    with pytest.raises(BadInputError, match="--data-dir") as error:
-        streams.build(stream)
-    assert time.perf_counter() - start < 5 and "\n" not in str(error.value)
+def test_hub_vision_streams_fail_fast_offline(stream: str, no_network) -> None:
+    no_network(lambda: streams.build(stream), "--data-dir")
 
 
 def test_local_folder_without_the_columns_is_one_line(tmp_path: Path) -> None:
