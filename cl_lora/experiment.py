@@ -227,7 +227,11 @@ def run_experiment(config: RunConfig, output_dir: Path, verbose: bool = True) ->
         evaluator=make_evaluator(verbose),
     )
     probe = RetentionProbe.for_backbone(
-        streams.knowledge_probe(stream.modality), backbone, batch_size=config.eval_batch_size
+        streams.knowledge_probe(stream.modality),
+        backbone,
+        batch_size=config.eval_batch_size,
+        max_fit=config.max_train_per_task,
+        max_test=config.max_test_per_task,
     )
     outcome = run_stream(strategy, checkpoint=run_dir / CHECKPOINT, probe=probe)
     calibration = {

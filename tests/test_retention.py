@@ -81,6 +81,9 @@ def test_pretrained_head_is_used_for_its_own_knowledge() -> None:
     assert probe.head is backbone.knowledge_head and probe.head_source == "pretrained"
     other = RetentionProbe.for_backbone(probe_task, tiny_vit_backbone())
     assert other.head is None and other.head_source == "fitted"
+    capped = RetentionProbe.for_backbone(probe_task, backbone, max_fit=20, max_test=30)
+    assert (len(capped.task.train), len(capped.task.test)) == (20, 30)
+    assert np.bincount(capped.task.test["label"]).tolist() == [3] * 10
 
 
 def test_pretrained_head_probe_equals_the_model_with_its_head() -> None:

@@ -350,7 +350,7 @@ def test_cli_offline_vision_on_a_cached_tiny_vit(
     assert result["config"]["scenario"] == "class" and result["stream"]["scenario"] == "class"
     retention = result["retention"]
     assert retention["probe"] == "mnist" and retention["head"] == "pretrained"
-    assert len(retention["curve"]) == 6 and retention["test_size"] == 2000
+    assert len(retention["curve"]) == 6 and retention["test_size"] == 4  # capped like tasks
     assert retention["drop"] == pytest.approx(retention["curve"][0] - retention["curve"][-1])
     matrix = np.array(result["matrix"], dtype=float)
     assert np.isnan(matrix[0, 1]) and np.isfinite(matrix[4]).all()

@@ -29,12 +29,19 @@ from cl_lora.backbones import Backbone, ContinualClassifier
 from cl_lora.backbones.base import Inputs
 from cl_lora.metrics import retention_summary
 from cl_lora.streams import Task
+from cl_lora.streams.sampling import balanced_sample
 
 
 def _rows(dataset: Any) -> tuple[list[dict[str, Any]], np.ndarray]:
     rows = [dict(row) for row in dataset]
     labels = np.array([row.pop("label") for row in rows], dtype=np.int64)
     return rows, labels
+
+
+def _capped(split: Any, cap: int | None, num_labels: int) -> Any:
+    if cap is None or cap >= len(split):
+        return split
+    return split.select(np.sort(balanced_sample(split["label"], cap, num_labels)))
 
 
 def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_labels: int) -> nn.Linear:
@@ -79,12 +86,28 @@ class RetentionProbe:
         self._test = _rows(task.test)
 
     @classmethod
-    def for_backbone(cls, task: Task, backbone: Backbone, batch_size: int = 64) -> RetentionProbe:
+    def for_backbone(
+        cls,
+        task: Task,
+        backbone: Backbone,
+        batch_size: int = 64,
+        max_fit: int | None = None,
+        max_test: int | None = None,
+    ) -> RetentionProbe:
         """The backbone's own pretrained head when it was trained on ``task``'s data and label
-        space, otherwise a head fitted in :meth:`start`."""
+        space, otherwise a head fitted in :meth:`start`. ``max_fit``/``max_test`` cap the probe's
+        splits with class-balanced samples (the run's per-task caps, for quick runs)."""
         head = backbone.knowledge_head if backbone.knowledge == task.name else None
         if head is not None and getattr(head, "out_features", task.num_labels) != task.num_labels:
             head = None
+        if max_fit is not None or max_test is not None:
+            task = Task(
+                task.name,
+                _capped(task.train, max_fit, task.num_labels),
+                _capped(task.test, max_test, task.num_labels),
+                task.label_names,
+                task.metric,
+            )
         return cls(task, backbone.collate, head, batch_size)
 
     @torch.no_grad()
