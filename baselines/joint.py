@@ -69,5 +69,5 @@ class JointTraining(LoRAStrategy):
 
     def make_heads(self, model: ContinualClassifier) -> torch.nn.Module:
         for task_id, task in enumerate(self.stream.tasks):
-            model.add_head(task_id, task.num_labels)
+            model.add_head(task_id, task.num_labels, task.classes)
         return model.heads

@@ -30,7 +30,8 @@ class RunConfig:
     baseline_args: dict[str, Any] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()  # continual-learning plugins (ewc, lwf, replay)
     plugin_args: dict[str, Any] = field(default_factory=dict)
-    backbone: str = "all-minilm-l6-v2"
+    backbone: str | None = None  # None: the stream's default
+    scenario: str | None = None  # None: the stream's default scenario
     targets: tuple[str, ...] | None = None  # None: the backbone's attention and MLP linears
     calib: tuple[str, ...] | None = None  # None: the init method's default sources
     calib_size: int = 256

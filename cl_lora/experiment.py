@@ -6,6 +6,7 @@ lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -24,15 +25,25 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from baselines.method import Method, resolve
 from cl_lora import inits, streams
-from cl_lora.backbones import ContinualClassifier, load_text_backbone
+from cl_lora.backbones import (
+    MINILM,
+    MNIST_VIT,
+    VIT_DEFAULT,
+    Backbone,
+    ContinualClassifier,
+    load_text_backbone,
+    load_vit_backbone,
+)
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.metrics import summarize
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
 from cl_lora.strategy import StreamOutcome, run_stream
+from cl_lora.strategy.retention import RetentionProbe
 
 CHECKPOINT = "checkpoint.pt"
+DEFAULT_BACKBONES = {"text": MINILM, "vision": VIT_DEFAULT}  # unless the stream names its own
 log = logging.getLogger("cl_lora")
 
 
@@ -64,6 +75,22 @@ def _targets(config: RunConfig, default: list[str]) -> list[str]:
     return chosen
 
 
+def prepare_backbone(name: str) -> None:
+    """Build what a backbone needs once: the offline MNIST ViT is pretrained (with progress
+    output) the first time it is asked for, then read from the cache."""
+    if name == MNIST_VIT:
+        from cl_lora.pretrain_mnist import ensure_mnist_vit
+
+        ensure_mnist_vit(progress=log.info)
+
+
+def load_backbone(name: str, modality: str, max_length: int) -> Backbone:
+    """The backbone ``name`` for a stream of ``modality`` (a timm model for vision)."""
+    if modality == "vision":
+        return load_vit_backbone(name)
+    return load_text_backbone(name, max_length=max_length)
+
+
 def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None:
     """Fail before any work when a target layer is too small for ``rank``."""
     modules = dict(encoder.named_modules())
@@ -86,6 +113,7 @@ def _result(
     outcome: StreamOutcome,
     device: torch.device,
     wall_s: float,
+    retention: dict[str, Any],
 ) -> dict[str, Any]:
     config, init = method.config, method.init
     return {
@@ -132,6 +160,7 @@ def _result(
         "before": outcome.before,
         "scores": outcome.scores,
         "metrics": summarize(outcome.matrix, outcome.before),
+        "retention": retention,
         "timings": {**outcome.timings, "total_s": wall_s},
         "trainable_params": outcome.trainable_params,
         "device": str(device),
@@ -234,10 +263,19 @@ def run_experiment(
             data_dir=Path(config.data_dir) if config.data_dir else None,
             max_train_per_task=config.max_train_per_task,
             max_test_per_task=config.max_test_per_task,
+            scenario=config.scenario,
         ),
     )
+    # the stream's defaults this run resolves to go into its record (the run id hashes the
+    # config as given: None there means "the stream's default")
+    config = dataclasses.replace(
+        config,
+        backbone=config.backbone or stream.backbone or DEFAULT_BACKBONES[stream.modality],
+        scenario=stream.scenario,
+    )
+    prepare_backbone(config.backbone)
     seed_everything(config.seed)
-    backbone = load_text_backbone(config.backbone, max_length=config.max_length)
+    backbone = load_backbone(config.backbone, stream.modality, config.max_length)
     targets = _targets(config, backbone.target_modules)
     _check_rank(config.rank, backbone.encoder, targets)
     lora = LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
@@ -245,7 +283,9 @@ def run_experiment(
     checkpoint = run_dir / CHECKPOINT
 
     strategy = method.strategy(
-        model=ContinualClassifier(backbone, shared_head=stream.shared_head),
+        model=ContinualClassifier(
+            backbone, shared_head=stream.shared_head, class_incremental=stream.scenario == "class"
+        ),
         backbone=backbone,
         stream=stream,
         init=method.init or inits.get("lora"),  # baselines without an init never call it
@@ -268,8 +308,19 @@ def run_experiment(
         evaluator=make_evaluator(verbose),
         **method.strategy_args,
     )
+    probe = RetentionProbe.for_backbone(
+        streams.knowledge_probe(stream.modality),
+        backbone,
+        batch_size=config.eval_batch_size,
+        max_fit=config.max_train_per_task,
+        max_test=config.max_test_per_task,
+    )
     outcome = run_stream(
-        strategy, checkpoint=checkpoint, on_task_end=_progress(stream), resume=resume
+        strategy,
+        checkpoint=checkpoint,
+        on_task_end=_progress(stream),
+        resume=resume,
+        probe=probe,
     )
     calibration = {
         "sources": list(strategy.calibrator.sources) if strategy.init.needs else [],
@@ -286,6 +337,7 @@ def run_experiment(
         outcome,
         device,
         time.perf_counter() - start,
+        probe.record(outcome.retention),
     )
     result["determinism"] = {
         **_determinism(config, device),

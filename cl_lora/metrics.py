@@ -148,3 +148,18 @@ def _fwt(R: np.ndarray, b: np.ndarray | None, reasons: dict[str, str]) -> float 
         reasons["fwt"] = f"scores before any training are undefined: {', '.join(missing_b)}."
         return None
     return float(np.mean([R[j - 1, j] - b[j] for j in range(1, T)]))
+
+
+def retention_summary(curve: Sequence[float | None]) -> dict[str, Any]:
+    """Pretrained-knowledge retention from the probe's scores ``[before, after task 1..T]``.
+
+    ``drop`` is ``before - final`` (positive: knowledge lost), ``max_drop`` the largest drop
+    after any task. Both are ``None`` when the curve lacks the start or any later point.
+    """
+    values = [None if v is None or v != v else float(v) for v in curve]
+    known = len(values) >= 2 and all(v is not None for v in values)
+    return {
+        "curve": values,
+        "drop": values[0] - values[-1] if known else None,
+        "max_drop": values[0] - min(values[1:]) if known else None,
+    }

@@ -64,7 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the init method's own)",
     )
     p.add_argument("--calib-size", type=int, default=DEFAULTS.calib_size, help="examples/source")
-    p.add_argument("--backbone", default=DEFAULTS.backbone, help="local folder or Hub name")
+    p.add_argument(
+        "--backbone",
+        default=DEFAULTS.backbone,
+        help="text: local folder or Hub name; vision: a timm model name, a local timm folder, "
+        "NAME=FILE, or mnist-vit (default: the stream's own)",
+    )
+    p.add_argument(
+        "--scenario",
+        choices=["task", "class", "domain"],
+        help="continual-learning scenario, for streams that offer several (default: the stream's)",
+    )
     p.add_argument("--targets", help="comma-separated module-name suffixes LoRA adapts")
     p.add_argument("--rank", type=int, default=DEFAULTS.rank)
     p.add_argument("--alpha", type=float, default=DEFAULTS.alpha)
@@ -107,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         calib=parse_sources(args.calib) if args.calib else None,
         calib_size=args.calib_size,
         backbone=args.backbone,
+        scenario=args.scenario,
         targets=tuple(t for t in args.targets.split(",") if t) if args.targets else None,
         rank=args.rank,
         alpha=args.alpha,
@@ -173,6 +184,13 @@ def summary(result: dict[str, Any]) -> str:
     for key in ("acc", "avg_incremental_acc", "learning_acc", "bwt", "forgetting", "fwt"):
         why = metrics["undefined_reasons"].get(key, "")
         lines.append(f"{key:<20} {_fmt(metrics[key])}" + (f"  ({why})" if why else ""))
+    retention = result.get("retention")
+    if retention and retention.get("curve"):
+        curve = " ".join(_fmt(v).strip() for v in retention["curve"])
+        lines.append(
+            f"{'retention':<20} {curve}  (probe {retention['probe']}, {retention['head']} head; "
+            f"drop {_fmt(retention['drop']).strip()})"
+        )
     return "\n".join(lines)
 
 

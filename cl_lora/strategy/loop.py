@@ -11,6 +11,7 @@ from cl_lora.errors import RunFailure
 from cl_lora.strategy.checkpoint import load_checkpoint, save_checkpoint
 from cl_lora.strategy.experiences import to_benchmark
 from cl_lora.strategy.outcome import StreamOutcome
+from cl_lora.strategy.retention import RetentionProbe
 from cl_lora.strategy.template import LoRAStrategy
 
 log = logging.getLogger("cl_lora")
@@ -28,24 +29,28 @@ def run_stream(
     checkpoint: Path | None = None,
     on_task_end: Callable[[int, StreamOutcome], None] | None = None,
     resume: bool = False,
+    probe: RetentionProbe | None = None,
 ) -> StreamOutcome:
     """Train the stream's tasks in order and evaluate all of them after each one.
 
     With ``checkpoint``, the state after every task is saved there; with ``resume`` too and a
     checkpoint present, training continues after its last finished task. ``b`` (scores before
     any training) is defined only with a shared head: per-task heads do not exist before their
-    task, so there is nothing to score.
+    task, so there is nothing to score. ``probe`` (optional) is scored before the first task
+    and after each task (``outcome.retention``).
     """
     stream = strategy.stream
     benchmark = to_benchmark(stream)
     first = 0
     if resume and checkpoint is not None and checkpoint.exists():
-        outcome, finished = load_checkpoint(checkpoint, strategy)
+        outcome, finished = load_checkpoint(checkpoint, strategy, probe)
         outcome.resumed_after = finished
         first = finished + 1
         log.info("resuming after task %d of %d from %s", first, len(stream.tasks), checkpoint)
     else:
         outcome = StreamOutcome.empty(len(stream.tasks))
+        if probe is not None:
+            outcome.retention.append(probe.start(strategy.model))
         if stream.shared_head:
             strategy.model.add_head(0, stream.tasks[0].num_labels)
             for j, score in _evaluate(strategy, benchmark.test_stream).items():
@@ -71,9 +76,11 @@ def run_stream(
         for j, score in _evaluate(strategy, benchmark.test_stream).items():
             outcome.matrix[i, j] = score["score"]
             outcome.scores[i][j] = score
+        if probe is not None:
+            outcome.retention.append(probe.score(strategy.model))
         outcome.timings["eval_s"].append(time.perf_counter() - start)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, strategy, outcome, i)
+            save_checkpoint(checkpoint, strategy, outcome, i, probe)
         if on_task_end is not None:
             on_task_end(i, outcome)
     return outcome

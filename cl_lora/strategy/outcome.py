@@ -9,13 +9,17 @@ import numpy as np
 
 @dataclass
 class StreamOutcome:
-    """Everything the loop measured; ``matrix[i, j]`` is task j's score after training task i."""
+    """Everything the loop measured; ``matrix[i, j]`` is task j's score after training task i.
+
+    ``retention`` is the knowledge probe's score before the first task and after each task.
+    """
 
     matrix: np.ndarray
     before: list[float | None]
     scores: list[list[dict[str, float] | None]]
     timings: dict[str, list[float]] = field(default_factory=dict)
     trainable_params: list[int] = field(default_factory=list)
+    retention: list[float] = field(default_factory=list)
     resumed_after: int | None = None  # the checkpointed task this run continued after
 
     @classmethod

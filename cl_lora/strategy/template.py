@@ -137,7 +137,8 @@ class LoRAStrategy(SupervisedTemplate):
     # -- hooks that baselines override (baselines/) -------------------------------------------
     def make_heads(self, model: ContinualClassifier) -> torch.nn.Module:
         """Create the head(s) this task trains and return them: the current task's head."""
-        model.add_head(self.task_id, self.stream.tasks[self.task_id].num_labels)
+        task = self.stream.tasks[self.task_id]
+        model.add_head(self.task_id, task.num_labels, task.classes)
         return model.heads[model.head_key(self.task_id)]
 
     def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:

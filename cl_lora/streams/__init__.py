@@ -2,11 +2,12 @@
 
 A :class:`Stream` is an ordered tuple of :class:`Task` objects; builders register under a
 name (:func:`register`) and are looked up with :func:`get`. Built-in streams: ``offline-text``
-and ``offline-domains`` (packaged data, no download) and ``glue-seq`` (Hub or local GLUE TSVs).
+and ``offline-domains`` (packaged data, no download), ``glue-seq`` (Hub or local GLUE TSVs), and
+the image streams ``offline-vision`` (packaged), ``split-cifar100`` and ``imagenet-r``.
 """
 
 import cl_lora._torchvision_compat  # noqa: F401  (before anything imports torchvision)
-from cl_lora.streams import glue, offline  # noqa: F401  (registers the built-in streams)
+from cl_lora.streams import glue, offline, vision  # noqa: F401  (registers the built-in streams)
 from cl_lora.streams.base import Stream, StreamOptions, Task
 from cl_lora.streams.offline import knowledge_probe
 from cl_lora.streams.registry import available, build, describe, get, register

@@ -21,9 +21,9 @@ SCENARIOS = ("task", "domain", "class")
 class Task:
     """One experience of a stream.
 
-    ``train`` and ``test`` have a ``"text"`` column, a ``"text_pair"`` column for sentence-pair
-    tasks, and an integer ``"label"`` in ``0 .. num_labels - 1``. ``metric`` is the primary
-    metric, a key of :data:`cl_lora.streams.scoring.METRICS`.
+    ``train`` and ``test`` have a ``"text"`` column (a ``"text_pair"`` column for sentence-pair
+    tasks) or an ``"image"`` column, and an integer ``"label"`` in ``0 .. num_labels - 1``.
+    ``metric`` is the primary metric, a key of :data:`cl_lora.streams.scoring.METRICS`.
     """
 
     name: str
@@ -36,7 +36,9 @@ class Task:
         if self.metric not in scoring.METRICS:
             raise ValueError(f"task {self.name}: unknown metric {self.metric!r}")
         for split in (self.train, self.test):
-            missing = {"text", "label"} - set(split.column_names)
+            columns = set(split.column_names)
+            needed = {"label", "image" if "image" in columns else "text"}
+            missing = needed - columns
             if missing:
                 raise ValueError(f"task {self.name}: split lacks columns {sorted(missing)}")
 
@@ -44,6 +46,11 @@ class Task:
     def num_labels(self) -> int:
         """Size of the task's label space."""
         return len(self.label_names)
+
+    @property
+    def classes(self) -> tuple[int, ...]:
+        """The label ids this task trains on (its own classes of a class-incremental stream)."""
+        return tuple(sorted({int(label) for label in self.train["label"]}))
 
     @property
     def chance(self) -> float:
@@ -64,8 +71,10 @@ class Task:
 class Stream:
     """An ordered sequence of tasks and the continual-learning scenario they form.
 
-    ``shared_head`` is True when all tasks share one label space and one classifier head
-    (domain-incremental); otherwise each task gets its own head.
+    ``shared_head`` is True when all tasks share one classifier head: one label space
+    (domain-incremental) or all classes seen so far (class-incremental); otherwise each task
+    gets its own head. ``backbone`` names the backbone the stream runs on by default (``None``:
+    its modality's default).
     """
 
     name: str
@@ -73,6 +82,7 @@ class Stream:
     scenario: str
     modality: str
     shared_head: bool
+    backbone: str | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -84,14 +94,21 @@ class StreamOptions:
     """User choices a stream builder honours.
 
     ``data_dir`` points at local data for streams that read it; the caps bound each task's
-    train/test size (``None`` keeps the stream's documented default).
+    train/test size (``None`` keeps the stream's documented default); ``scenario`` picks
+    ``task``, ``class`` or ``domain`` for streams that support more than one (``None``: the
+    stream's default).
     """
 
     data_dir: Path | None = None
     max_train_per_task: int | None = None
     max_test_per_task: int | None = None
+    scenario: str | None = None
 
     def __post_init__(self) -> None:
+        if self.scenario is not None and self.scenario not in SCENARIOS:
+            raise BadInputError(
+                f"unknown scenario '{self.scenario}': choose one of {', '.join(SCENARIOS)}"
+            )
         for field in ("max_train_per_task", "max_test_per_task"):
             value = getattr(self, field)
             if value is not None and (isinstance(value, bool) or value < 1):

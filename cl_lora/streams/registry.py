@@ -50,5 +50,16 @@ def get(name: str) -> Builder:
 
 
 def build(name: str, options: StreamOptions | None = None) -> Stream:
-    """Build stream ``name`` with ``options`` (defaults when omitted)."""
-    return get(name)(options or StreamOptions())
+    """Build stream ``name`` with ``options`` (defaults when omitted).
+
+    A scenario the stream does not offer is bad input (streams that offer several build the
+    one asked for).
+    """
+    options = options or StreamOptions()
+    stream = get(name)(options)
+    if options.scenario is not None and stream.scenario != options.scenario:
+        raise BadInputError(
+            f"stream '{name}' is {stream.scenario}-incremental only: drop --scenario "
+            f"{options.scenario}"
+        )
+    return stream
