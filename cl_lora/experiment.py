@@ -266,8 +266,8 @@ def run_experiment(
             scenario=config.scenario,
         ),
     )
-    # the stream's defaults this run resolves to go into its record (the run id hashes the
-    # config as given: None there means "the stream's default")
+    # the stream's defaults this run resolves to (recorded under "backbone" and "stream";
+    # "config" stays as given, None meaning "the stream's default", and is what the id hashes)
     config = dataclasses.replace(
         config,
         backbone=config.backbone or stream.backbone or DEFAULT_BACKBONES[stream.modality],

@@ -346,8 +346,8 @@ def test_cli_offline_vision_on_a_cached_tiny_vit(
     out = capsys.readouterr().out
     assert code == 0
     result = json.loads(next((tmp_path / "runs").glob("*/result.json")).read_text())
-    assert result["config"]["backbone"] == MNIST_VIT
-    assert result["config"]["scenario"] == "class" and result["stream"]["scenario"] == "class"
+    assert result["config"]["backbone"] is None  # as given: the stream's default, resolved to
+    assert result["backbone"]["name"] == MNIST_VIT and result["stream"]["scenario"] == "class"
     retention = result["retention"]
     assert retention["probe"] == "mnist" and retention["head"] == "pretrained"
     assert len(retention["curve"]) == 6 and retention["test_size"] == 4  # capped like tasks
