@@ -228,13 +228,15 @@ def _progress(stream: streams.Stream) -> Callable[[int, StreamOutcome], None]:
 
     def report(task: int, outcome: StreamOutcome) -> None:
         row = outcome.matrix[task, : task + 1]
+        scored = row[np.isfinite(row)]  # joint scores nothing before its last task
+        mean = f"{scored.mean():.3f}" if scored.size else "- (not evaluated yet)"
         log.info(
-            "[%d/%d] %s done: train %.1fs, mean score so far %.3f",
+            "[%d/%d] %s done: train %.1fs, mean score so far %s",
             task + 1,
             len(stream.tasks),
             stream.tasks[task].name,
             outcome.timings["train_s"][-1],
-            float(np.nanmean(row)),
+            mean,
         )
 
     return report
