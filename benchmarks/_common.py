@@ -3,15 +3,25 @@ codes."""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from cl_lora.errors import BadInputError
+
+SettingsT = TypeVar("SettingsT")
+
+
+def settings_from_args(cls: type[SettingsT], args: argparse.Namespace) -> SettingsT:
+    """The ``cls`` dataclass from the parsed options of the same names (lists become tuples)."""
+    values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def labelled_collate(

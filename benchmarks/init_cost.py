@@ -59,12 +59,12 @@ from peft.tuners.lora.config import CordaConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks._common import entry_point, finish, labelled_collate
+from benchmarks._common import entry_point, finish, labelled_collate, settings_from_args
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
-from cl_lora.cli import OneLineParser
+from cl_lora.cli import OneLineParser, require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.inits import InitMethod
@@ -111,14 +111,11 @@ class Settings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        for name in ("repeats", "vit_repeats", "calib_size", "train_steps", "vit_images"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("vit_batch_size", "vit_warmup_steps", "vit_image_size"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.warmup_steps is not None and self.warmup_steps < 1:
-            raise BadInputError("--warmup-steps must be at least 1")
+        require_at_least_one(
+            self,
+            ("repeats", "vit_repeats", "calib_size", "train_steps", "vit_images")
+            + ("vit_batch_size", "vit_warmup_steps", "vit_image_size", "warmup_steps"),
+        )
         if self.train_warmup_steps < 0 or self.task_index < 0:
             raise BadInputError("--train-warmup-steps and --task-index must not be negative")
         if not self.skip_vit:
@@ -937,25 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, measure, print the table, optionally write JSON; return the numbers."""
     args = build_parser().parse_args(argv)
-    settings = Settings(
-        methods=tuple(args.methods),
-        repeats=args.repeats,
-        vit_repeats=args.vit_repeats,
-        calib_size=args.calib_size,
-        warmup_steps=args.warmup_steps,
-        train_steps=args.train_steps,
-        train_warmup_steps=args.train_warmup_steps,
-        task_index=args.task_index,
-        skip_vit=args.skip_vit,
-        skip_peft=args.skip_peft,
-        vit_model=args.vit_model,
-        vit_image_size=args.vit_image_size,
-        vit_images=args.vit_images,
-        vit_batch_size=args.vit_batch_size,
-        vit_warmup_steps=args.vit_warmup_steps,
-        seed=args.seed,
-        device=args.device,
-    )
+    settings = settings_from_args(Settings, args)
     result = measure(settings)
     return finish(result, report(result), args.json)
 

@@ -41,10 +41,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader
 
-from benchmarks._common import entry_point, finish, labelled_collate
+from benchmarks._common import entry_point, finish, labelled_collate, settings_from_args
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
-from cl_lora.cli import OneLineParser
+from cl_lora.cli import OneLineParser, require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings, attach_lora
@@ -72,9 +72,7 @@ class Settings:
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
-        for name in ("examples", "batch_size", "repeats"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        require_at_least_one(self, ("examples", "batch_size", "repeats"))
         if self.warmup_batches < 0 or self.task_index < 0:
             raise BadInputError("--warmup-batches and --task-index must not be negative")
         if self.precision not in ("fp32", "bf16"):
@@ -420,16 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, measure, print the table, optionally write JSON; return the numbers."""
     args = build_parser().parse_args(argv)
-    settings = Settings(
-        examples=args.examples,
-        batch_size=args.batch_size,
-        repeats=args.repeats,
-        warmup_batches=args.warmup_batches,
-        task_index=args.task_index,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-    )
+    settings = settings_from_args(Settings, args)
     result = measure(settings)
     return finish(result, report(result), args.json)
 

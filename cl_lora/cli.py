@@ -15,6 +15,15 @@ class OneLineParser(argparse.ArgumentParser):
         raise BadInputError(f"{message} ({self.prog} --help lists the options)")
 
 
+def require_at_least_one(settings: object, names: Sequence[str]) -> None:
+    """Reject any of ``settings``'s ``names`` below 1 (None means unset and passes), naming the
+    option as the user typed it."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None and value < 1:
+            raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+
+
 def parse_key_values(pairs: Sequence[str], option: str = "--init-arg") -> dict[str, str]:
     """``KEY=VALUE`` strings to a dict of strings; the receiver coerces the values."""
     parsed = {}

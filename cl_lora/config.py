@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from cl_lora.cli import require_at_least_one
 from cl_lora.errors import BadInputError
 
 
@@ -55,13 +56,11 @@ class RunConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms (matters on GPU)
 
     def __post_init__(self) -> None:
-        for name in ("rank", "epochs", "batch_size", "eval_batch_size", "max_length", "calib_size"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("max_train_per_task", "max_test_per_task"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        require_at_least_one(
+            self,
+            ("rank", "epochs", "batch_size", "eval_batch_size", "max_length", "calib_size")
+            + ("max_train_per_task", "max_test_per_task"),
+        )
         if self.lr <= 0 or self.head_lr <= 0:
             raise BadInputError("--lr and --head-lr must be positive")
         if self.precision not in ("fp32", "bf16"):
