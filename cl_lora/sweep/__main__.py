@@ -11,7 +11,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,24 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _state(config: RunConfig, output_dir: Path) -> str:
-    run_dir = output_dir / run_id_of(config)
-    if finished_result(run_dir) is not None:
-        return "finished"
-    return "resume" if (run_dir / CHECKPOINT).exists() else "new"
-
-
-def _skipped(config: RunConfig, output_dir: Path) -> dict[str, Any]:
-    metrics = finished_result(output_dir / run_id_of(config))["metrics"]
+def _skipped(run_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    metrics = result["metrics"]
     return {
-        "run_id": run_id_of(config),
+        "run_id": run_id,
         "status": "skipped",
         "acc": metrics["acc"],
         "forgetting": metrics["forgetting"],
     }
 
 
-def _events(args: argparse.Namespace, todo: list[RunConfig], output_dir: Path) -> Iterator[Event]:
+def _events(
+    args: argparse.Namespace, todo: Mapping[str, RunConfig], output_dir: Path
+) -> Iterator[Event]:
     if args.backend == "ray":
         parallel = 0 if args.max_parallel is None else args.max_parallel
         return ray_runs(todo, output_dir, parallel, args.cpus_per_run, args.gpus_per_run)
@@ -110,21 +105,27 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     inits = args.inits if args.inits is not None else ([] if args.baselines else ["lora"])
     overrides = parse_overrides(args.set)
     configs = expand_grid(args.streams, inits, args.seeds, overrides, args.baselines)
+    grid = {run_id_of(config): config for config in configs}
     output_dir = args.output_dir.resolve()
-    states = {run_id_of(c): _state(c, output_dir) for c in configs}
+    finished = {
+        run_id: result
+        for run_id in grid
+        if (result := finished_result(output_dir / run_id)) is not None
+    }
+    records = {run_id: _skipped(run_id, result) for run_id, result in finished.items()}
+    todo = {run_id: config for run_id, config in grid.items() if run_id not in finished}
+    resumable = {run_id for run_id in todo if (output_dir / run_id / CHECKPOINT).exists()}
+    states = {run_id: "finished" if run_id in finished else "new" for run_id in grid}
+    states.update(dict.fromkeys(resumable, "resume"))
     counts = {s: list(states.values()).count(s) for s in ("finished", "resume", "new")}
     print(
-        f"sweep: {len(configs)} runs -> {output_dir}: {counts['finished']} finished (skipped), "
+        f"sweep: {len(grid)} runs -> {output_dir}: {counts['finished']} finished (skipped), "
         f"{counts['resume']} to resume, {counts['new']} new; backend {args.backend}",
         flush=True,
     )
-    records = {
-        run_id_of(c): _skipped(c, output_dir) for c in configs if states[run_id_of(c)] == "finished"
-    }
-    todo = [c for c in configs if states[run_id_of(c)] != "finished"]
     if args.dry_run:
-        for config in configs:
-            print(f"  {states[run_id_of(config)]:<9} {run_id_of(config)}")
+        for run_id, state in states.items():
+            print(f"  {state:<9} {run_id}")
         return list(records.values())
     output_dir.mkdir(parents=True, exist_ok=True)
     running = 0
@@ -133,10 +134,10 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
         if kind == "end":
             records[payload["run_id"]] = payload
         failed = sum(r["status"] == "failed" for r in records.values())
-        status = f"[{len(records)}/{len(configs)} done | {running} running | {failed} failed]"
+        status = f"[{len(records)}/{len(grid)} done | {running} running | {failed} failed]"
         text = f"start {payload}" if kind == "start" else _line(payload)
         print(f"{time.strftime('%H:%M:%S')} {status} {text}", flush=True)
-    ordered = [records[run_id_of(c)] for c in configs]
+    ordered = [records[run_id] for run_id in grid]
     _write_manifest(output_dir, args, ordered)
     return ordered
 

@@ -10,7 +10,7 @@ import logging
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -18,45 +18,44 @@ from typing import Any
 import torch
 
 from cl_lora.config import RunConfig
-from cl_lora.experiment import run_id_of
 from cl_lora.sweep.worker import execute
 
 Event = tuple[str, Any]
 BACKENDS = ("local", "ray")
 
 
-def _died(config: RunConfig, error: BaseException) -> dict[str, Any]:
+def _died(run_id: str, error: BaseException) -> dict[str, Any]:
     """The record of a run whose worker process died (it could not report for itself)."""
-    return {"run_id": run_id_of(config), "status": "failed", "error": f"worker died: {error!r}"}
+    return {"run_id": run_id, "status": "failed", "error": f"worker died: {error!r}"}
 
 
 def local_runs(
-    configs: Sequence[RunConfig], output_dir: Path, max_parallel: int
+    runs: Mapping[str, RunConfig], output_dir: Path, max_parallel: int
 ) -> Iterator[Event]:
     """Up to ``max_parallel`` runs at once, each in a fresh process (no state leaks between
     runs), sharing this machine's CPU threads evenly among them."""
     threads = max(1, torch.get_num_threads() // max_parallel)
     context = multiprocessing.get_context("spawn")
-    queue = deque(configs)
-    running: dict[Future, RunConfig] = {}
+    queue = deque(runs.items())
+    running: dict[Future, str] = {}
     with ProcessPoolExecutor(max_parallel, mp_context=context, max_tasks_per_child=1) as pool:
         while queue or running:
             while queue and len(running) < max_parallel:
-                config = queue.popleft()
+                run_id, config = queue.popleft()
                 future = pool.submit(execute, config.to_dict(), str(output_dir), threads)
-                running[future] = config
-                yield "start", run_id_of(config)
+                running[future] = run_id
+                yield "start", run_id
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                config = running.pop(future)
+                run_id = running.pop(future)
                 try:
                     yield "end", future.result()
                 except Exception as error:
-                    yield "end", _died(config, error)
+                    yield "end", _died(run_id, error)
 
 
 def ray_runs(
-    configs: Sequence[RunConfig],
+    runs: Mapping[str, RunConfig],
     output_dir: Path,
     max_parallel: int,
     cpus_per_run: float,
@@ -81,20 +80,20 @@ def ray_runs(
         gpus_per_run = 1.0 if ray.cluster_resources().get("GPU", 0) else 0.0
     task = ray.remote(execute).options(num_cpus=cpus_per_run, num_gpus=gpus_per_run)
     threads = max(1, int(cpus_per_run))
-    queue = deque(configs)
-    running: dict[Any, RunConfig] = {}
+    queue = deque(runs.items())
+    running: dict[Any, str] = {}
     try:
         while queue or running:
             while queue and (max_parallel <= 0 or len(running) < max_parallel):
-                config = queue.popleft()
-                running[task.remote(config.to_dict(), str(output_dir), threads)] = config
-                yield "start", run_id_of(config)
+                run_id, config = queue.popleft()
+                running[task.remote(config.to_dict(), str(output_dir), threads)] = run_id
+                yield "start", run_id
             (ref,), _ = ray.wait(list(running), num_returns=1)
-            config = running.pop(ref)
+            run_id = running.pop(ref)
             try:
                 yield "end", ray.get(ref)
             except Exception as error:  # the task's worker or node died for good
-                yield "end", _died(config, error)
+                yield "end", _died(run_id, error)
     finally:
         if started_here:
             ray.shutdown()
