@@ -1,5 +1,6 @@
 """Is the Hugging Face Hub usable right now? One short check, so that a run without network
-fails in seconds with a one-line fix instead of retrying for minutes."""
+fails in seconds with a one-line fix instead of retrying for minutes; and loading a Hub
+dataset behind that check (every Hub stream does it the same way)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import datasets
 import huggingface_hub
+
+from cl_lora.errors import BadInputError
 
 HUB_TIMEOUT_S = 3.0
 
@@ -62,3 +66,31 @@ def cache_only_when_unreachable() -> Iterator[bool]:
         yield False
     finally:
         constants.HF_HUB_OFFLINE = previous
+
+
+def no_network_message(stream: str, needs: str, hub_name: str, local: str) -> str:
+    """The one-line error of a Hub stream that cannot download: both ways out."""
+    return (
+        f"{stream} needs {needs}: cannot reach the Hugging Face Hub to download {hub_name}; "
+        f"pass --data-dir DIR with {local}, or run on a machine with network access (or with "
+        "HF_HUB_OFFLINE=1 and a cached copy)"
+    )
+
+
+def require_hub(message: str) -> None:
+    """Fail at once with ``message`` unless a Hub dataset download can work: the network
+    answers, or ``datasets`` is in its own offline mode (it then reads only its cache)."""
+    if not datasets.config.HF_HUB_OFFLINE and (env_offline() or not hub_reachable()):
+        raise BadInputError(message)
+
+
+def load_hub_dataset(message: str, *args: str) -> datasets.DatasetDict:
+    """``datasets.load_dataset(*args)``; a failed download is ``message`` plus its reason.
+
+    Call :func:`require_hub` first: this does not check the network itself.
+    """
+    try:
+        return datasets.load_dataset(*args)
+    except (ConnectionError, OSError) as error:
+        reason = next(iter(str(error).splitlines()), "")
+        raise BadInputError(f"{message} ({type(error).__name__}: {reason})") from error

@@ -10,7 +10,7 @@ import datasets
 import pandas as pd
 import pytest
 
-from cl_lora import streams
+from cl_lora import hub, streams
 from cl_lora.errors import BadInputError
 from cl_lora.streams import glue, packaged, registry, scoring
 from cl_lora.streams.base import Task, to_dataset
@@ -189,7 +189,7 @@ def test_glue_seq_without_network_fails_fast(monkeypatch: pytest.MonkeyPatch) ->
         streams.build("glue-seq")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(glue, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
     with pytest.raises(BadInputError, match="--data-dir DIR"):
         streams.build("glue-seq")
     assert time.perf_counter() - start < 10
@@ -216,7 +216,7 @@ def test_glue_seq_from_hub_layout(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(glue, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     stream = streams.build("glue-seq", streams.StreamOptions(max_train_per_task=2))
     mnli = stream.tasks[4]

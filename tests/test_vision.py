@@ -88,7 +88,6 @@ def no_network(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "hub_reachable", lambda: False)
-    monkeypatch.setattr(vision, "hub_reachable", lambda: False)
 
     def fails_fast(call, match: str) -> None:
         start = time.perf_counter()

@@ -23,17 +23,14 @@ import datasets
 import pandas as pd
 
 from cl_lora.errors import BadInputError
-from cl_lora.hub import env_offline as _env_offline
-from cl_lora.hub import hub_reachable as _hub_reachable
+from cl_lora.hub import load_hub_dataset, no_network_message, require_hub
 from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
 
 HUB_DATASET = "nyu-mll/glue"
-NO_NETWORK = (
-    "glue-seq needs the GLUE data: cannot reach the Hugging Face Hub to download nyu-mll/glue; "
-    "pass --data-dir DIR with a local GLUE folder (standard TSV layout), or run on a machine "
-    "with network access (or with HF_HUB_OFFLINE=1 and a cached copy)"
+NO_NETWORK = no_network_message(
+    "glue-seq", "the GLUE data", HUB_DATASET, "a local GLUE folder (standard TSV layout)"
 )
 BINARY = {"0": 0, "1": 1}
 NLI_BINARY = {"entailment": 0, "not_entailment": 1}
@@ -160,17 +157,10 @@ def _local_splits(data_dir: Path) -> dict[str, tuple[datasets.Dataset, datasets.
 
 
 def _hub_splits() -> dict[str, tuple[datasets.Dataset, datasets.Dataset]]:
-    # In the library's own offline mode it reads its cache without touching the network;
-    # otherwise it would go online, so check first that the network is there.
-    if not datasets.config.HF_HUB_OFFLINE and (_env_offline() or not _hub_reachable()):
-        raise BadInputError(NO_NETWORK)
+    require_hub(NO_NETWORK)
     splits = {}
     for task in GLUE_TASKS:
-        try:
-            loaded = datasets.load_dataset(HUB_DATASET, task.name)
-        except (ConnectionError, OSError) as error:
-            reason = next(iter(str(error).splitlines()), "")
-            raise BadInputError(f"{NO_NETWORK} ({type(error).__name__}: {reason})") from error
+        loaded = load_hub_dataset(NO_NETWORK, HUB_DATASET, task.name)
         renames = dict(zip(task.hub_columns, ("text", "text_pair"), strict=False))
         splits[task.name] = tuple(
             loaded[split].select_columns([*task.hub_columns, "label"]).rename_columns(renames)

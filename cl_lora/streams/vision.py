@@ -44,7 +44,7 @@ import datasets
 import numpy as np
 
 from cl_lora.errors import BadInputError
-from cl_lora.hub import env_offline, hub_reachable
+from cl_lora.hub import load_hub_dataset, no_network_message, require_hub
 from cl_lora.streams.base import Stream, StreamOptions, Task
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.registry import register
@@ -238,12 +238,11 @@ def build_offline_vision(options: StreamOptions) -> Stream:
 
 
 # -- Hub streams ---------------------------------------------------------------------------------
-def _no_network(stream: str, hub_name: str, layout: str) -> str:
-    return (
-        f"{stream} needs its images: cannot reach the Hugging Face Hub to download {hub_name}; "
-        f"pass --data-dir DIR with a local copy ({layout}), or run on a machine with network "
-        "access (or with HF_HUB_OFFLINE=1 and a cached copy)"
-    )
+def _from_hub(stream: str, hub_name: str, layout: str) -> datasets.DatasetDict:
+    """``hub_name`` from the Hub, or a one-line error naming ``--data-dir`` in ``layout``."""
+    message = no_network_message(stream, "its images", hub_name, f"a local copy ({layout})")
+    require_hub(message)
+    return load_hub_dataset(message, hub_name)
 
 
 def _load_local(data_dir: Path, builder: str | None = None) -> datasets.DatasetDict:
@@ -265,17 +264,6 @@ def _load_local(data_dir: Path, builder: str | None = None) -> datasets.DatasetD
         raise BadInputError(f"cannot read images from {data_dir}: {str(e).splitlines()[0]}") from e
 
 
-def _load_hub(name: str, message: str) -> datasets.DatasetDict:
-    # In the library's own offline mode it reads its cache without touching the network.
-    if not datasets.config.HF_HUB_OFFLINE and (env_offline() or not hub_reachable()):
-        raise BadInputError(message)
-    try:
-        return datasets.load_dataset(name)
-    except (ConnectionError, OSError) as error:
-        reason = next(iter(str(error).splitlines()), "")
-        raise BadInputError(f"{message} ({type(error).__name__}: {reason})") from error
-
-
 def _columns(split: datasets.Dataset, image: str, label: str, where: str) -> None:
     missing = {image, label} - set(split.column_names)
     if missing:
@@ -288,7 +276,7 @@ CIFAR_LAYOUT = "train and test splits with columns img and fine_label, as on the
 def cifar100_splits(data_dir: Path | None) -> tuple[datasets.Dataset, datasets.Dataset, list[str]]:
     """CIFAR-100 train and test (``image``, fine ``label``) and the 100 class names."""
     if data_dir is None:
-        loaded = _load_hub(CIFAR100_HUB, _no_network("split-cifar100", CIFAR100_HUB, CIFAR_LAYOUT))
+        loaded = _from_hub("split-cifar100", CIFAR100_HUB, CIFAR_LAYOUT)
     else:
         loaded = _load_local(Path(data_dir))
     if not {"train", "test"} <= set(loaded):
@@ -328,8 +316,7 @@ def imagenet_r_splits(
 ) -> tuple[datasets.Dataset, datasets.Dataset, list[str]]:
     """ImageNet-R as train and test (80/20 per class) and the class names, in WordNet-id order."""
     if data_dir is None:
-        message = _no_network("imagenet-r", IMAGENET_R_HUB, IMAGENET_R_LAYOUT)
-        loaded = _load_hub(IMAGENET_R_HUB, message)
+        loaded = _from_hub("imagenet-r", IMAGENET_R_HUB, IMAGENET_R_LAYOUT)
     else:
         data_dir = Path(data_dir)
         hub_layout = any(data_dir.rglob("*.parquet")) or (data_dir / "dataset_dict.json").is_file()
