@@ -23,6 +23,7 @@ def test_init_spec_and_overrides_are_typed() -> None:
     overrides = parse_overrides(["epochs=1", "max_test_per_task=none", "targets=query,value"])
     assert overrides == {"epochs": 1, "max_test_per_task": None, "targets": ("query", "value")}
     assert parse_overrides(["rslora=true", "lr=1e-3"]) == {"rslora": True, "lr": 1e-3}
+    assert parse_overrides(["plugins=replay,ewc"]) == {"plugins": ("replay", "ewc")}
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,11 +28,12 @@ def parse_init_spec(spec: str, option: str = "--inits") -> tuple[str, dict[str, 
 
 def _coerce(key: str, text: str) -> Any:
     """``text`` as the type of RunConfig field ``key`` (``none`` for an optional field)."""
-    hint = _HINTS[key]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if type(None) in typing.get_args(hint) and text.lower() == "none":
-        return None
-    kind = typing.get_origin(args[0]) or args[0] if args else hint
+    declared = _HINTS[key]
+    if typing.get_origin(declared) in (typing.Union, types.UnionType):  # "X | None"
+        if text.lower() == "none":
+            return None
+        declared = next(m for m in typing.get_args(declared) if m is not type(None))
+    kind = typing.get_origin(declared) or declared  # tuple[str, ...] -> tuple
     if kind is tuple:
         return tuple(part for part in text.split(",") if part)
     if kind is bool:
