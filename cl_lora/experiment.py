@@ -144,7 +144,7 @@ def _result(
         else {
             "name": init.name,
             "description": init.description,
-            "args": init.resolve_args(config.init_args),
+            "args": config.init_args,  # resolved with the method
             "needs": list(init.needs),
             "calibration": calibration,
         },
