@@ -112,6 +112,19 @@ def test_loop_scores_the_probe_before_and_after_every_task(backbone, toy_stream)
     assert all(0.0 <= value <= 1.0 for value in outcome.retention)
 
 
+def test_probing_does_not_change_what_the_stream_trains(toy_stream) -> None:
+    from conftest import tiny_backbone
+
+    stream = toy_stream()
+    torch.manual_seed(0)
+    plain = run_stream(make_strategy(tiny_backbone(), stream)).matrix
+    torch.manual_seed(0)
+    backbone = tiny_backbone()
+    probe = RetentionProbe(_probe_task(), backbone.collate, batch_size=16)
+    probed = run_stream(make_strategy(backbone, stream), probe=probe).matrix
+    np.testing.assert_array_equal(probed, plain)
+
+
 def test_text_knowledge_probe_is_outside_the_stream() -> None:
     probe = streams.knowledge_probe("text")
     stream = streams.build("offline-text", streams.StreamOptions(max_train_per_task=50))

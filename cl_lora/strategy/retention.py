@@ -56,7 +56,10 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, num_labels: int) 
         coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-1, 1]) * intercept / 2
     weight[model.classes_] = coef / std
     bias[model.classes_] = intercept - (coef / std) @ mean
-    head = nn.Linear(features.shape[1], num_labels)
+    # skip_init: a default-initialized layer would draw from the global torch RNG and so shift
+    # every later random draw of the run (head inits, dropout) -- measuring retention must not
+    # change what the stream trains
+    head = torch.nn.utils.skip_init(nn.Linear, features.shape[1], num_labels)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
