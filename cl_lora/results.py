@@ -154,9 +154,12 @@ def write_run(run_dir: Path, result: dict[str, Any]) -> Path:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` atomically (a reader sees the old file or the new)."""
-    text = json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n"
-    temp = _stage(path.parent, path.name, lambda fh: fh.write(text.encode()))
-    os.replace(temp, path)
+    write_atomic(path, (json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_atomic(path: Path, content: bytes) -> None:
+    """Write ``content`` to ``path`` through a temporary file and ``os.replace``."""
+    os.replace(_stage(path.parent, path.name, lambda fh: fh.write(content)), path)
 
 
 def _task_names(data: Mapping[str, Any], matrix: np.ndarray) -> list[str]:
@@ -185,11 +188,20 @@ def _stage(run_dir: Path, name: str, write: Callable[[BinaryIO], object]) -> Pat
 def _render_heatmap(
     data: Mapping[str, Any], matrix: np.ndarray, names: list[str], fh: BinaryIO
 ) -> None:
-    """Draw the accuracy matrix as an annotated heatmap (not-evaluated cells in grey)."""
-    T = matrix.shape[0]
-    side = 2.5 + 0.7 * T
+    """Draw the run's accuracy matrix as an annotated heatmap PNG into ``fh``."""
+    side = 2.5 + 0.7 * matrix.shape[0]
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")
-    ax = fig.subplots()
+    title = " / ".join(n for n in (_name(data.get("stream")), _name(data.get("init"))) if n)
+    draw_matrix(fig, fig.subplots(), matrix, names, title or "accuracy matrix")
+    fig.savefig(fh, format="png", dpi=100)
+
+
+def draw_matrix(
+    fig: Figure, ax: Any, matrix: np.ndarray, names: list[str], title: str, fontsize: int = 8
+) -> None:
+    """Draw an accuracy matrix on ``ax`` as an annotated heatmap with a colour bar (cells that
+    were not evaluated in grey); the run's heatmap and the leaderboard's share it."""
+    T = matrix.shape[0]
     finite = matrix[np.isfinite(matrix)]
     vmin = min(0.0, float(finite.min())) if finite.size else 0.0
     vmax = max(1.0, float(finite.max())) if finite.size else 1.0
@@ -207,14 +219,12 @@ def _render_heatmap(
                     ha="center",
                     va="center",
                     color="white" if dark else "black",
-                    fontsize=8,
+                    fontsize=fontsize,
                 )
     ax.set_xticks(range(T), names, rotation=45, ha="right")
     ax.set_yticks(range(T), [f"after {name}" for name in names])
     ax.set_xlabel("evaluated on")
-    title = " / ".join(n for n in (_name(data.get("stream")), _name(data.get("init"))) if n)
-    ax.set_title(title or "accuracy matrix")
-    fig.savefig(fh, format="png", dpi=100)
+    ax.set_title(title)
 
 
 def _name(part: Any) -> str | None:
