@@ -1,0 +1,215 @@
+"""Render the leaderboard as Markdown, CSV and HTML.
+
+Every output is a pure function of the runs and the references except one line with the time
+it was generated, so re-running on the same result files reproduces it byte for byte apart
+from that timestamp. Paths are written relative to the runs folder, figures relative to the
+output folder.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from cl_lora.leaderboard.aggregate import PAIRED_METRICS, REFERENCE_METHOD, STREAM
+from cl_lora.leaderboard.collect import METRICS
+from cl_lora.leaderboard.plots import stream_slug
+
+LABELS = {
+    "acc": "ACC",
+    "avg_incremental_acc": "avg. incr. ACC",
+    "bwt": "BWT",
+    "forgetting": "forgetting",
+    "learning_acc": "learning ACC",
+    "retention_drop": "retention drop",
+    "trainable_params": "trainable params",
+    "wall_s": "wall time (s)",
+}
+FORMATS = ("md", "csv", "html")
+
+
+@dataclass
+class Leaderboard:
+    """Everything a report shows: the per-method table, the per-run table, paired comparisons,
+    references (matching and other), the figures and what was skipped."""
+
+    table: pd.DataFrame
+    runs: pd.DataFrame
+    paired: pd.DataFrame
+    matching: pd.DataFrame | None  # None: --compare was not asked for
+    other: pd.DataFrame | None
+    figures: list[Path]
+    skipped: list[str]
+
+
+def cell(mean: float, std: float, n: int, half: float, digits: int = 3) -> str:
+    """``mean ± std [±ci]`` (the 95% half-width in brackets); one seed gives the mean alone,
+    no seed ``undef.``."""
+    if n == 0 or not math.isfinite(mean):
+        return "undef."
+    if n == 1 or not math.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} [±{half:.{digits}f}]"
+
+
+def method_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One stream's per-method rows as display strings."""
+    shown = {
+        "rank": rows["rank"].map(lambda r: "" if pd.isna(r) else str(int(r))),
+        "method": rows["method"],
+        "seeds": rows["seeds"].map(lambda seeds: ",".join(map(str, seeds))),
+    }
+    for metric in METRICS:
+        digits = {"trainable_params": 0, "wall_s": 0}.get(metric, 3)
+        shown[LABELS[metric]] = [
+            cell(
+                r[f"{metric}_mean"], r[f"{metric}_std"], r[f"{metric}_n"], r[f"{metric}_ci"], digits
+            )
+            for _, r in rows.iterrows()
+        ]
+    return pd.DataFrame(shown)
+
+
+def paired_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One stream's comparisons with ``lora``, one row per method."""
+    shown = []
+    for method, group in rows.groupby("method", sort=True):
+        line = {"method": method}
+        for metric in PAIRED_METRICS:
+            r = group[group["metric"] == metric].iloc[0]
+            diff = "undef." if r["pairs"] == 0 else f"{r['diff_mean']:+.3f}"
+            if math.isfinite(r["diff_ci"]):
+                diff += f" [±{r['diff_ci']:.3f}]"
+            p = "" if not math.isfinite(r["p_value"]) else f"{r['p_value']:.3f}"
+            line[f"Δ{LABELS[metric]}"] = diff
+            line[f"p ({LABELS[metric]})"] = p
+            line[f"seeds better ({LABELS[metric]})"] = f"{r['better']}/{r['pairs']}"
+        shown.append(line)
+    return pd.DataFrame(shown)
+
+
+def reference_table(references: pd.DataFrame) -> pd.DataFrame:
+    columns = ["paper", "table", "stream", "setup", "backbone", "method", "metric"]
+    shown = references[columns].copy()
+    shown["value"] = references["value"] + references["unit"].map({"%": "%", "fraction": ""})
+    shown["checked in paper"] = references["checked"]
+    shown["source"] = references["source"]
+    return shown
+
+
+def _sections(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame | None, list[Path]]]:
+    """(level-2 heading, text, table or None, figures) in reading order."""
+    sections = []
+    for key, rows in board.table.groupby(STREAM, sort=True, dropna=False):
+        stream, scenario, backbone = key
+        heading = f"{stream} ({scenario}-incremental, {backbone})"
+        n_runs = int((board.runs[STREAM] == pd.Series(key, index=STREAM)).all(axis=1).sum())
+        text = (
+            f"{n_runs} runs. Ranked by mean ACC. Cells: mean ± standard deviation over seeds "
+            "[± half-width of the 95% Student-t interval]."
+        )
+        slug = stream_slug(key)
+        figures = [f for f in board.figures if f.stem.endswith(slug)]
+        sections.append((heading, text, method_table(rows), figures))
+        paired = board.paired
+        if not paired.empty:
+            paired = paired[(paired[STREAM] == pd.Series(key, index=STREAM)).all(axis=1)]
+        if not paired.empty:
+            sections.append(
+                (
+                    f"{heading}: paired with `{REFERENCE_METHOD}`",
+                    f"Method minus `{REFERENCE_METHOD}` on the seeds both ran [± 95% half-width "
+                    "of the paired differences]; p from the paired t-test; seeds where the "
+                    "method is better (higher ACC, lower forgetting).",
+                    paired_table(paired),
+                    [],
+                )
+            )
+    if board.matching is not None:
+        sections.append(
+            (
+                "Published numbers: same stream, backbone and metric",
+                "Published values next to ours above where stream, backbone and metric agree "
+                "(values in % are converted to our 0-1 scale only for comparison)."
+                if not board.matching.empty
+                else "No published number shares stream, backbone and metric with these runs.",
+                reference_table(board.matching) if not board.matching.empty else None,
+                [],
+            )
+        )
+        sections.append(
+            (
+                "Published, different setup",
+                "Not comparable with the rows above (another stream, backbone or metric); "
+                "listed for orientation. `checked in paper`: read in the paper's own table "
+                "(yes) or from a repository or a later paper (no).",
+                reference_table(board.other) if not board.other.empty else None,
+                [],
+            )
+        )
+    if board.skipped:
+        skipped = pd.DataFrame({"skipped": board.skipped})
+        sections.append(("Skipped result files", "", skipped, []))
+    return sections
+
+
+def _header(board: Leaderboard) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"Generated by `python -m cl_lora.leaderboard` at {stamp} from {len(board.runs)} "
+        f"result files ({len(board.skipped)} skipped)."
+    )
+
+
+def to_markdown(board: Leaderboard, out_dir: Path) -> str:
+    lines = ["# Leaderboard", "", _header(board), ""]
+    for heading, text, table, figures in _sections(board):
+        lines += [f"## {heading}", ""]
+        if text:
+            lines += [text, ""]
+        if table is not None:
+            lines += [table.to_markdown(index=False, disable_numparse=True), ""]
+        for figure in figures:
+            lines += [f"![{figure.stem}]({figure.relative_to(out_dir).as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def to_html(board: Leaderboard, out_dir: Path) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8"><title>cl-lora leaderboard</title>',
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
+        "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+        "img{max-width:100%}</style></head><body>",
+        "<h1>Leaderboard</h1>",
+        f"<p>{html.escape(_header(board))}</p>",
+    ]
+    for heading, text, table, figures in _sections(board):
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if text:
+            parts.append(f"<p>{html.escape(text)}</p>")
+        if table is not None:
+            parts.append(table.to_html(index=False, border=0))
+        for figure in figures:
+            src = html.escape(figure.relative_to(out_dir).as_posix())
+            parts.append(f'<p><img src="{src}" alt="{html.escape(figure.stem)}"></p>')
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(board: Leaderboard, runs_dir: Path) -> dict[str, str]:
+    """``leaderboard.csv`` (per method, numbers unformatted), ``paired.csv`` and ``runs.csv``
+    (one row per run; the matrix and curves stay in the result files)."""
+    runs = board.runs[[*STREAM, "method", "seed", "run_id", "path", *METRICS]].copy()
+    runs["path"] = runs["path"].map(lambda p: Path(p).relative_to(runs_dir).as_posix())
+    table = board.table.assign(seeds=board.table["seeds"].map(lambda s: " ".join(map(str, s))))
+    return {
+        "leaderboard.csv": table.to_csv(index=False, float_format="%.6g"),
+        "paired.csv": board.paired.to_csv(index=False, float_format="%.6g"),
+        "runs.csv": runs.to_csv(index=False, float_format="%.6g"),
+    }
