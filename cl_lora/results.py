@@ -49,7 +49,8 @@ def environment() -> dict[str, Any]:
 
     Library versions come from installed metadata (``None`` when not installed), so nothing
     heavy is imported. ``git_commit`` is the commit of the cl_lora checkout, with ``+dirty``
-    when it has uncommitted changes, or ``None`` when cl_lora is not run from a git checkout.
+    when tracked files have uncommitted changes (untracked files, such as run folders, do not
+    count), or ``None`` when cl_lora is not run from a git checkout.
     """
     return {
         "python": platform.python_version(),
@@ -81,7 +82,7 @@ def _git_commit() -> str | None:
         # checkout of cl_lora: its commit would be someone else's.
         if Path(toplevel).resolve() != root:
             return None
-        dirty = git("status", "--porcelain").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no").strip()
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
