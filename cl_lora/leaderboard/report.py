@@ -31,6 +31,7 @@ LABELS = {
     "wall_s": "wall time (s)",
 }
 FORMATS = ("md", "csv", "html")
+_TEXT_COLUMNS = {"backbone", "method", "seeds", "from", "checked in paper", "source", "skipped"}
 
 
 @dataclass
@@ -93,13 +94,93 @@ def paired_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(shown)
 
 
-def reference_table(references: pd.DataFrame) -> pd.DataFrame:
-    columns = ["paper", "table", "stream", "setup", "backbone", "method", "metric"]
-    shown = references[columns].copy()
-    shown["value"] = references["value"] + references["unit"].map({"%": "%", "fraction": ""})
-    shown["checked in paper"] = references["checked"]
-    shown["source"] = references["source"]
-    return shown
+def _published(row: pd.Series) -> str:
+    return row["value"] + ("%" if row["unit"] == "%" else "")
+
+
+def side_by_side(ours: pd.DataFrame, references: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Our methods and the published rows on one stream, backbone and metric, best first;
+    published values in % are shown on our 0-1 scale with the printed value next to it."""
+    rows = [
+        {
+            "from": "ours",
+            "method": r["method"],
+            "value": cell(
+                r[f"{metric}_mean"], r[f"{metric}_std"], r[f"{metric}_n"], r[f"{metric}_ci"]
+            ),
+            "sort": r[f"{metric}_mean"],
+            "checked in paper": "",
+            "source": "seeds " + ",".join(map(str, r["seeds"])),
+        }
+        for _, r in ours.iterrows()
+    ]
+    rows += [
+        {
+            "from": f"{r['paper']}, {r['table']}",
+            "method": r["method"],
+            "value": f"{r['fraction']:.4g} ({_published(r)})",
+            "sort": r["fraction"],
+            "checked in paper": r["checked"],
+            "source": r["source"],
+        }
+        for _, r in references.iterrows()
+    ]
+    frame = pd.DataFrame(rows).sort_values("sort", ascending=False, kind="stable")
+    return frame.drop(columns="sort")
+
+
+def published_table(references: pd.DataFrame) -> pd.DataFrame:
+    """One paper table's rows as the paper shows them: a row per (backbone,) method, a column
+    per stream or metric (whichever varies; both when both do)."""
+    if references["metric"].nunique() == 1:
+        column = references["stream"]
+    elif references["stream"].nunique() == 1:
+        column = references["metric"]
+    else:
+        column = references["stream"] + ": " + references["metric"]
+    index = ["backbone", "method"] if references["backbone"].nunique() > 1 else ["method"]
+    frame = references.assign(shown=references.apply(_published, axis=1), column=column)
+    wide = frame.pivot_table(
+        index=index, columns="column", values="shown", aggfunc=" / ".join, sort=False
+    )
+    return wide.fillna("").reset_index().rename_axis(columns=None)
+
+
+def _reference_sections(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame | None, list]]:
+    sections = []
+    matching, other = board.matching, board.other
+    if matching.empty:
+        text = "No published number shares stream, backbone and metric with these runs."
+        sections.append(("Published numbers on our setups", text, None, []))
+    keys = ["stream", "backbone_ours", "metric"]
+    for (stream, backbone, metric), refs in matching.groupby(keys, sort=True):
+        ours = board.table[
+            (board.table["stream"] == stream) & (board.table["backbone"] == backbone)
+        ]
+        text = (
+            "Our rows and the published ones on the same stream, backbone and metric (published "
+            "values in % on our 0-1 scale, printed value in parentheses). Check `setup` in "
+            "results/references before reading a gap as a result: task count and order matter."
+        )
+        sections.append(
+            (
+                f"Published vs ours: {stream}, {backbone}, {metric}",
+                text,
+                side_by_side(ours, refs, metric),
+                [],
+            )
+        )
+    for (paper, table), refs in other.groupby(["paper", "table"], sort=True):
+        sources = "; ".join(sorted(set(refs["source"])))
+        checked = ", ".join(sorted(set(refs["checked"])))
+        text = (
+            f"Published, different setup (not comparable with our rows): {paper}, {table}. "
+            f"Backbone {', '.join(sorted(set(refs['backbone'])))}; metric "
+            f"{', '.join(sorted(set(refs['metric'])))}. Source: {sources}. Checked in the "
+            f"paper: {checked}. Each row's setup is in results/references."
+        )
+        sections.append((f"Published: {paper}, {table}", text, published_table(refs), []))
+    return sections
 
 
 def _sections(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame | None, list[Path]]]:
@@ -131,27 +212,7 @@ def _sections(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame | None, l
                 )
             )
     if board.matching is not None:
-        sections.append(
-            (
-                "Published numbers: same stream, backbone and metric",
-                "Published values next to ours above where stream, backbone and metric agree "
-                "(values in % are converted to our 0-1 scale only for comparison)."
-                if not board.matching.empty
-                else "No published number shares stream, backbone and metric with these runs.",
-                reference_table(board.matching) if not board.matching.empty else None,
-                [],
-            )
-        )
-        sections.append(
-            (
-                "Published, different setup",
-                "Not comparable with the rows above (another stream, backbone or metric); "
-                "listed for orientation. `checked in paper`: read in the paper's own table "
-                "(yes) or from a repository or a later paper (no).",
-                reference_table(board.other) if not board.other.empty else None,
-                [],
-            )
-        )
+        sections += _reference_sections(board)
     if board.skipped:
         skipped = pd.DataFrame({"skipped": board.skipped})
         sections.append(("Skipped result files", "", skipped, []))
@@ -173,7 +234,8 @@ def to_markdown(board: Leaderboard, out_dir: Path) -> str:
         if text:
             lines += [text, ""]
         if table is not None:
-            lines += [table.to_markdown(index=False, disable_numparse=True), ""]
+            align = ["left" if column in _TEXT_COLUMNS else "right" for column in table.columns]
+            lines += [table.to_markdown(index=False, disable_numparse=True, colalign=align), ""]
         for figure in figures:
             lines += [f"![{figure.stem}]({figure.relative_to(out_dir).as_posix()})", ""]
     return "\n".join(lines)
