@@ -43,6 +43,7 @@ METRICS = [
 _METHOD_FIELDS = {"init", "init_args", "baseline", "baseline_args", "plugins", "plugin_args"}
 _NOT_SETUP = _METHOD_FIELDS | {"stream", "scenario", "backbone", "seed", "device", "data_dir"}
 _REQUIRED = ("config", "stream", "tasks", "matrix", "seed", "backbone", "timings")
+_EXTRA = ["matrix", "tasks", "retention", "init", "init_args", "setup"]  # for plots and setups
 
 
 @dataclass
@@ -72,9 +73,6 @@ def collect_runs(runs_dir: Path) -> Runs:
     _name_setups(rows)
     table = pd.DataFrame(rows, columns=[*GROUP, "seed", "run_id", "path", *METRICS, *_EXTRA])
     return Runs(table.drop(columns="setup"), sorted(skipped))
-
-
-_EXTRA = ["matrix", "tasks", "retention", "init", "init_args", "setup"]
 
 
 def _reason(error: Exception) -> str:
@@ -164,8 +162,7 @@ def _drop_mismatched_tasks(
 def _name_setups(rows: list[dict[str, Any]]) -> None:
     """Append to each run's method the settings in which it differs from most runs of its
     (stream, scenario, backbone)."""
-    as_text = lambda row: json.dumps(row["setup"], sort_keys=True, default=str)  # noqa: E731
-    for key, setups in _by_stream(rows, as_text).items():
+    for key, setups in _by_stream(rows, _setup_text).items():
         usual = json.loads(Counter(setups).most_common(1)[0][0])
         for row in rows:
             if _stream_key(row) != key:
@@ -177,6 +174,10 @@ def _name_setups(rows: list[dict[str, Any]]) -> None:
             ]
             if differs:
                 row["method"] += f" [{', '.join(differs)}]"
+
+
+def _setup_text(row: Mapping[str, Any]) -> str:
+    return json.dumps(row["setup"], sort_keys=True, default=str)
 
 
 def _plain(value: Any) -> Any:
