@@ -18,11 +18,12 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cl_lora.leaderboard.aggregate import STREAM, interval
+from cl_lora.leaderboard.aggregate import REFERENCE_METHOD, STREAM, interval
 from cl_lora.results import draw_matrix, write_atomic
 
 PlotFn = Callable[[pd.DataFrame, pd.DataFrame], Figure | None]
@@ -164,12 +165,14 @@ def plot_retention(runs: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
     with_curve = runs[runs["retention"].notna()]
     if with_curve.empty:
         return None
-    fig = Figure(figsize=(9, 5.5), layout="constrained")
+    fig = Figure(figsize=(12, 5.5), layout="constrained")
     ax = fig.subplots()
-    for method in table["method"]:
+    colors = matplotlib.colormaps["tab20"].colors
+    for i, method in enumerate(table["method"]):
         curves = list(with_curve[with_curve["method"] == method]["retention"])
         if curves:
-            ax.plot(mean_matrix(curves), marker=".", lw=1, label=method)
+            style = {"color": colors[i % 20], "ls": ("-", "--", ":")[i // 20 % 3]}
+            ax.plot(mean_matrix(curves), marker=".", lw=1, label=method, **style)
     tasks = runs.iloc[0]["tasks"]
     ax.set_xticks(
         range(len(tasks) + 1),
@@ -179,7 +182,7 @@ def plot_retention(runs: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
         fontsize=7,
     )
     ax.set_ylabel("probe score (frozen probe head)")
-    ax.legend(fontsize=6, ncols=2)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title(_title(runs, "pretrained-knowledge retention, mean over seeds"), fontsize=9)
     return fig
 
@@ -200,7 +203,13 @@ def plot_intermediate_f(runs: pd.DataFrame, table: pd.DataFrame) -> Figure | Non
             np.array(column, dtype=float) for column in zip(*points, strict=True)
         )
         ax.errorbar(f, mean, yerr=np.where(np.isfinite(half), half, 0), marker="o", capsize=3)
-        ax.set_xlabel("window position f (0 = PiSSA's principal, 1 = MiLoRA's minor)")
+        lora = table[table["method"] == REFERENCE_METHOD][f"{metric}_mean"]
+        if len(lora) and np.isfinite(lora.iloc[0]):
+            ax.axhline(
+                lora.iloc[0], color="grey", ls="--", lw=0.8, label=f"{REFERENCE_METHOD} (mean)"
+            )
+            ax.legend(fontsize=7)
+        ax.set_xlabel("window position f (0 = principal, 1 = minor components)")
         ax.set_ylabel(f"{label}, mean ± 95% CI")
     fig.suptitle(_title(runs, "intermediate components: the spectrum sweep"), fontsize=9)
     return fig
