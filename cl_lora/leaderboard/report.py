@@ -205,8 +205,9 @@ def _sections(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame | None, l
                 (
                     f"{heading}: paired with `{REFERENCE_METHOD}`",
                     f"Method minus `{REFERENCE_METHOD}` on the seeds both ran [± 95% half-width "
-                    "of the paired differences]; p from the paired t-test; seeds where the "
-                    "method is better (higher ACC, lower forgetting).",
+                    "of the paired differences]; p from the paired t-test, not corrected for "
+                    "the many comparisons on a stream; seeds where the method is better "
+                    "(higher ACC, lower forgetting).",
                     paired_table(paired),
                     [],
                 )
