@@ -305,3 +305,20 @@ def test_committed_references_all_have_a_source():
     assert len(raw) == len(references)  # no row was dropped
     assert (raw["source"].str.len() > 10).all() and (raw["quote"].str.strip() != "").all()
     assert set(raw["checked"]) <= {"yes", "no"}
+
+
+def _without_timestamp(text: str) -> str:
+    return re.sub(r"at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "at <time>", text)
+
+
+def test_committed_leaderboard_rebuilds_from_committed_runs(tmp_path: Path):
+    """results/LEADERBOARD.md, its CSVs, HTML and figure list come out of the committed
+    result files alone (the command in results/reproduce.sh)."""
+    results = ROOT / "results"
+    argv = [str(results / "benchmark-runs"), "--out", str(tmp_path), "--compare"]
+    assert main([*argv, "--format", "md", "csv", "html"]) == 0
+    for name in ("LEADERBOARD.md", "leaderboard.csv", "paired.csv", "runs.csv", "leaderboard.html"):
+        rebuilt = _without_timestamp((tmp_path / name).read_text())
+        assert rebuilt == _without_timestamp((results / name).read_text()), name
+    figures = sorted(path.name for path in (tmp_path / "plots").iterdir())
+    assert figures == sorted(path.name for path in (results / "plots").iterdir())
