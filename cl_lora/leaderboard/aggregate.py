@@ -17,6 +17,11 @@ PAIRED_METRICS = ["acc", "forgetting"]
 CONFIDENCE = 0.95
 
 
+def of_stream(frame: pd.DataFrame, key: tuple) -> pd.DataFrame:
+    """The rows of ``frame`` on one (stream, scenario, backbone)."""
+    return frame[(frame[STREAM] == pd.Series(key, index=STREAM)).all(axis=1)]
+
+
 def interval(values: np.ndarray) -> tuple[float, float, int, float]:
     """Mean, sample standard deviation, count and the half-width of the two-sided 95%
     Student-t interval of the mean, over the finite ``values``. With one value the spread and
@@ -84,7 +89,8 @@ def paired_with_reference(runs: pd.DataFrame, reference: str = REFERENCE_METHOD)
                     axis=1,
                     join="inner",
                 ).dropna()
-                diff = (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy()
+                mine_values, ref_values = both.iloc[:, 0], both.iloc[:, 1]
+                diff = (mine_values - ref_values).to_numpy()
                 mean, _, n, half = interval(diff)
                 higher_is_better = metric != "forgetting"
                 rows.append(
@@ -95,15 +101,15 @@ def paired_with_reference(runs: pd.DataFrame, reference: str = REFERENCE_METHOD)
                         "pairs": n,
                         "diff_mean": mean,
                         "diff_ci": half,
-                        "p_value": _paired_p(both),
+                        "p_value": _paired_p(mine_values, ref_values, diff),
                         "better": int(np.sum(diff > 0 if higher_is_better else diff < 0)),
                     }
                 )
     return pd.DataFrame(rows)
 
 
-def _paired_p(both: pd.DataFrame) -> float:
-    diff = (both.iloc[:, 0] - both.iloc[:, 1]).to_numpy()
+def _paired_p(mine: pd.Series, ref: pd.Series, diff: np.ndarray) -> float:
+    """The paired t-test's p; NaN with fewer than two pairs or identical differences."""
     if len(diff) < 2 or np.allclose(diff, diff[0]):
         return math.nan
-    return float(stats.ttest_rel(both.iloc[:, 0], both.iloc[:, 1]).pvalue)
+    return float(stats.ttest_rel(mine, ref).pvalue)

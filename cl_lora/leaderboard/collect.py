@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,16 +27,8 @@ from cl_lora.metrics import summarize
 from cl_lora.results import RESULT_FILE, load_run, matrix_array
 
 GROUP = ["stream", "scenario", "backbone", "method"]
-METRICS = [
-    "acc",
-    "avg_incremental_acc",
-    "bwt",
-    "forgetting",
-    "learning_acc",
-    "retention_drop",
-    "trainable_params",
-    "wall_s",
-]
+_MATRIX_METRICS = ["acc", "avg_incremental_acc", "bwt", "forgetting", "learning_acc"]
+METRICS = [*_MATRIX_METRICS, "retention_drop", "trainable_params", "wall_s"]
 
 # Config fields that name the method (they make up the method's name) or the group, and
 # fields that do not change what is trained (where it ran, where the data lies).
@@ -105,7 +97,7 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "seed": int(result["seed"]),
         "run_id": result.get("run_id", path.parent.name),
         "path": path,
-        **{key: metrics[key] for key in METRICS[:5]},
+        **{key: metrics[key] for key in _MATRIX_METRICS},
         "retention_drop": retention.get("drop"),
         "trainable_params": max(trainable) if trainable else None,
         "wall_s": result["timings"].get("total_s"),
@@ -143,17 +135,16 @@ def _drop_mismatched_tasks(
     rows: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
     """Keep, per (stream, scenario, backbone), the runs whose task list is the most common."""
-    common: dict[tuple, tuple] = {}
-    for key, lists in _by_stream(rows, lambda row: tuple(row["tasks"])).items():
-        common[key] = Counter(lists).most_common(1)[0][0]
+    common = _most_common_per_stream(rows, lambda row: tuple(row["tasks"]))
     kept, skipped = [], []
     for row in rows:
-        if tuple(row["tasks"]) == common[_stream_key(row)]:
+        usual = common[_stream_key(row)]
+        if tuple(row["tasks"]) == usual:
             kept.append(row)
         else:
             reason = (
                 f"incompatible: tasks {row['tasks']} differ from the other {row['stream']} "
-                f"runs' {list(common[_stream_key(row)])}"
+                f"runs' {list(usual)}"
             )
             skipped.append((row["path"], reason))
     return kept, skipped
@@ -162,18 +153,18 @@ def _drop_mismatched_tasks(
 def _name_setups(rows: list[dict[str, Any]]) -> None:
     """Append to each run's method the settings in which it differs from most runs of its
     (stream, scenario, backbone)."""
-    for key, setups in _by_stream(rows, _setup_text).items():
-        usual = json.loads(Counter(setups).most_common(1)[0][0])
-        for row in rows:
-            if _stream_key(row) != key:
-                continue
-            differs = [
-                f"{name}={_plain(value)}"
-                for name, value in sorted(row["setup"].items())
-                if _plain(usual.get(name)) != _plain(value)
-            ]
-            if differs:
-                row["method"] += f" [{', '.join(differs)}]"
+    usual = {
+        key: json.loads(text) for key, text in _most_common_per_stream(rows, _setup_text).items()
+    }
+    for row in rows:
+        common = usual[_stream_key(row)]
+        differs = [
+            f"{name}={_plain(value)}"
+            for name, value in sorted(row["setup"].items())
+            if _plain(common.get(name)) != _plain(value)
+        ]
+        if differs:
+            row["method"] += f" [{', '.join(differs)}]"
 
 
 def _setup_text(row: Mapping[str, Any]) -> str:
@@ -189,8 +180,12 @@ def _stream_key(row: Mapping[str, Any]) -> tuple:
     return row["stream"], row["scenario"], row["backbone"]
 
 
-def _by_stream(rows: list[dict[str, Any]], value: Any) -> dict[tuple, list]:
-    grouped: dict[tuple, list] = {}
+def _most_common_per_stream(
+    rows: list[dict[str, Any]], value: Callable[[Mapping[str, Any]], Hashable]
+) -> dict[tuple, Hashable]:
+    """Per (stream, scenario, backbone), the most common ``value(row)`` (ties: the first seen,
+    and rows come in path order, so the choice is stable)."""
+    counts: dict[tuple, Counter] = {}
     for row in rows:
-        grouped.setdefault(_stream_key(row), []).append(value(row))
-    return grouped
+        counts.setdefault(_stream_key(row), Counter())[value(row)] += 1
+    return {key: counter.most_common(1)[0][0] for key, counter in counts.items()}

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cl_lora.leaderboard.aggregate import REFERENCE_METHOD, STREAM, interval
+from cl_lora.leaderboard.aggregate import REFERENCE_METHOD, STREAM, interval, of_stream
 from cl_lora.results import draw_matrix, write_atomic
 
 PlotFn = Callable[[pd.DataFrame, pd.DataFrame], Figure | None]
@@ -37,7 +37,7 @@ def write_plots(runs: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> list[
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for key, stream_runs in runs.groupby(STREAM, sort=True, dropna=False):
-        stream_table = table[(table[STREAM] == pd.Series(key, index=STREAM)).all(axis=1)]
+        stream_table = of_stream(table, key)
         for kind, plot in FIGURES.items():
             fig = plot(stream_runs, stream_table)
             if fig is None:
@@ -116,7 +116,7 @@ def plot_acc_forgetting(runs: pd.DataFrame, table: pd.DataFrame) -> Figure:
             row["acc_mean"],
             xerr=_finite(row["forgetting_ci"]),
             yerr=_finite(row["acc_ci"]),
-            fmt="o" if on_front else "o",
+            fmt="o",
             color="tab:red" if on_front else "tab:blue",
             mfc="tab:red" if on_front else "white",
             capsize=2,

@@ -39,7 +39,7 @@ _SCALE = {"%": 0.01, "fraction": 1.0}
 
 def load_references(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every reference row from the CSV files in ``folder`` (sorted by file name), with
-    ``fraction`` (the value on our 0..1 scale) and ``file`` added; and a warning per row or
+    ``fraction`` (the value on our 0..1 scale) and its CSV ``line`` added; and a warning per row or
     file that was skipped (no source, unknown unit, a value that is not a number, missing
     columns). A missing folder gives no rows and no warning."""
     frames, warnings = [], []
@@ -49,7 +49,6 @@ def load_references(folder: Path) -> tuple[pd.DataFrame, list[str]]:
         if missing:
             warnings.append(f"{path}: skipped, missing columns {', '.join(missing)}")
             continue
-        frame["file"] = path.name
         frame["line"] = range(2, len(frame) + 2)
         value = pd.to_numeric(frame["value"], errors="coerce")
         frame["fraction"] = value * frame["unit"].map(_SCALE)
@@ -65,7 +64,7 @@ def load_references(folder: Path) -> tuple[pd.DataFrame, list[str]]:
             bad |= mask
         frames.append(frame[~bad])
     if not frames:
-        return pd.DataFrame(columns=[*COLUMNS, "file", "line", "fraction"]), warnings
+        return pd.DataFrame(columns=[*COLUMNS, "line", "fraction"]), warnings
     return pd.concat(frames, ignore_index=True), warnings
 
 

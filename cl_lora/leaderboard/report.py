@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cl_lora.leaderboard.aggregate import PAIRED_METRICS, REFERENCE_METHOD, STREAM
+from cl_lora.leaderboard.aggregate import PAIRED_METRICS, REFERENCE_METHOD, STREAM, of_stream
 from cl_lora.leaderboard.collect import METRICS
 from cl_lora.leaderboard.plots import stream_slug
 
@@ -58,6 +58,12 @@ def cell(mean: float, std: float, n: int, half: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f} [±{half:.{digits}f}]"
 
 
+def metric_cell(row: pd.Series, metric: str, digits: int = 3) -> str:
+    """:func:`cell` for ``metric`` of one aggregated row."""
+    stats = (row[f"{metric}_{part}"] for part in ("mean", "std", "n", "ci"))
+    return cell(*stats, digits=digits)
+
+
 def method_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One stream's per-method rows as display strings."""
     shown = {
@@ -67,12 +73,7 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
     }
     for metric in METRICS:
         digits = {"trainable_params": 0, "wall_s": 0}.get(metric, 3)
-        shown[LABELS[metric]] = [
-            cell(
-                r[f"{metric}_mean"], r[f"{metric}_std"], r[f"{metric}_n"], r[f"{metric}_ci"], digits
-            )
-            for _, r in rows.iterrows()
-        ]
+        shown[LABELS[metric]] = [metric_cell(r, metric, digits) for _, r in rows.iterrows()]
     return pd.DataFrame(shown)
 
 
@@ -105,9 +106,7 @@ def side_by_side(ours: pd.DataFrame, references: pd.DataFrame, metric: str) -> p
         {
             "from": "ours",
             "method": r["method"],
-            "value": cell(
-                r[f"{metric}_mean"], r[f"{metric}_std"], r[f"{metric}_n"], r[f"{metric}_ci"]
-            ),
+            "value": metric_cell(r, metric),
             "sort": r[f"{metric}_mean"],
             "checked in paper": "",
             "source": "seeds " + ",".join(map(str, r["seeds"])),
@@ -189,7 +188,7 @@ def _sections(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame | None, l
     for key, rows in board.table.groupby(STREAM, sort=True, dropna=False):
         stream, scenario, backbone = key
         heading = f"{stream} ({scenario}-incremental, {backbone})"
-        n_runs = int((board.runs[STREAM] == pd.Series(key, index=STREAM)).all(axis=1).sum())
+        n_runs = len(of_stream(board.runs, key))
         text = (
             f"{n_runs} runs. Ranked by mean ACC. Cells: mean ± standard deviation over seeds "
             "[± half-width of the 95% Student-t interval]."
@@ -197,9 +196,7 @@ def _sections(board: Leaderboard) -> list[tuple[str, str, pd.DataFrame | None, l
         slug = stream_slug(key)
         figures = [f for f in board.figures if f.stem.endswith(slug)]
         sections.append((heading, text, method_table(rows), figures))
-        paired = board.paired
-        if not paired.empty:
-            paired = paired[(paired[STREAM] == pd.Series(key, index=STREAM)).all(axis=1)]
+        paired = of_stream(board.paired, key) if not board.paired.empty else board.paired
         if not paired.empty:
             sections.append(
                 (
