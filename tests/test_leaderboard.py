@@ -16,7 +16,7 @@ from scipy import stats
 from cl_lora.leaderboard.__main__ import DEFAULT_REFERENCES, main
 from cl_lora.leaderboard.aggregate import aggregate, interval, paired_with_reference
 from cl_lora.leaderboard.collect import collect_runs, method_name
-from cl_lora.leaderboard.plots import pareto_front
+from cl_lora.leaderboard.plots import intermediate_sweep, pareto_front
 from cl_lora.leaderboard.references import COLUMNS, load_references, split_references
 from cl_lora.results import write_run
 
@@ -224,6 +224,14 @@ def test_outputs_and_figures(runs_dir: Path):
         "intermediate(f=0.5)",
         "intermediate(f=1.0)",
     }
+
+
+def test_intermediate_sweep_places_runs_by_f_unless_start_overrides_it(runs_dir: Path):
+    for f, start in ((0.0, None), (1.0, None), (0.5, 3)):
+        result = fake_result(0, LORA[0], init="intermediate", init_args={"f": f, "start": start})
+        write(runs_dir, result, f"inter-{f}-{start}")
+    sweep = intermediate_sweep(collect_runs(runs_dir).table)
+    assert sorted(sweep["f"]) == [0.0, 1.0]
 
 
 def test_pareto_front():

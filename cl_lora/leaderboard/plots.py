@@ -187,11 +187,17 @@ def plot_retention(runs: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
     return fig
 
 
-def plot_intermediate_f(runs: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
+def intermediate_sweep(runs: pd.DataFrame) -> pd.DataFrame:
+    """The suite's own ``intermediate`` runs placed by ``f`` (column ``f``): not as a
+    baseline's init, not in another setup, and not with ``start``, which overrides ``f``."""
     sweep = runs[(runs["init"] == "intermediate") & runs["method"].str.startswith("intermediate(")]
     sweep = sweep[~sweep["method"].str.contains(r"\[")]  # only runs in the stream's usual setup
-    f_values = sweep["init_args"].map(lambda args: args.get("f"))
-    sweep = sweep.assign(f=f_values)[f_values.notna()]
+    by_f = sweep["init_args"].map(lambda args: args.get("f") if args.get("start") is None else None)
+    return sweep.assign(f=by_f)[by_f.notna()]
+
+
+def plot_intermediate_f(runs: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
+    sweep = intermediate_sweep(runs)
     if sweep["f"].nunique() < 2:
         return None
     fig = Figure(figsize=(9, 4), layout="constrained")
