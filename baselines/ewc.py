@@ -99,8 +99,8 @@ class MergedLoRAEWC(EWCPlugin):
         try:
             for inputs, labels, tasks in loader:
                 inputs = {k: v.to(strategy.device) for k, v in inputs.items()}
-                logits = model(inputs, tasks.to(strategy.device))
-                loss = strategy._criterion(logits, labels.to(strategy.device))
+                output = strategy.problem.forward(model, inputs, tasks.to(strategy.device))
+                loss = strategy.problem.loss(output, labels.to(strategy.device))
                 grads = torch.autograd.grad(loss, list(targets.values()), allow_unused=True)
                 for k, grad in zip(targets, grads, strict=True):
                     if grad is not None:

@@ -10,14 +10,21 @@ from __future__ import annotations
 import torch
 
 from baselines.registry import register
-from cl_lora.backbones import ContinualClassifier
 from cl_lora.strategy import LoRAStrategy
 
 
-@register("frozen", "frozen backbone, no LoRA: only the task heads train", uses_init=False)
+@register(
+    "frozen",
+    "frozen backbone, no LoRA: only the task heads train",
+    uses_init=False,
+    refuses={
+        "text-to-text": "a language model has no task heads to train, so nothing would learn "
+        "(use seq-lora or seq-ft as the reference instead)"
+    },
+)
 class FrozenBackbone(LoRAStrategy):
     """Linear probing per task: no adapter, every encoder parameter frozen."""
 
-    def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+    def prepare_encoder(self, model: torch.nn.Module, generator: torch.Generator) -> int:
         model.encoder.requires_grad_(False)
         return 0

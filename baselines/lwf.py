@@ -1,12 +1,17 @@
 """``--plugin lwf``: Avalanche's Learning without Forgetting (Li & Hoiem, TPAMI 2017).
 
 While task ``t`` trains, the model after task ``t-1`` (a frozen copy, adapter included) labels
-the current inputs through every earlier head, and the current model is distilled towards
-those soft labels (temperature ``temperature``, weight ``alpha``), on the earlier tasks'
-classes only. Avalanche's plugin does all of this; it reaches every head through
-``model(x, None)``, which :class:`~cl_lora.backbones.ContinualClassifier` answers with one
-encoder pass and one output per distinct head (a shared head is distilled once, not once per
-task). One change: the teacher is put in eval mode, so its soft labels are not dropout noise.
+the current inputs, and the current model is distilled towards those soft labels (temperature
+``temperature``, weight ``alpha``). What is distilled is the run's problem's to say:
+
+- classification: Avalanche's LwF over every earlier head, on the earlier tasks' classes only;
+  it reaches every head through ``model(x, None)``, which
+  :class:`~cl_lora.backbones.ContinualClassifier` answers with one encoder pass and one output
+  per distinct head (a shared head is distilled once, not once per task);
+- text-to-text: the previous model's next-token distributions at the target positions.
+
+Avalanche keeps the teacher and the bookkeeping; one change: the teacher is put in eval mode,
+so its soft labels are not dropout noise.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from cl_lora.inits import Argument
 
 class TeacherEvalLwF(LwFPlugin):
     """Avalanche's LwF with a deterministic (eval-mode) teacher."""
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        strategy.loss += strategy.problem.distillation(self.lwf, strategy)
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         super().after_training_exp(strategy, **kwargs)

@@ -44,6 +44,11 @@ class Method:
     init: InitMethod | None
     plugin_args: dict[str, dict[str, Any]]
 
+    def check_problem(self, problem: str) -> None:
+        """Bad input when the baseline has no meaning for the stream's ``problem`` kind."""
+        if self.config.baseline is not None:
+            get(self.config.baseline).check_problem(problem)
+
     def plugins(self) -> list[SupervisedPlugin]:
         """Fresh plugin instances (they hold per-run state)."""
         return [get_plugin(name).build(args) for name, args in self.plugin_args.items()]

@@ -40,6 +40,16 @@ class Baseline:
     uses_init: bool = True
     arguments: Mapping[str, Argument] = field(default_factory=dict)
     matrix: str = SEQUENTIAL_MATRIX
+    #: problem kind -> why the baseline means nothing there (it refuses such streams)
+    refuses: Mapping[str, str] = field(default_factory=dict)
+
+    def check_problem(self, problem: str) -> None:
+        """One line of bad input when the baseline has no meaning for ``problem``."""
+        if problem in self.refuses:
+            raise BadInputError(
+                f"--baseline {self.name} does not apply to {problem} streams: "
+                f"{self.refuses[problem]}"
+            )
 
     def resolve_args(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return resolve_arguments(f"baseline '{self.name}'", self.arguments, args)
@@ -72,13 +82,16 @@ def register(
     uses_init: bool = True,
     arguments: Mapping[str, Argument] | None = None,
     matrix: str = SEQUENTIAL_MATRIX,
+    refuses: Mapping[str, str] | None = None,
 ) -> Callable[[type[LoRAStrategy]], type[LoRAStrategy]]:
     """Class decorator: make a strategy class selectable as ``--baseline name``."""
 
     def decorate(cls: type[LoRAStrategy]) -> type[LoRAStrategy]:
         if name in _BASELINES and _BASELINES[name].strategy is not cls:
             raise ValueError(f"baseline '{name}' is already registered")
-        _BASELINES[name] = Baseline(name, description, cls, uses_init, arguments or {}, matrix)
+        _BASELINES[name] = Baseline(
+            name, description, cls, uses_init, arguments or {}, matrix, refuses or {}
+        )
         return cls
 
     return decorate

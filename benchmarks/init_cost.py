@@ -69,6 +69,7 @@ from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings, attach_lora
+from cl_lora.problems.classification import Classification, cross_entropy_on
 from cl_lora.strategy.calibrate import Calibrator
 from cl_lora.strategy.experiences import TaskExamples
 from cl_lora.strategy.optim import task_optimizer
@@ -213,7 +214,7 @@ def text_case(settings: Settings, device: torch.device) -> tuple[Case, streams.S
                 sources=init.calibration,
                 size=settings.calib_size,
                 stream=stream,
-                backbone=backbone,
+                problem=Classification(backbone, stream),
                 lora=settings.lora,
                 target_modules=backbone.target_modules,
                 batch_size=RECIPE.eval_batch_size,  # what LoRAStrategy passes (eval_mb_size)
@@ -373,12 +374,21 @@ def vit_case(settings: Settings, device: torch.device) -> Case:
             for name, cov in collector.covariances().items():
                 stats[name]["input_cov"] = cov
         if "grad" in init.needs:
-            for name, grad in collect_gradients(model, task_id, targets, batches).items():
+            loss = cross_entropy_on(task_id)
+            for name, grad in collect_gradients(model, loss, targets, batches).items():
                 stats[name]["grad"] = grad
         if "warmup_delta" in init.needs:
             steps = init.resolve_args(args)["warmup_steps"]
             for name, delta in warmup_deltas(
-                model, task_id, lora, targets, batches, steps, RECIPE.lr, generator
+                model,
+                model.head_of(task_id),
+                cross_entropy_on(task_id),
+                lora,
+                targets,
+                batches,
+                steps,
+                RECIPE.lr,
+                generator,
             ).items():
                 stats[name]["warmup_delta"] = delta
         model.train(was_training)

@@ -48,6 +48,7 @@ from cl_lora.cli import OneLineParser, require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings, attach_lora
+from cl_lora.problems import Classification
 from cl_lora.strategy import LoRAStrategy
 from cl_lora.strategy.experiences import TaskExamples, to_benchmark
 from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
@@ -254,9 +255,10 @@ def strategy_pass(bench: Bench, stream: streams.Stream) -> Pass:
     with warnings.catch_warnings():  # "No loggers specified": on purpose, see below
         warnings.simplefilter("ignore", UserWarning)
         evaluator = EvaluationPlugin(loggers=[])  # no progress bar: a UI cost, not the loop's
+    backbone = dataclasses.replace(bench.backbone, encoder=copy.deepcopy(bench.model.encoder))
     strategy = LoRAStrategy(
-        model=copy.deepcopy(bench.model),
-        backbone=bench.backbone,
+        problem=Classification(backbone, stream),
+        backbone=backbone,
         stream=stream,
         init=inits.get(INIT),
         init_args={},

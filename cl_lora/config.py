@@ -54,6 +54,7 @@ class RunConfig:
     device: str = "auto"
     precision: str = "fp32"
     deterministic: bool = False  # torch.use_deterministic_algorithms (matters on GPU)
+    gradient_checkpointing: bool = False  # recompute activations in backward (language models)
 
     def __post_init__(self) -> None:
         require_at_least_one(
@@ -75,6 +76,15 @@ class RunConfig:
                 data[name] = tuple(data[name])
         return cls(**data)
 
+    def identity(self) -> dict[str, Any]:
+        """What the run id hashes: :meth:`to_dict` without the settings added since run ids
+        were introduced while they hold their defaults, so earlier runs keep their ids."""
+        data = self.to_dict()
+        for name, default in ADDED_SETTINGS.items():
+            if data.get(name) == default:
+                del data[name]
+        return data
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["plugins"] = list(self.plugins)
@@ -82,6 +92,10 @@ class RunConfig:
             value = getattr(self, name)
             data[name] = list(value) if value is not None else None
         return data
+
+
+#: Settings added after the first published runs, with the default that leaves a run as before.
+ADDED_SETTINGS: dict[str, Any] = {"gradient_checkpointing": False}
 
 
 def resolve_device(name: str) -> torch.device:

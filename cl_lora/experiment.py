@@ -25,25 +25,17 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from baselines.method import Method, resolve
 from cl_lora import inits, streams
-from cl_lora.backbones import (
-    MINILM,
-    MNIST_VIT,
-    VIT_DEFAULT,
-    Backbone,
-    ContinualClassifier,
-    load_text_backbone,
-    load_vit_backbone,
-)
+from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.metrics import summarize
+from cl_lora.problems import Problem, build_problem
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
 from cl_lora.strategy import StreamOutcome, run_stream
-from cl_lora.strategy.retention import RetentionProbe
+from cl_lora.strategy.retention import knowledge_probe_for
 
 CHECKPOINT = "checkpoint.pt"
-DEFAULT_BACKBONES = {"text": MINILM, "vision": VIT_DEFAULT}  # unless the stream names its own
 log = logging.getLogger("cl_lora")
 
 
@@ -75,20 +67,27 @@ def _targets(config: RunConfig, default: list[str]) -> list[str]:
     return chosen
 
 
-def prepare_backbone(name: str) -> None:
-    """Build what a backbone needs once: the offline MNIST ViT is pretrained (with progress
-    output) the first time it is asked for, then read from the cache."""
-    if name == MNIST_VIT:
-        from cl_lora.pretrain_mnist import ensure_mnist_vit
+def prepare_backbone(config: RunConfig, stream: streams.Stream) -> tuple[Family, str]:
+    """The run's backbone family and name (``--backbone``, else the stream's, else the family's
+    default). Assets a family builds once (the offline MNIST ViT) are built here, with progress
+    output, before the run seeds its generators."""
+    family = family_for(config.backbone or stream.backbone, stream.knowledge)
+    name = config.backbone or stream.backbone or family.default
+    if family.prepare is not None:
+        family.prepare(name, log.info)
+    return family, name
 
-        ensure_mnist_vit(progress=log.info)
 
-
-def load_backbone(name: str, modality: str, max_length: int) -> Backbone:
-    """The backbone ``name`` for a stream of ``modality`` (a timm model for vision)."""
-    if modality == "vision":
-        return load_vit_backbone(name)
-    return load_text_backbone(name, max_length=max_length)
+def load_backbone(family: Family, name: str, config: RunConfig, device: torch.device) -> Backbone:
+    """``name`` loaded by ``family`` with the run's token budget, weight precision (bf16
+    weights for bf16 runs on CUDA) and gradient checkpointing."""
+    bf16_weights = config.precision == "bf16" and device.type == "cuda"
+    options = LoadOptions(
+        max_length=config.max_length,
+        dtype=torch.bfloat16 if bf16_weights else torch.float32,
+        gradient_checkpointing=config.gradient_checkpointing,
+    )
+    return family.load(name, options)
 
 
 def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None:
@@ -107,7 +106,8 @@ def _result(
     calibration: dict[str, Any],
     run_id: str,
     stream: streams.Stream,
-    backbone_source: dict[str, Any],
+    problem: Problem,
+    backbone: Backbone,
     lora: LoRASettings,
     targets: list[str],
     outcome: StreamOutcome,
@@ -127,6 +127,7 @@ def _result(
             "modality": stream.modality,
             "shared_head": stream.shared_head,
         },
+        "problem": problem.record(),
         "tasks": [
             {
                 "name": task.name,
@@ -149,7 +150,7 @@ def _result(
             "calibration": calibration,
         },
         "seed": config.seed,
-        "backbone": backbone_source,
+        "backbone": {**backbone.source, "family": backbone.family},
         "lora": {
             "rank": lora.rank,
             "alpha": lora.alpha,
@@ -193,7 +194,7 @@ def resolve_config(config: RunConfig) -> RunConfig:
 
 def run_id_of(config: RunConfig) -> str:
     """The folder name of ``config``'s run (the config must be resolved)."""
-    return new_run_id(config.to_dict())
+    return new_run_id(config.identity())
 
 
 def finished_result(run_dir: Path) -> dict[str, Any] | None:
@@ -270,14 +271,12 @@ def run_experiment(
     )
     # the stream's defaults this run resolves to (recorded under "backbone" and "stream";
     # "config" stays as given, None meaning "the stream's default", and is what the id hashes)
-    config = dataclasses.replace(
-        config,
-        backbone=config.backbone or stream.backbone or DEFAULT_BACKBONES[stream.modality],
-        scenario=stream.scenario,
-    )
-    prepare_backbone(config.backbone)
+    family, name = prepare_backbone(config, stream)
+    config = dataclasses.replace(config, backbone=name, scenario=stream.scenario)
     seed_everything(config.seed)
-    backbone = load_backbone(config.backbone, stream.modality, config.max_length)
+    backbone = load_backbone(family, name, config, device)
+    method.check_problem(stream.problem)
+    problem = build_problem(stream, backbone, config.max_length)
     targets = _targets(config, backbone.target_modules)
     _check_rank(config.rank, backbone.encoder, targets)
     lora = LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
@@ -285,9 +284,7 @@ def run_experiment(
     checkpoint = run_dir / CHECKPOINT
 
     strategy = method.strategy(
-        model=ContinualClassifier(
-            backbone, shared_head=stream.shared_head, class_incremental=stream.scenario == "class"
-        ),
+        problem=problem,
         backbone=backbone,
         stream=stream,
         init=method.init or inits.get("lora"),  # baselines without an init never call it
@@ -310,9 +307,9 @@ def run_experiment(
         evaluator=make_evaluator(verbose),
         **method.strategy_args,
     )
-    probe = RetentionProbe.for_backbone(
-        streams.knowledge_probe(stream.modality),
-        backbone,
+    probe = knowledge_probe_for(
+        stream,
+        problem,
         batch_size=config.eval_batch_size,
         max_fit=config.max_train_per_task,
         max_test=config.max_test_per_task,
@@ -333,7 +330,8 @@ def run_experiment(
         calibration,
         run_id,
         stream,
-        backbone.source,
+        problem,
+        backbone,
         lora,
         targets,
         outcome,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import baselines
-from cl_lora import inits, streams
+from cl_lora import backbones, inits, streams
 from cl_lora.cli import OneLineParser, parse_key_values
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError, RunFailure
@@ -26,7 +26,11 @@ log = logging.getLogger("cl_lora")
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m cl_lora.run", description=__doc__.splitlines()[0])
-    p.add_argument("--list", action="store_true", help="list streams and init methods, then exit")
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="list streams, backbones, init methods, baselines and plugins, then exit",
+    )
     p.add_argument("--stream", default=DEFAULTS.stream, help="task stream (see --list)")
     p.add_argument("--init", help=f"LoRA init method (see --list; default {DEFAULTS.init})")
     p.add_argument(
@@ -68,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         default=DEFAULTS.backbone,
         help="text: local folder or Hub name; vision: a timm model name, a local timm folder, "
-        "NAME=FILE, or mnist-vit (default: the stream's own)",
+        "NAME=FILE, or mnist-vit; language model: smollm2-135m, a local folder, a .gguf file "
+        "or a Hub name (default: the stream's own)",
     )
     p.add_argument(
         "--scenario",
@@ -94,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--deterministic",
         action="store_true",
         help="deterministic torch kernels (slower on GPU; CPU runs are deterministic anyway)",
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass (language models: less GPU memory)",
     )
     p.add_argument("--output-dir", default="results/runs", type=Path)
     p.add_argument(
@@ -134,13 +144,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         device=args.device,
         precision=args.precision,
         deterministic=args.deterministic,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
 
 
 def listing() -> str:
     """Streams and init methods, one line each (with each method's arguments)."""
     lines = ["streams:"]
-    lines += [f"  {name:<18} {streams.describe(name)}" for name in streams.available()]
+    lines += [f"  {name:<19} {streams.describe(name)}" for name in streams.available()]
+    lines.append("backbone families (--backbone; packaged names in brackets):")
+    for family in backbones.FAMILIES:
+        owned = f"  [{', '.join(family.aliases)}]" if family.aliases else ""
+        lines.append(f"  {family.name:<19} {family.description}{owned}")
     lines.append("init methods:")
     for name in inits.available():
         method = inits.get(name)
@@ -148,7 +163,7 @@ def listing() -> str:
         if method.needs:
             parts.append(f"needs {'+'.join(method.needs)} on {'+'.join(method.calibration)}")
         extras = "; ".join(part for part in parts if part)
-        lines.append(f"  {name:<18} {method.description}" + (f"  [{extras}]" if extras else ""))
+        lines.append(f"  {name:<19} {method.description}" + (f"  [{extras}]" if extras else ""))
     for title, names, get in (
         ("baselines (--baseline):", baselines.available(), baselines.get),
         (
@@ -161,7 +176,7 @@ def listing() -> str:
         for name in names:
             entry = get(name)
             extras = ", ".join(f"{k}={a.default}" for k, a in entry.arguments.items())
-            lines.append(f"  {name:<18} {entry.description}" + (f"  [{extras}]" if extras else ""))
+            lines.append(f"  {name:<19} {entry.description}" + (f"  [{extras}]" if extras else ""))
     return "\n".join(lines)
 
 

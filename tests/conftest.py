@@ -92,15 +92,13 @@ def make_strategy(
     """A ``LoRAStrategy`` (or the ``strategy`` subclass, e.g. a baseline, built with
     ``strategy_args``) with a fast recipe (rank 2, batch 8, high learning rates), silent."""
     from cl_lora import inits
-    from cl_lora.backbones import ContinualClassifier
     from cl_lora.experiment import make_evaluator
     from cl_lora.lora import LoRASettings
+    from cl_lora.problems import build_problem
     from cl_lora.strategy import LoRAStrategy
 
     return (strategy or LoRAStrategy)(
-        model=ContinualClassifier(
-            backbone, shared_head=stream.shared_head, class_incremental=stream.scenario == "class"
-        ),
+        problem=build_problem(stream, backbone, max_length=64),
         backbone=backbone,
         stream=stream,
         init=inits.get(init),

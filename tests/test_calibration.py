@@ -12,6 +12,7 @@ from cl_lora import inits, streams
 from cl_lora.backbones import ContinualClassifier, load_text_backbone
 from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
 from cl_lora.lora import LoRASettings, attach_lora, lora_layers
+from cl_lora.problems.classification import Classification, cross_entropy_on
 from cl_lora.strategy.calibrate import Calibrator
 
 SETTINGS = LoRASettings(rank=4, alpha=8)
@@ -60,7 +61,7 @@ def test_gradients_match_autograd_and_leave_the_model_as_it_was(backbone) -> Non
     inputs, labels = backbone.collate(ROWS[:2]), torch.tensor([0, 1])
     name = "encoder.layer.1.intermediate.dense"
     flags = [p.requires_grad for p in model.parameters()]
-    grads = collect_gradients(model, 0, [name], [(inputs, labels)])
+    grads = collect_gradients(model, cross_entropy_on(0), [name], [(inputs, labels)])
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
     torch.nn.functional.cross_entropy(model(inputs, 0), labels).backward()
@@ -73,7 +74,15 @@ def test_warmup_leaves_no_trace(backbone) -> None:
     inputs, labels = backbone.collate(ROWS[:2]), torch.tensor([0, 1])
     before = model(inputs, 0)
     deltas = warmup_deltas(
-        model, 0, SETTINGS, backbone.target_modules, [(inputs, labels)], 3, 1e-2, torch.Generator()
+        model,
+        model.head_of(0),
+        cross_entropy_on(0),
+        SETTINGS,
+        backbone.target_modules,
+        [(inputs, labels)],
+        3,
+        1e-2,
+        torch.Generator(),
     )
     assert len(deltas) == 36 and all(d.abs().sum() > 0 for d in deltas.values())
     assert not lora_layers(model.encoder)
@@ -87,7 +96,7 @@ def calibrator(method, stream, backbone, sources=None) -> Calibrator:
         sources=sources or method.calibration,
         size=8,
         stream=stream,
-        backbone=backbone,
+        problem=Classification(backbone, stream),
         lora=SETTINGS,
         target_modules=backbone.target_modules,
         batch_size=4,

@@ -1,16 +1,25 @@
-"""Backbones: a pretrained model, its preprocessing, default LoRA targets, and task heads."""
+"""Backbones: registered families of pretrained models (see :mod:`.registry`), each giving a
+:class:`Backbone`: the network LoRA adapts, its preprocessing and default LoRA targets."""
 
+from cl_lora.backbones import causal_lm, mnist_vit, text, vit  # noqa: F401  (register families)
 from cl_lora.backbones.base import Backbone, linear_layer_names
 from cl_lora.backbones.classifier import ContinualClassifier
+from cl_lora.backbones.language_model import LanguageModel
+from cl_lora.backbones.registry import FAMILIES, Family, LoadOptions, family_for
 from cl_lora.backbones.text import MINILM, load_text_backbone
 from cl_lora.backbones.vit import MNIST_VIT, VIT_DEFAULT, load_vit_backbone
 
 __all__ = [
+    "FAMILIES",
     "MINILM",
     "MNIST_VIT",
     "VIT_DEFAULT",
     "Backbone",
     "ContinualClassifier",
+    "Family",
+    "LanguageModel",
+    "LoadOptions",
+    "family_for",
     "linear_layer_names",
     "load_text_backbone",
     "load_vit_backbone",

@@ -14,21 +14,29 @@ Inputs = dict[str, torch.Tensor]
 
 @dataclass
 class Backbone:
-    """A pretrained feature extractor plus what it takes to feed it.
+    """A pretrained network plus what it takes to feed it.
 
-    ``collate`` turns raw examples (rows of a task's dataset) into the encoder's inputs;
-    ``features`` turns the encoder's output into one ``feature_dim`` vector per example, which
-    the task heads read. ``target_modules`` are the linear layers LoRA adapts by default.
+    ``encoder`` is the network LoRA adapts (a feature extractor, or a whole language model);
+    ``target_modules`` are the linear layers LoRA adapts by default; ``family`` names the
+    registered backbone family that built it (:mod:`cl_lora.backbones.registry`).
+
+    Classification backbones give ``collate`` (raw examples, rows of a task's dataset, into
+    the encoder's inputs) and ``features`` (the encoder's output into one ``feature_dim``
+    vector per example, which the task heads read). Language models give their ``tokenizer``
+    instead: the text-to-text problem batches prompts and targets itself.
+
     ``source`` says where the weights came from, for the result file. ``knowledge_head`` is
     the pretrained classifier, frozen, when the backbone keeps one for the data named by
     ``knowledge`` (the retention probe scores that data with it instead of fitting a head).
     """
 
     encoder: nn.Module
-    collate: Callable[[Sequence[dict[str, Any]]], Inputs]
-    features: Callable[[nn.Module, Inputs], torch.Tensor]
-    feature_dim: int
     target_modules: list[str]
+    family: str = ""
+    collate: Callable[[Sequence[dict[str, Any]]], Inputs] | None = None
+    features: Callable[[nn.Module, Inputs], torch.Tensor] | None = None
+    feature_dim: int | None = None
+    tokenizer: Any = None
     source: dict[str, Any] = field(default_factory=dict)
     knowledge_head: nn.Module | None = None
     knowledge: str | None = None

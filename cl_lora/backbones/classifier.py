@@ -45,6 +45,10 @@ class ContinualClassifier(MultiTaskModule):
             return hasattr(self, "tasks_seen") and task_id < int(self.tasks_seen)
         return self.head_key(task_id) in self.heads
 
+    def head_of(self, task_id: int) -> nn.Module:
+        """The head ``task_id`` trains (the shared one, with a shared head)."""
+        return self.heads[self.head_key(task_id)]
+
     def add_head(self, task_id: int, num_labels: int, classes: Sequence[int] | None = None) -> None:
         """Create the head for ``task_id`` unless it exists (a shared head is created once).
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from cl_lora.backbones.base import Backbone, Inputs, linear_layer_names
+from cl_lora.backbones.registry import LoadOptions, register_family
 from cl_lora.errors import BadInputError
 from cl_lora.hub import load_failure
 
@@ -96,6 +97,7 @@ def load_text_backbone(name: str | None = MINILM, max_length: int = 128) -> Back
         ) from None
     return Backbone(
         encoder=encoder,
+        family="text-encoder",
         collate=partial(tokenize, tokenizer, max_length),
         features=mean_pool,
         feature_dim=encoder.config.hidden_size,
@@ -107,3 +109,15 @@ def load_text_backbone(name: str | None = MINILM, max_length: int = 128) -> Back
             "max_length": max_length,
         },
     )
+
+
+@register_family(
+    "text-encoder",
+    "Hugging Face text encoder + mean pooling + task heads (all-minilm-l6-v2 packaged)",
+    serves=("text",),
+    default=MINILM,
+    aliases=(MINILM,),
+)
+def load_text_encoder(name: str, options: LoadOptions) -> Backbone:
+    """The family's loader: :func:`load_text_backbone` with the run's token budget."""
+    return load_text_backbone(name, max_length=options.max_length)

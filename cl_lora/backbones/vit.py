@@ -29,6 +29,7 @@ from PIL import Image
 from torch import nn
 
 from cl_lora.backbones.base import Backbone, Inputs
+from cl_lora.backbones.registry import LoadOptions, register_family
 from cl_lora.errors import BadInputError
 from cl_lora.hub import cache_only_when_unreachable, load_failure
 
@@ -113,6 +114,7 @@ def vit_backbone(
     channels = config["input_size"][0]
     return Backbone(
         encoder=model,
+        family="timm-vit",
         collate=partial(image_collate, transform, "L" if channels == 1 else "RGB"),
         features=pooled_features,
         feature_dim=model.num_features,
@@ -204,3 +206,14 @@ def load_vit_backbone(name: str = VIT_DEFAULT) -> Backbone:
         "revision": model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("file"),
     }
     return vit_backbone(model, source, keep_head_as=keep)
+
+
+@register_family(
+    "timm-vit",
+    "timm vision transformer + task heads (Hub name, local timm folder or NAME=FILE)",
+    serves=("vision",),
+    default=VIT_DEFAULT,
+)
+def load_timm_vit(name: str, options: LoadOptions) -> Backbone:
+    """The family's loader (images need no token budget)."""
+    return load_vit_backbone(name)

@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from cl_lora.backbones.base import Inputs
 
+#: ``loss(model, inputs, targets)``: the training loss of one batch (the run's problem decides).
+BatchLoss = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
+
 
 def collect_gradients(
     model: nn.Module,
-    task_id: int,
+    loss: BatchLoss,
     layer_names: Sequence[str],
     batches: Iterable[tuple[Inputs, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
@@ -31,11 +34,8 @@ def collect_gradients(
     try:
         for weight in weights.values():
             weight.requires_grad_(True)
-        for inputs, labels in batches:
-            logits = model(inputs, task_id)
-            grads = torch.autograd.grad(
-                nn.functional.cross_entropy(logits, labels), list(weights.values())
-            )
+        for inputs, targets in batches:
+            grads = torch.autograd.grad(loss(model, inputs, targets), list(weights.values()))
             for name, grad in zip(weights, grads, strict=True):
                 sums[name] += grad
             count += 1

@@ -10,14 +10,15 @@ import torch
 from torch import nn
 
 from cl_lora import inits
-from cl_lora.backbones import ContinualClassifier
 from cl_lora.backbones.base import Inputs
+from cl_lora.calibration.gradients import BatchLoss
 from cl_lora.lora import ADAPTER, LoRASettings, attach_lora, drop_lora, lora_layers
 
 
 def warmup_deltas(
-    model: ContinualClassifier,
-    task_id: int,
+    model: nn.Module,
+    head: nn.Module,
+    loss: BatchLoss,
     settings: LoRASettings,
     layer_names: Sequence[str],
     batches: Iterable[tuple[Inputs, torch.Tensor]],
@@ -25,12 +26,12 @@ def warmup_deltas(
     lr: float,
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """Each layer's ``s B A`` after ``steps`` AdamW steps of plain LoRA (with the task head).
+    """Each layer's ``s B A`` after ``steps`` AdamW steps of plain LoRA (with the task's
+    ``head``, if the model has one) on ``loss``.
 
     The warm-up leaves no trace: its adapter is dropped without merging (plain LoRA's residual
     is the weight itself) and the task head is restored to its state before the warm-up.
     """
-    head = model.heads[model.head_key(task_id)]
     head_state = {key: value.clone() for key, value in head.state_dict().items()}
     was_training = model.training
     attach_lora(model, settings, layer_names, inits.get("lora"), {}, {}, generator)
@@ -38,9 +39,9 @@ def warmup_deltas(
         adapter = [p for p in model.encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW([*adapter, *head.parameters()], lr=lr)
         model.train()
-        for inputs, labels in itertools.islice(itertools.cycle(list(batches)), steps):
+        for inputs, targets in itertools.islice(itertools.cycle(list(batches)), steps):
             optimizer.zero_grad()
-            nn.functional.cross_entropy(model(inputs, task_id), labels).backward()
+            loss(model, inputs, targets).backward()
             optimizer.step()
         return {
             name: (

@@ -12,16 +12,18 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
+from torch import nn
 
-from cl_lora.backbones import Backbone, ContinualClassifier
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
 from cl_lora.errors import BadInputError
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings
+from cl_lora.problems import Problem
 from cl_lora.streams import Stream, knowledge_probe
 
 SOURCES = ("probe", "task", "memory")
@@ -48,7 +50,7 @@ class Calibrator:
     sources: tuple[str, ...]
     size: int
     stream: Stream
-    backbone: Backbone
+    problem: Problem
     lora: LoRASettings
     target_modules: Sequence[str]
     batch_size: int  # forward-only passes (covariances, gradients)
@@ -62,7 +64,7 @@ class Calibrator:
 
     def _probe_rows(self) -> list[dict[str, Any]]:
         if self._probe is None:
-            self._probe = knowledge_probe(self.stream.modality).train
+            self._probe = knowledge_probe(self.stream.knowledge).train
         return self._rows(self._probe, self.size)
 
     @staticmethod
@@ -89,25 +91,37 @@ class Calibrator:
         return [row for part in rows.values() for row in part], {k: len(v) for k, v in rows.items()}
 
     def _batches(self, rows: list[dict[str, Any]], size: int) -> Iterator[Inputs]:
+        """Inputs in the problem's training form (a language model reads prompt and answer)."""
         for start in range(0, len(rows), size):
-            inputs = self.backbone.collate(rows[start : start + size])
+            inputs, _ = self.problem.collate(rows[start : start + size], None, training=True)
             yield {key: value.to(self.device) for key, value in inputs.items()}
 
     def _labelled(self, task_id: int, count: int, size: int) -> list[tuple[Inputs, torch.Tensor]]:
         rows = self._rows(self.stream.tasks[task_id].train, count, labelled=True)
-        labels = torch.tensor([row.pop("label") for row in rows], device=self.device)
-        return [
-            (inputs, labels[i * size : (i + 1) * size])
-            for i, inputs in enumerate(self._batches(rows, size))
-        ]
+        batches = []
+        for start in range(0, len(rows), size):
+            part = rows[start : start + size]
+            labels = [row.pop("label") for row in part]
+            inputs, targets = self.problem.collate(part, labels, training=True)
+            batches.append(
+                ({k: v.to(self.device) for k, v in inputs.items()}, targets.to(self.device))
+            )
+        return batches
+
+    def _loss(
+        self, task_id: int, model: nn.Module, inputs: Inputs, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """The problem's training loss of one batch of task ``task_id``."""
+        return self.problem.loss(self.problem.forward(model, inputs, task_id), targets)
 
     def collect(
-        self, model: ContinualClassifier, task_id: int, generator: torch.Generator
+        self, model: nn.Module, task_id: int, generator: torch.Generator
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Per adapted layer, the statistics ``init.needs`` for task ``task_id``."""
         stats: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
         needs = self.init.needs
         report: dict[str, Any] = {"task": task_id}
+        loss = partial(self._loss, task_id)
         was_training = model.training
         model.eval()
         if "input_cov" in needs:
@@ -124,16 +138,22 @@ class Calibrator:
             }
         if "grad" in needs:
             batches = self._labelled(task_id, self.size, self.batch_size)
-            for name, grad in collect_gradients(
-                model, task_id, self.target_modules, batches
-            ).items():
+            for name, grad in collect_gradients(model, loss, self.target_modules, batches).items():
                 stats[name]["grad"] = grad
             report["grad_examples"] = sum(len(labels) for _, labels in batches)
         if "warmup_delta" in needs:
             steps = self.init.resolve_args(self.init_args)["warmup_steps"]
             batches = self._labelled(task_id, steps * self.train_batch_size, self.train_batch_size)
             deltas = warmup_deltas(
-                model, task_id, self.lora, self.target_modules, batches, steps, self.lr, generator
+                model,
+                model.head_of(task_id),
+                loss,
+                self.lora,
+                self.target_modules,
+                batches,
+                steps,
+                self.lr,
+                generator,
             )
             for name, delta in deltas.items():
                 stats[name]["warmup_delta"] = delta

@@ -28,7 +28,7 @@ class TaskScorePlugin(SupervisedPlugin):
         self._predictions, self._labels = [], []
 
     def after_eval_iteration(self, strategy, **kwargs) -> None:
-        self._predictions.append(strategy.mb_output.argmax(dim=1).cpu())
+        self._predictions.append(strategy.mb_output.cpu())  # predicted label ids
         self._labels.append(strategy.mb_y.cpu())
 
     def after_eval_exp(self, strategy, **kwargs) -> None:

@@ -1,5 +1,5 @@
-"""How much pretrained knowledge survives the stream (DESIGN §6): a held-out probe task, scored
-with a frozen head before the first task and after every task.
+"""How much pretrained knowledge survives the stream: a held-out probe task, scored with a frozen
+head before the first task and after every task (language models: see :mod:`.qa_probe`).
 
 The probe data is the modality's knowledge probe (:func:`cl_lora.streams.knowledge_probe`: Rotten
 Tomatoes reviews for text, MNIST for vision), outside every stream. Its head is frozen for the
@@ -28,7 +28,9 @@ from torch import nn
 from cl_lora.backbones import Backbone, ContinualClassifier
 from cl_lora.backbones.base import Inputs
 from cl_lora.metrics import retention_summary
-from cl_lora.streams import Task
+from cl_lora.problems import Problem, TextToText
+from cl_lora.strategy.qa_probe import DEFAULT_QUESTIONS, ClosedBookQAProbe
+from cl_lora.streams import Stream, Task, knowledge_probe
 from cl_lora.streams.sampling import balanced_sample
 
 
@@ -161,3 +163,22 @@ class RetentionProbe:
             "metric": self.task.metric,
             **retention_summary(curve),
         }
+
+
+def knowledge_probe_for(
+    stream: Stream,
+    problem: Problem,
+    batch_size: int = 64,
+    max_fit: int | None = None,
+    max_test: int | None = None,
+) -> RetentionProbe | ClosedBookQAProbe:
+    """The retention probe of a run: a frozen head on the held-out probe task for a classifier,
+    closed-book NQ-open for a language model. ``max_fit``/``max_test`` (the run's per-task
+    caps) shrink the probe for quick runs."""
+    data = knowledge_probe(stream.knowledge)
+    if isinstance(problem, TextToText):
+        test = data.test.select(range(min(max_test or DEFAULT_QUESTIONS, len(data.test))))
+        return ClosedBookQAProbe(test, problem, batch_size=batch_size)
+    return RetentionProbe.for_backbone(
+        data, problem.backbone, batch_size=batch_size, max_fit=max_fit, max_test=max_test
+    )

@@ -5,6 +5,10 @@ task's adapter into the backbone, creates the task's head, and attaches a fresh 
 by the chosen method. The optimizer (AdamW over the adapter and the task's head, with linear
 warm-up and decay) is rebuilt for every task. Everything else -- the loops, the plugin hooks,
 the loggers -- is Avalanche's, so its plugins (replay, EWC, LwF, loggers) compose with it.
+
+What depends on the kind of model (batching, the loss, prediction, the model itself) is asked of
+the run's :class:`~cl_lora.problems.Problem`; the strategy never branches on it. Evaluation
+stores each batch's predicted label ids in ``mb_output`` (the scorer reads them).
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import torch
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
 
-from cl_lora.backbones import Backbone, ContinualClassifier
+from cl_lora.backbones import Backbone
 from cl_lora.errors import RunFailure
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings, attach_lora, merge_lora
+from cl_lora.problems import Problem
 from cl_lora.strategy.calibrate import Calibrator
 from cl_lora.strategy.dash import TRAINING_PLUGINS
 from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
@@ -42,7 +47,7 @@ class LoRAStrategy(SupervisedTemplate):
     def __init__(
         self,
         *,
-        model: ContinualClassifier,
+        problem: Problem,
         backbone: Backbone,
         stream: Stream,
         init: InitMethod,
@@ -59,6 +64,7 @@ class LoRAStrategy(SupervisedTemplate):
         calib_size: int = 256,
         **template_args: Any,
     ) -> None:
+        model = problem.build_model()
         placeholder = torch.optim.AdamW(model.parameters(), lr=lr)  # replaced per task
         self.scorer = TaskScorePlugin(stream)
         plugins: list[Any] = [self.scorer]
@@ -66,7 +72,14 @@ class LoRAStrategy(SupervisedTemplate):
             plugin = TRAINING_PLUGINS[init.training_plugin]
             plugins.append(plugin.from_args(init.resolve_args(init_args)))
         plugins += template_args.pop("plugins", None) or []
-        super().__init__(model=model, optimizer=placeholder, plugins=plugins, **template_args)
+        super().__init__(
+            model=model,
+            optimizer=placeholder,
+            criterion=problem.loss,
+            plugins=plugins,
+            **template_args,
+        )
+        self.problem = problem
         self.backbone = backbone
         self.stream = stream
         self.init = init
@@ -87,7 +100,7 @@ class LoRAStrategy(SupervisedTemplate):
             sources=calib_sources or init.calibration,
             size=calib_size,
             stream=stream,
-            backbone=backbone,
+            problem=problem,
             lora=lora,
             target_modules=self.target_modules,
             batch_size=self.eval_mb_size,
@@ -135,13 +148,13 @@ class LoRAStrategy(SupervisedTemplate):
         return model.to(self.device)
 
     # -- hooks that baselines override (baselines/) -------------------------------------------
-    def make_heads(self, model: ContinualClassifier) -> torch.nn.Module:
+    def make_heads(self, model: torch.nn.Module) -> torch.nn.Module:
         """Create the head(s) this task trains and return them: the current task's head."""
         task = self.stream.tasks[self.task_id]
         model.add_head(self.task_id, task.num_labels, task.classes)
-        return model.heads[model.head_key(self.task_id)]
+        return model.head_of(self.task_id)
 
-    def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+    def prepare_encoder(self, model: torch.nn.Module, generator: torch.Generator) -> int:
         """Make the encoder ready for this task; returns its trainable parameter count.
 
         The suite's life cycle: fold the last adapter into the backbone and attach a fresh LoRA
@@ -159,7 +172,7 @@ class LoRAStrategy(SupervisedTemplate):
         )
 
     def init_stats(
-        self, model: ContinualClassifier, generator: torch.Generator
+        self, model: torch.nn.Module, generator: torch.Generator
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Per adapted layer, the statistics the init method reads (collected on ``model``)."""
         return self.calibrator.collect(model, self.task_id, generator)
@@ -184,8 +197,11 @@ class LoRAStrategy(SupervisedTemplate):
     # -- data -------------------------------------------------------------------------------
     def _loader(self, shuffle: bool, batch_size: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
+        dataset = self.adapted_dataset
+        if not shuffle and (order := self.problem.eval_order(dataset)) is not None:
+            dataset = dataset.subset(order)
         return DataLoader(
-            self.adapted_dataset,
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             collate_fn=self.collate,
@@ -201,23 +217,38 @@ class LoRAStrategy(SupervisedTemplate):
 
     def collate(self, items: Sequence[tuple[dict, int, int]]) -> list[Any]:
         examples, labels, tasks = zip(*items, strict=True)
-        return [self.backbone.collate(examples), torch.tensor(labels), torch.tensor(tasks)]
+        inputs, targets = self.problem.collate(examples, labels, training=self.is_training)
+        return [inputs, targets, torch.tensor(tasks)]
 
     def _unpack_minibatch(self) -> None:
-        inputs, labels, tasks = self.mbatch
+        inputs, targets, tasks = self.mbatch
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-        self.mbatch = [inputs, labels.to(self.device), tasks.to(self.device)]
+        self.mbatch = [inputs, targets.to(self.device), tasks.to(self.device)]
 
-    # -- forward and loss -------------------------------------------------------------------
+    # -- forward, loss and prediction -------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when asked for, otherwise nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def forward(self) -> torch.Tensor:
-        """Task-aware forward, under bf16 autocast when asked for."""
-        autocast = (
-            torch.autocast(self.device.type, dtype=torch.bfloat16)
-            if self.precision == "bf16"
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            return self.model(self.mb_x, self.mb_task_id).float()
+        """The problem's training forward (task-aware for heads), under the run's precision."""
+        with self.autocast():
+            return self.problem.forward(self.model, self.mb_x, self.mb_task_id).float()
+
+    def eval_epoch(self, **kwargs: Any) -> None:
+        """Avalanche's evaluation loop, predicting through the problem: ``mb_output`` holds
+        the batch's predicted label ids (a generation pass for a language model)."""
+        for batch in self.dataloader:
+            self.mbatch = batch
+            self._unpack_minibatch()
+            self._before_eval_iteration(**kwargs)
+            self._before_eval_forward(**kwargs)
+            with self.autocast(), torch.no_grad():
+                self.mb_output = self.problem.predict(self.model, self.mb_x, self.mb_task_id)
+            self._after_eval_forward(**kwargs)
+            self._after_eval_iteration(**kwargs)
 
     def backward(self) -> None:
         if not torch.isfinite(self.loss):

@@ -2,17 +2,26 @@
 
 A :class:`Stream` is an ordered tuple of :class:`Task` objects; builders register under a
 name (:func:`register`) and are looked up with :func:`get`. Built-in streams: ``offline-text``
-and ``offline-domains`` (packaged data, no download), ``glue-seq`` (Hub or local GLUE TSVs), and
-the image streams ``offline-vision`` (packaged), ``split-cifar100`` and ``imagenet-r``.
+and ``offline-domains`` (packaged data, no download), ``glue-seq`` (Hub or local GLUE TSVs), the
+image streams ``offline-vision`` (packaged), ``split-cifar100`` and ``imagenet-r``, and the
+text-to-text streams ``offline-instruct`` and ``offline-commonsense`` (packaged).
 """
 
 import cl_lora._torchvision_compat  # noqa: F401  (before anything imports torchvision)
-from cl_lora.streams import glue, offline, vision  # noqa: F401  (registers the built-in streams)
+from cl_lora.streams import (  # noqa: F401  (registers the built-in streams)
+    commonsense,
+    glue,
+    instruct,
+    offline,
+    vision,
+)
 from cl_lora.streams.base import Stream, StreamOptions, Task
+from cl_lora.streams.knowledge_qa import KnowledgeQA, nq_open
 from cl_lora.streams.offline import knowledge_probe
 from cl_lora.streams.registry import available, build, describe, get, register
 
 __all__ = [
+    "KnowledgeQA",
     "Stream",
     "StreamOptions",
     "Task",
@@ -21,5 +30,6 @@ __all__ = [
     "describe",
     "get",
     "knowledge_probe",
+    "nq_open",
     "register",
 ]

@@ -15,15 +15,19 @@ from cl_lora.errors import BadInputError
 from cl_lora.streams import scoring
 
 SCENARIOS = ("task", "domain", "class")
+PROBLEMS = ("classification", "text-to-text")
 
 
 @dataclass(frozen=True)
 class Task:
     """One experience of a stream.
 
-    ``train`` and ``test`` have a ``"text"`` column (a ``"text_pair"`` column for sentence-pair
-    tasks) or an ``"image"`` column, and an integer ``"label"`` in ``0 .. num_labels - 1``.
-    ``metric`` is the primary metric, a key of :data:`cl_lora.streams.scoring.METRICS`.
+    ``train`` and ``test`` have an integer ``"label"`` in ``0 .. num_labels - 1`` and the
+    inputs: a ``"text"`` column (a ``"text_pair"`` column for sentence-pair tasks) or an
+    ``"image"`` column for classification; for text-to-text tasks a ``"prompt"`` (instruction
+    and input, ending with the answer cue) and a ``"target"`` (the answer text, which is
+    ``label_names[label]``: a label word or an option letter). ``metric`` is the primary
+    metric, a key of :data:`cl_lora.streams.scoring.METRICS`.
     """
 
     name: str
@@ -37,7 +41,10 @@ class Task:
             raise ValueError(f"task {self.name}: unknown metric {self.metric!r}")
         for split in (self.train, self.test):
             columns = set(split.column_names)
-            needed = {"label", "image" if "image" in columns else "text"}
+            if "prompt" in columns:
+                needed = {"label", "prompt", "target"}
+            else:
+                needed = {"label", "image" if "image" in columns else "text"}
             missing = needed - columns
             if missing:
                 raise ValueError(f"task {self.name}: split lacks columns {sorted(missing)}")
@@ -74,7 +81,9 @@ class Stream:
     ``shared_head`` is True when all tasks share one classifier head: one label space
     (domain-incremental) or all classes seen so far (class-incremental); otherwise each task
     gets its own head. ``backbone`` names the backbone the stream runs on by default (``None``:
-    its modality's default).
+    its modality's default). ``problem`` says how a model learns its tasks: ``classification``
+    (a backbone with task heads) or ``text-to-text`` (a language model that generates the
+    answer; no heads, so ``shared_head`` is False).
     """
 
     name: str
@@ -83,10 +92,19 @@ class Stream:
     modality: str
     shared_head: bool
     backbone: str | None = None
+    problem: str = "classification"
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"stream {self.name}: scenario must be one of {SCENARIOS}")
+        if self.problem not in PROBLEMS:
+            raise ValueError(f"stream {self.name}: problem must be one of {PROBLEMS}")
+
+    @property
+    def knowledge(self) -> str:
+        """Which knowledge probe stands for this stream's pretrained model (see
+        :func:`cl_lora.streams.knowledge_probe`): its modality, or ``text-to-text``."""
+        return "text-to-text" if self.problem == "text-to-text" else self.modality
 
 
 @dataclass(frozen=True)
@@ -117,7 +135,8 @@ class StreamOptions:
 
 def to_dataset(frame: pd.DataFrame, label_names: Sequence[str]) -> datasets.Dataset:
     """A ``datasets.Dataset`` with the task columns and a ``ClassLabel`` label feature."""
-    columns = [column for column in ("text", "text_pair") if column in frame.columns]
+    text_columns = ("text", "text_pair", "prompt", "target")
+    columns = [column for column in text_columns if column in frame.columns]
     features = datasets.Features(
         {column: datasets.Value("string") for column in columns}
         | {"label": datasets.ClassLabel(names=list(label_names))}

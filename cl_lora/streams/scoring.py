@@ -10,6 +10,8 @@ of the two, as the GLUE leaderboard averages them (and as transformers' former
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -40,8 +42,24 @@ def acc_and_f1(predictions: ArrayLike, labels: ArrayLike) -> float:
     return (accuracy(predictions, labels) + f1(predictions, labels)) / 2
 
 
+def normalize_answer(text: str) -> str:
+    """SQuAD / O-LoRA answer normalization: lower-case, drop punctuation and the articles
+    a/an/the, collapse white space. Exact match compares answers in this form."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(predictions: ArrayLike, labels: ArrayLike) -> float:
+    """Exact match of generated answers, given as label ids: a generation is mapped to the id
+    of the label text it equals after :func:`normalize_answer` (-1 when it equals none), so
+    exact match is the accuracy of those ids."""
+    return accuracy(predictions, labels)
+
+
 METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
     "accuracy": accuracy,
+    "exact_match": exact_match,
     "f1": f1,
     "matthews_correlation": matthews_correlation,
     "acc_and_f1": acc_and_f1,

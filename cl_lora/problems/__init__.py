@@ -1,0 +1,33 @@
+"""Problems: how a kind of model learns, predicts and is observed (see :mod:`.base`).
+
+A stream declares its problem by name (``Stream.problem``); :func:`build_problem` pairs it with
+the loaded backbone.
+"""
+
+from cl_lora.backbones.base import Backbone
+from cl_lora.errors import BadInputError
+from cl_lora.problems.base import Batch, Problem
+from cl_lora.problems.classification import Classification
+from cl_lora.problems.text_to_text import TextToText
+from cl_lora.streams import Stream
+
+
+def build_problem(stream: Stream, backbone: Backbone, max_length: int) -> Problem:
+    """The problem ``stream`` declares, for ``backbone`` (which must be able to learn it)."""
+    if stream.problem == TextToText.kind:
+        if backbone.tokenizer is None:
+            raise BadInputError(
+                f"stream {stream.name} is text-to-text and needs a language model: pass "
+                "--backbone smollm2-135m, a local causal-LM folder or a Hub name"
+            )
+        return TextToText(backbone, stream, max_length)
+    if backbone.collate is None:
+        raise BadInputError(
+            f"stream {stream.name} trains task heads on pooled features; backbone "
+            f"'{backbone.source.get('name')}' is a language model: pass an encoder backbone "
+            "(or use a text-to-text stream such as offline-instruct)"
+        )
+    return Classification(backbone, stream)
+
+
+__all__ = ["Batch", "Classification", "Problem", "TextToText", "build_problem"]

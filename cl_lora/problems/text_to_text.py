@@ -1,0 +1,182 @@
+"""Text-to-text on a causal language model: the task's answer is text the model generates.
+
+A task example is a ``prompt`` (instruction and input, ending with the answer cue) and a
+``target`` (the answer: a label word or an option letter). Training reads
+``prompt + " " + target + eos`` and takes the loss on the target tokens only (the prompt and the
+padding are masked with -100, as in O-LoRA's and most instruction-tuning code). Evaluation
+generates greedily with the KV cache (prompts left-padded, batches sorted by prompt length,
+at most as many new tokens as the task's longest answer plus the end-of-sequence token), cuts the
+generation at the first newline, and maps it to the label whose text it equals after SQuAD-style
+normalization (:func:`cl_lora.streams.scoring.normalize_answer`); a generation that equals no
+label is wrong (label id -1). So the task score is exact match, O-LoRA's scoring.
+
+Prompts longer than the token budget (``max_length`` minus the room of the longest answer of
+the stream) keep their first tokens and their last :data:`PROMPT_TAIL` tokens (the answer cue),
+the same way in training and evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from avalanche.training.regularization import LearningWithoutForgetting
+from torch import nn
+
+from cl_lora.backbones.base import Backbone, Inputs
+from cl_lora.backbones.language_model import LanguageModel
+from cl_lora.errors import BadInputError
+from cl_lora.problems.base import Batch, Problem
+from cl_lora.streams import Stream
+from cl_lora.streams.scoring import normalize_answer
+
+IGNORE = -100  # label of positions without loss (PyTorch's and transformers' convention)
+PROMPT_TAIL = 8  # tokens kept from a prompt's end when it is cut (the answer cue)
+
+
+def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    padded = [
+        [value] * (width - len(row)) + row if left else row + [value] * (width - len(row))
+        for row in rows
+    ]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+class TextToText(Problem):
+    """A causal LM that learns each task as prompt -> answer text (see the module docstring)."""
+
+    kind = "text-to-text"
+
+    def __init__(self, backbone: Backbone, stream: Stream, max_length: int) -> None:
+        super().__init__(backbone, stream)
+        self.tokenizer = backbone.tokenizer
+        self.max_length = max_length
+        self.eos = self.tokenizer.eos_token_id
+        self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.answers = [
+            {normalize_answer(name): label for label, name in enumerate(task.label_names)}
+            for task in stream.tasks
+        ]
+        self.max_new_tokens = [
+            max(len(self._target_ids(name)) for name in task.label_names) for task in stream.tasks
+        ]
+        self.prompt_budget = max_length - max(self.max_new_tokens, default=1)
+        if self.prompt_budget < 2 * PROMPT_TAIL:
+            raise BadInputError(
+                f"--max-length {max_length} leaves {self.prompt_budget} tokens for a prompt "
+                f"after the longest answer: use --max-length {max(self.max_new_tokens) + 64} "
+                "or more"
+            )
+
+    def build_model(self) -> LanguageModel:
+        return LanguageModel(self.backbone)
+
+    # -- batching ---------------------------------------------------------------------------
+    def _target_ids(self, target: str) -> list[int]:
+        """`` target`` and the end-of-sequence token: what the model learns to emit."""
+        return self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.eos]
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's tokens, cut to the budget (first tokens plus the last few)."""
+        ids = self.tokenizer(prompt)["input_ids"]
+        if len(ids) <= self.prompt_budget:
+            return ids
+        return ids[: self.prompt_budget - PROMPT_TAIL] + ids[-PROMPT_TAIL:]
+
+    def collate(
+        self, examples: Sequence[dict[str, Any]], labels: Sequence[int] | None, training: bool
+    ) -> Batch:
+        prompts = [self.prompt_ids(example["prompt"]) for example in examples]
+        if not training:  # prompts only, left-padded for generation; targets are label ids
+            ids = _pad(prompts, self.pad, left=True)
+            mask = _pad([[1] * len(p) for p in prompts], 0, left=True)
+            targets = None if labels is None else torch.tensor(list(labels))
+            return {"input_ids": ids, "attention_mask": mask}, targets
+        answers = [self._target_ids(example["target"]) for example in examples]
+        ids = _pad([p + a for p, a in zip(prompts, answers, strict=True)], self.pad, left=False)
+        mask = _pad([[1] * (len(p) + len(a)) for p, a in zip(prompts, answers, strict=True)], 0,
+                    left=False)  # fmt: skip
+        targets = _pad(
+            [[IGNORE] * len(p) + a for p, a in zip(prompts, answers, strict=True)],
+            IGNORE,
+            left=False,
+        )
+        return {"input_ids": ids, "attention_mask": mask}, targets
+
+    def eval_order(self, dataset: Sequence[tuple[dict[str, Any], int, int]]) -> list[int]:
+        """Longest prompts first: batches of similar length waste little on padding, and an
+        out-of-memory error, if any, comes on the first batch."""
+        lengths = [len(dataset[i][0]["prompt"]) for i in range(len(dataset))]
+        return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+    # -- training ---------------------------------------------------------------------------
+    def forward(self, model: nn.Module, inputs: Inputs, task_labels: Any) -> torch.Tensor:
+        return model(inputs, task_labels)
+
+    def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the next-token predictions on the target tokens."""
+        return nn.functional.cross_entropy(
+            output[:, :-1].reshape(-1, output.shape[-1]).float(),
+            targets[:, 1:].reshape(-1),
+            ignore_index=IGNORE,
+        )
+
+    def distillation(self, lwf: LearningWithoutForgetting, strategy: Any) -> torch.Tensor | float:
+        """KL divergence from the previous model's next-token distributions to the current
+        model's, at the target positions (temperature and alpha as in Avalanche's LwF)."""
+        if lwf.prev_model is None:
+            return 0.0
+        with torch.no_grad():
+            teacher = lwf.prev_model(strategy.mb_x, None)
+        answer = strategy.mb_y[:, 1:] != IGNORE
+        student = strategy.mb_output[:, :-1][answer].float() / lwf.temperature
+        teacher = teacher[:, :-1][answer].float() / lwf.temperature
+        kl = nn.functional.kl_div(
+            torch.log_softmax(student, dim=-1), torch.softmax(teacher, dim=-1),
+            reduction="batchmean",
+        )  # fmt: skip
+        alpha = lwf.alpha[lwf.expcount] if isinstance(lwf.alpha, list | tuple) else lwf.alpha
+        return alpha * kl
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, model: nn.Module, inputs: Inputs, max_new_tokens: int) -> list[str]:
+        """Greedy continuations of left-padded prompts (KV cache on), decoded, first line."""
+        output = model.encoder.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            pad_token_id=self.pad,
+            eos_token_id=self.eos,
+        )
+        new = output[:, inputs["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [text.strip().split("\n", 1)[0] for text in texts]
+
+    def predict(self, model: nn.Module, inputs: Inputs, task_labels: Any) -> torch.Tensor:
+        task = int(torch.as_tensor(task_labels).reshape(-1)[0])
+        texts = self.generate(model, inputs, self.max_new_tokens[task])
+        answers = self.answers[task]
+        return torch.tensor([answers.get(normalize_answer(text), -1) for text in texts])
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "max_length": self.max_length,
+            "prompt_budget": self.prompt_budget,
+            "format": "prompt + ' ' + target + eos; loss on the target tokens only",
+            "generation": {
+                "decoding": "greedy",
+                "kv_cache": True,
+                "stop": "end-of-sequence token, then cut at the first newline",
+                "max_new_tokens": dict(
+                    zip([t.name for t in self.stream.tasks], self.max_new_tokens, strict=True)
+                ),
+                "scoring": "exact match after normalization (lower case, no punctuation or "
+                "articles) against the task's label texts",
+            },
+        }

@@ -1,0 +1,106 @@
+"""Closed-book question answering as the knowledge probe of a language model.
+
+What a language model knew before the stream is measured the way LoRA-Null and CorDA measure
+it: closed-book NQ-open (questions from Natural Questions, answered from the model's weights
+alone). Two numbers per evaluation, before the first task and after each task:
+
+- ``exact_match``: greedy generation (at most :data:`MAX_NEW_TOKENS` new tokens, cut at the
+  first newline) equals one of the gold answers after SQuAD-style normalization -- the
+  research's metric. A 135M model answers a few percent of NQ-open, so this number is coarse.
+- ``gold_loglik``: the mean log-probability per token of the first gold answer (a space, the
+  answer, end-of-sequence) after the prompt, averaged over questions -- it moves measurably
+  with every change of the weights, which makes it the sensitive one on small models.
+
+Exact match is the probe's primary score (the retention curve of ``result.json``); the
+log-likelihood curve sits beside it. Questions come from the probe split of NQ-open, disjoint
+from the calibration split that knowledge-preserving inits read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cl_lora.metrics import retention_summary
+from cl_lora.problems import TextToText
+from cl_lora.problems.text_to_text import IGNORE
+from cl_lora.streams.scoring import normalize_answer
+
+MAX_NEW_TOKENS = 16
+DEFAULT_QUESTIONS = 200  # probe questions scored per evaluation (fewer with --max-test-per-task)
+
+
+class ClosedBookQAProbe:
+    """Scores NQ-open on the model as it stands (see the module docstring)."""
+
+    def __init__(self, data: Any, problem: TextToText, batch_size: int = 32) -> None:
+        self.data = data
+        self.rows = [dict(row) for row in data]
+        self.problem = problem
+        self.batch_size = batch_size
+        self.gold_loglik: list[float] = []
+
+    def _batches(self) -> Sequence[list[dict[str, Any]]]:
+        order = sorted(range(len(self.rows)), key=lambda i: -len(self.rows[i]["prompt"]))
+        rows = [self.rows[i] for i in order]
+        return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+
+    @torch.no_grad()
+    def _scores(self, model: nn.Module) -> tuple[float, float]:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        hits, logliks = [], []
+        for rows in self._batches():
+            inputs, _ = self.problem.collate(rows, None, training=False)
+            inputs = {k: v.to(device) for k, v in inputs.items()}
+            for row, text in zip(
+                rows, self.problem.generate(model, inputs, MAX_NEW_TOKENS), strict=True
+            ):
+                gold = {normalize_answer(answer) for answer in row["answers"]}
+                hits.append(normalize_answer(text) in gold)
+            inputs, targets = self.problem.collate(rows, None, training=True)
+            logits = model({k: v.to(device) for k, v in inputs.items()}).float()
+            targets = targets[:, 1:].to(device)
+            answer = targets != IGNORE
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(
+                -1, targets.clamp_min(0).unsqueeze(-1)
+            )[..., 0]
+            per_row = (logprobs * answer).sum(1) / answer.sum(1)
+            logliks.extend(per_row.tolist())
+        model.train(was_training)
+        return float(np.mean(hits)), float(np.mean(logliks))
+
+    def start(self, model: nn.Module) -> float:
+        """The score before the first task (nothing to fit: generation needs no head)."""
+        return self.score(model)
+
+    def score(self, model: nn.Module) -> float:
+        """Exact match now; the gold-answer log-likelihood is appended to its own curve."""
+        exact, loglik = self._scores(model)
+        self.gold_loglik.append(loglik)
+        return exact
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"gold_loglik": list(self.gold_loglik)}
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.gold_loglik = list(state["gold_loglik"])
+
+    def record(self, curve: Sequence[float]) -> dict[str, Any]:
+        """The ``retention`` entry: exact-match curve plus the log-likelihood curve."""
+        loglik = retention_summary(self.gold_loglik)
+        return {
+            "probe": "nq-open",
+            "head": "none (closed-book generation)",
+            "fit_examples": 0,
+            "test_size": len(self.rows),
+            "metric": "exact_match",
+            **retention_summary(curve),
+            "gold_loglik": {"curve": loglik["curve"], "drop": loglik["drop"]},
+            "generation": {"decoding": "greedy", "max_new_tokens": MAX_NEW_TOKENS},
+        }

@@ -1,0 +1,167 @@
+"""Text-to-text tasks: instructions a language model answers by generating the label's name.
+
+A text-to-text example is a ``prompt`` (an instruction, the input, then the answer cue
+``Answer:``) and a ``target``, the answer text (no leading space), which is always
+``label_names[label]``. Generations are scored by exact match after
+:func:`~cl_lora.streams.scoring.normalize_answer`, so a task's label names must stay distinct
+in that form: the option letters A, B, ... do not (``normalize_answer("A")`` is empty, it drops
+the article "a"), so multiple-choice tasks number their options 1, 2, ... instead. Every
+instruction lists the allowed answers ("Choose one of: ..."), which is what lets a model that
+has not been trained on the task answer in the label space at all.
+
+``offline-instruct`` (task-incremental, no heads, the ``smollm2-135m`` language model) asks the
+five ``offline-text`` tasks, in the same order, as instructions with label words as targets::
+
+    <instruction> Choose one of: <label words, comma-separated>
+    <field>: <text>
+    Passage: <text_pair>          (boolq-relevance only)
+    Answer:
+
+with, per task (instruction; field; label words in label-id order):
+
+- movie-sentiment: "What is the sentiment of the following movie review?"; Review; negative,
+  positive
+- sms-spam: "Is the following text message spam?"; Message; not spam, spam
+- trec-question: "What kind of answer does the following question ask for?"; Question;
+  abbreviation, entity, description, human, location, number
+- boolq-relevance: "Is the passage taken from the article that answers the question?";
+  Question (then Passage); no (another question's passage), yes (its own)
+- tweet-sentiment: "What is the sentiment of the following tweet?"; Tweet; negative, neutral,
+  positive
+
+SMS "ham" becomes "not spam", TREC's coarse tags become words (ABBR -> abbreviation, ...) and
+boolq-relevance's own/other passage becomes yes/no: words a small language model can emit.
+
+Its examples are a subset of ``offline-text``'s: each task is built as ``offline-text`` builds
+it (at its default 1000/300 caps), then a fixed-seed, class-balanced sample of
+:data:`DEFAULT_TRAIN` examples of its train split and :data:`DEFAULT_TEST` of its test split is
+kept (``StreamOptions`` caps replace these numbers, up to the split's size: see ``offline``),
+so the train/test separation is ``offline-text``'s. Its texts enter the prompts verbatim (a few
+SMS and tweets span several lines). At the defaults every task has 128 train and 50 test
+examples; chance (the test set's majority label) is 0.50 for the binary tasks, 0.18 for
+trec-question (9 of 50) and 0.34 for tweet-sentiment (17 of 50).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
+from cl_lora.streams.offline import offline_text_tasks, reject_data_dir
+from cl_lora.streams.registry import register
+from cl_lora.streams.sampling import balanced_sample
+from cl_lora.streams.scoring import normalize_answer
+
+DEFAULT_TRAIN = 128
+DEFAULT_TEST = 50
+ANSWER_CUE = "Answer:"
+LM_BACKBONE = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How a classification task is asked: the instruction, the name of each input field
+    (``text``, then ``text_pair``) and the answer word of each label id."""
+
+    instruction: str
+    fields: tuple[str, ...]
+    label_words: tuple[str, ...]
+
+
+# offline-text task name -> its wording; label words are in the task's label-id order.
+WORDINGS = {
+    "movie-sentiment": Wording(
+        "What is the sentiment of the following movie review?",
+        ("Review",),
+        ("negative", "positive"),
+    ),
+    "sms-spam": Wording("Is the following text message spam?", ("Message",), ("not spam", "spam")),
+    "trec-question": Wording(
+        "What kind of answer does the following question ask for?",
+        ("Question",),
+        ("abbreviation", "entity", "description", "human", "location", "number"),
+    ),
+    "boolq-relevance": Wording(
+        "Is the passage taken from the article that answers the question?",
+        ("Question", "Passage"),
+        ("no", "yes"),
+    ),
+    "tweet-sentiment": Wording(
+        "What is the sentiment of the following tweet?",
+        ("Tweet",),
+        ("negative", "neutral", "positive"),
+    ),
+}
+
+
+def prompt(instruction: str, lines: Iterable[str]) -> str:
+    """The instruction, the input ``lines`` and the answer cue, one per line."""
+    return "\n".join([instruction, *lines, ANSWER_CUE])
+
+
+def choose_one_of(instruction: str, label_names: Sequence[str]) -> str:
+    """``instruction`` followed by the answers it allows, so an untrained model knows them."""
+    return f"{instruction} Choose one of: {', '.join(label_names)}"
+
+
+def text_to_text_task(
+    name: str, train: pd.DataFrame, test: pd.DataFrame, label_names: Sequence[str]
+) -> Task:
+    """An exact-match task from frames with ``prompt`` and ``label``; ``target`` is the label's
+    name. Label names that collide after normalization could never be told apart: an error."""
+    normalized = [normalize_answer(label) for label in label_names]
+    if "" in normalized or len(set(normalized)) != len(normalized):
+        raise ValueError(f"task {name}: label names {label_names} collide when normalized")
+
+    def split(frame: pd.DataFrame) -> datasets.Dataset:
+        targets = [label_names[label] for label in frame["label"]]
+        return to_dataset(frame[["prompt", "label"]].assign(target=targets), label_names)
+
+    return Task(name, split(train), split(test), tuple(label_names), metric="exact_match")
+
+
+def _lines(wording: Wording, example: dict[str, str]) -> list[str]:
+    """``example``'s input columns, each on a line after its field name."""
+    columns = ("text", "text_pair")[: len(wording.fields)]
+    return [f"{field}: {example[c]}" for field, c in zip(wording.fields, columns, strict=True)]
+
+
+def _instructions(split: datasets.Dataset, wording: Wording, n: int) -> pd.DataFrame:
+    """A class-balanced sample of ``n`` rows of ``split`` (fixed seed), asked as ``wording``."""
+    rows = balanced_sample(np.asarray(split["label"]), n, len(wording.label_words))
+    sample = split.select(rows)
+    instruction = choose_one_of(wording.instruction, wording.label_words)
+    prompts = [prompt(instruction, _lines(wording, example)) for example in sample]
+    return pd.DataFrame({"prompt": prompts, "label": sample["label"]})
+
+
+def _reword(task: Task, options: StreamOptions) -> Task:
+    """``task`` (an offline-text task) as a capped text-to-text task with the same splits."""
+    wording = WORDINGS[task.name]
+    train = _instructions(task.train, wording, options.max_train_per_task or DEFAULT_TRAIN)
+    test = _instructions(task.test, wording, options.max_test_per_task or DEFAULT_TEST)
+    return text_to_text_task(task.name, train, test, wording.label_words)
+
+
+@register(
+    "offline-instruct",
+    "offline-text's 5 tasks as instructions for a language model (label words as answers)",
+)
+def build_offline_instruct(options: StreamOptions) -> Stream:
+    """Task-incremental text-to-text stream: offline-text's tasks, reworded and subsampled."""
+    reject_data_dir("offline-instruct", options)
+    tasks = tuple(_reword(task, options) for task in offline_text_tasks(StreamOptions()))
+    return Stream(
+        "offline-instruct",
+        tasks,
+        scenario="task",
+        modality="text",
+        shared_head=False,
+        backbone=LM_BACKBONE,
+        problem="text-to-text",
+    )
