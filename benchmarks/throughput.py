@@ -2,11 +2,16 @@
 
 Both sides train the same LoRA -- same backbone weights, same head init, same ``lora`` init with
 the same rank, alpha and target layers, same AdamW parameter groups and warm-up/decay schedule --
-on the same examples of one ``offline-text`` task, in the same batch order, tokenized by the same
-collate function inside a ``DataLoader``. What differs is only the loop around
-forward/backward/step: Avalanche's template with cl-lora's hooks on one side, the dozen lines a
-researcher writes with PyTorch and PEFT on the other. Design target (DESIGN.md §9): the strategy
-within 5% of the bare loop (ratio strategy/bare >= 0.95).
+on the same examples of one task, in the same batch order, batched by the same collate function
+inside a ``DataLoader``. What differs is only the loop around forward/backward/step: Avalanche's
+template with cl-lora's hooks on one side, the dozen lines a researcher writes with PyTorch and
+PEFT on the other. Target: the strategy within 5% of the bare loop (ratio >= 0.95).
+
+Two models (``--model``): ``minilm`` (all-MiniLM-L6-v2 with a task head on ``offline-text``;
+the bare loss is cross-entropy on the head's logits) and ``smollm2`` (SmolLM2-135M on
+``offline-instruct``, text-to-text; the bare loss is transformers' own ``labels=`` loss, the
+prompt masked). Both report examples/s and tokens/s (real tokens, padding excluded), and the
+cost of evaluating the trained task once (for the language model: batched greedy generation).
 
 Timed, per pass: for the bare loop, building its DataLoader, optimizer and schedule and running
 every batch; for the strategy, ``strategy.train(experience)`` minus the per-task init it records
@@ -16,8 +21,8 @@ model, constructing the strategy. One untimed warm-up pass of a few batches runs
 first; then the sides alternate (strategy, bare, strategy, bare, ...) for ``--repeats`` rounds,
 so drift in machine load hits both, and the medians of examples/s are compared.
 
-    python -m benchmarks.throughput [--examples 256] [--batch-size 16] [--repeats 3]
-        [--device auto] [--precision fp32] [--json OUT]
+    python -m benchmarks.throughput [--model minilm|smollm2] [--examples 256]
+        [--batch-size 16] [--repeats 3] [--device auto] [--precision fp32] [--json OUT]
 """
 
 from __future__ import annotations
@@ -41,28 +46,55 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader
 
-from benchmarks._common import entry_point, finish, labelled_collate, settings_from_args
+from benchmarks._common import entry_point, finish, settings_from_args
 from cl_lora import inits, streams
-from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
+from cl_lora.backbones import FAMILIES, Backbone, LoadOptions
 from cl_lora.cli import OneLineParser, require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings, attach_lora
-from cl_lora.problems import Classification
+from cl_lora.problems import Problem, build_problem
 from cl_lora.strategy import LoRAStrategy
 from cl_lora.strategy.experiences import TaskExamples, to_benchmark
 from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
 
-STREAM = "offline-text"
 INIT = "lora"
-RECIPE = RunConfig()  # lr, head lr, schedule, rank, alpha, backbone: the default run's recipe
+RECIPE = RunConfig()  # lr, head lr, schedule, rank, alpha, max_length: the default run's recipe
 TARGET_RATIO = 0.95
+
+
+@dataclass(frozen=True)
+class Model:
+    """One benchmarked model: its stream, its backbone (family and name), and the loss of the
+    bare loop -- what a researcher writes for that kind of model."""
+
+    stream: str
+    family: str
+    backbone: str
+    bare_loss: Callable[[torch.nn.Module, dict, torch.Tensor, int], torch.Tensor]
+
+
+MODELS = {
+    "minilm": Model(
+        "offline-text",
+        "text-encoder",
+        "all-minilm-l6-v2",
+        lambda model, inputs, labels, task: F.cross_entropy(model(inputs, task).float(), labels),
+    ),
+    "smollm2": Model(
+        "offline-instruct",
+        "causal-lm",
+        "smollm2-135m",
+        lambda model, inputs, labels, task: model.encoder(**inputs, labels=labels).loss,
+    ),
+}
 
 
 @dataclass(frozen=True)
 class Settings:
     """What one benchmark run measures; the training recipe is the default run's."""
 
+    model: str = "minilm"
     examples: int = 512
     batch_size: int = 16
     repeats: int = 5
@@ -78,6 +110,8 @@ class Settings:
             raise BadInputError("--warmup-batches and --task-index must not be negative")
         if self.precision not in ("fp32", "bf16"):
             raise BadInputError(f"unknown --precision '{self.precision}': use fp32 or bf16")
+        if self.model not in MODELS:
+            raise BadInputError(f"unknown --model '{self.model}': use {' or '.join(MODELS)}")
 
 
 @dataclass
@@ -90,10 +124,16 @@ class Pass:
     examples: int
     final_loss: float
     batches: list[tuple[tuple[int, ...], torch.Tensor]] = field(repr=False, default_factory=list)
+    tokens: int = 0  # real (unpadded) tokens of every batch
+    eval_seconds: float = float("nan")  # one evaluation of the task's test split (strategy)
 
     @property
     def examples_per_s(self) -> float:
         return self.examples / self.seconds
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
 
 
 @dataclass
@@ -103,9 +143,17 @@ class Bench:
     settings: Settings
     device: torch.device
     stream: streams.Stream
-    backbone: Backbone
-    model: ContinualClassifier  # backbone + no heads, on ``device``; copied for every pass
+    backbone: Backbone  # on ``device``; each pass trains a copy of its network
     lora: LoRASettings
+
+    @property
+    def model(self) -> Model:
+        return MODELS[self.settings.model]
+
+    def problem(self, stream: streams.Stream | None = None) -> Problem:
+        """A problem over a fresh copy of the backbone's network (each pass trains its own)."""
+        backbone = dataclasses.replace(self.backbone, encoder=copy.deepcopy(self.backbone.encoder))
+        return build_problem(stream or self.stream, backbone, RECIPE.max_length)
 
     @property
     def task(self) -> streams.Task:
@@ -129,6 +177,11 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return contextlib.nullcontext()
 
 
+def _tokens(inputs: dict[str, torch.Tensor]) -> int:
+    """Real tokens of a batch (its attention mask's ones)."""
+    return int(inputs["attention_mask"].sum())
+
+
 def _fingerprint(inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple:
     """What identifies a batch cheaply: its padded shape and its labels (kept on device)."""
     return tuple(inputs["input_ids"].shape), labels.detach()
@@ -143,22 +196,24 @@ def _with_train_subset(stream: streams.Stream, task_index: int, size: int) -> st
 
 
 def prepare(settings: Settings) -> Bench:
-    """Load the stream, backbone and model once; fails with a one-line error on bad input."""
+    """Load the stream and the backbone once; fails with a one-line error on bad input."""
     device = resolve_device(settings.device)
+    model = MODELS[settings.model]
     stream = streams.build(
-        STREAM,
+        model.stream,
         streams.StreamOptions(max_train_per_task=settings.examples, max_test_per_task=16),
     )
     if settings.task_index >= len(stream.tasks):
         raise BadInputError(
-            f"--task-index {settings.task_index} is out of range: {STREAM} has "
+            f"--task-index {settings.task_index} is out of range: {model.stream} has "
             f"{len(stream.tasks)} tasks (0..{len(stream.tasks) - 1})"
         )
     torch.manual_seed(settings.seed)
-    backbone = load_text_backbone(RECIPE.backbone, max_length=RECIPE.max_length)
-    model = ContinualClassifier(backbone, shared_head=stream.shared_head).to(device)
+    options = LoadOptions(max_length=RECIPE.max_length)
+    backbone = FAMILIES.get(model.family).load(model.backbone, options)
+    backbone.encoder.to(device)
     lora = LoRASettings(rank=RECIPE.rank, alpha=RECIPE.alpha, rslora=RECIPE.rslora)
-    return Bench(settings, device, stream, backbone, model, lora)
+    return Bench(settings, device, stream, backbone, lora)
 
 
 # -- the bare PyTorch + PEFT loop ------------------------------------------------------------------
@@ -169,7 +224,8 @@ def bare_pass(bench: Bench, rows: Any) -> Pass:
     same collate, same LoRA init, same optimizer groups and schedule.
     """
     settings, device, task_id = bench.settings, bench.device, bench.settings.task_index
-    model = copy.deepcopy(bench.model)
+    problem = bench.problem()
+    model = problem.build_model().to(device)
     torch.manual_seed(settings.seed)  # the head's init, as on the strategy side
     gc.collect()
     _sync(device)
@@ -192,24 +248,24 @@ def bare_pass(bench: Bench, rows: Any) -> Pass:
         TaskExamples(rows),
         batch_size=settings.batch_size,
         shuffle=True,
-        collate_fn=labelled_collate(bench.backbone.collate),
+        collate_fn=lambda items: problem.collate(*zip(*items, strict=True), training=True),
         generator=torch.Generator().manual_seed(bench.generator_seed),
         pin_memory=device.type == "cuda",
     )
-    head = model.heads[model.head_key(task_id)]
+    head = model.head_of(task_id)
     optimizer = task_optimizer(model.encoder, head, RECIPE.lr, RECIPE.head_lr, RECIPE.weight_decay)
     scheduler = linear_warmup_decay(optimizer, len(loader), RECIPE.warmup_ratio)
-    batches = []
+    batches, tokens = [], 0
     model.train()
     loop_start = time.perf_counter()
     for inputs, labels in loader:
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
         labels = labels.to(device, non_blocking=True)
         batches.append(_fingerprint(inputs, labels))
+        tokens += _tokens(inputs)
         optimizer.zero_grad()
         with _autocast(device, settings.precision):
-            logits = model(inputs, task_id).float()
-        loss = F.cross_entropy(logits, labels)
+            loss = bench.model.bare_loss(model, inputs, labels, task_id)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -222,6 +278,7 @@ def bare_pass(bench: Bench, rows: Any) -> Pass:
         examples=len(rows),
         final_loss=loss.item(),
         batches=batches,
+        tokens=tokens,
     )
 
 
@@ -232,6 +289,7 @@ class _Probe(SupervisedPlugin):
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[tuple] = []
+        self.tokens = 0
         self.loop_seconds = 0.0
         self.last_loss = torch.tensor(float("nan"))
         self._start = 0.0
@@ -241,6 +299,7 @@ class _Probe(SupervisedPlugin):
 
     def after_training_iteration(self, strategy: LoRAStrategy, **kwargs: Any) -> None:
         self.batches.append(_fingerprint(strategy.mb_x, strategy.mb_y))
+        self.tokens += _tokens(strategy.mb_x)
         self.last_loss = strategy.loss.detach()  # Avalanche resets strategy.loss after training
 
     def after_training_epoch(self, strategy: LoRAStrategy, **kwargs: Any) -> None:
@@ -248,17 +307,18 @@ class _Probe(SupervisedPlugin):
         self.loop_seconds += time.perf_counter() - self._start
 
 
-def strategy_pass(bench: Bench, stream: streams.Stream) -> Pass:
-    """Train a fresh copy of the model with ``LoRAStrategy`` on ``stream``'s task, one epoch."""
+def strategy_pass(bench: Bench, stream: streams.Stream, evaluate: bool = False) -> Pass:
+    """Train a fresh copy of the model with ``LoRAStrategy`` on ``stream``'s task, one epoch
+    (then, with ``evaluate``, time one evaluation of the task's test split)."""
     settings, task_id = bench.settings, bench.settings.task_index
     probe = _Probe()
     with warnings.catch_warnings():  # "No loggers specified": on purpose, see below
         warnings.simplefilter("ignore", UserWarning)
         evaluator = EvaluationPlugin(loggers=[])  # no progress bar: a UI cost, not the loop's
-    backbone = dataclasses.replace(bench.backbone, encoder=copy.deepcopy(bench.model.encoder))
+    problem = bench.problem(stream)
     strategy = LoRAStrategy(
-        problem=Classification(backbone, stream),
-        backbone=backbone,
+        problem=problem,
+        backbone=problem.backbone,
         stream=stream,
         init=inits.get(INIT),
         init_args={},
@@ -286,6 +346,12 @@ def strategy_pass(bench: Bench, stream: streams.Stream) -> Pass:
     _sync(bench.device)
     elapsed = time.perf_counter() - start
     init_seconds = strategy.init_seconds[task_id]
+    eval_seconds = float("nan")
+    if evaluate:
+        start = time.perf_counter()
+        strategy.eval([to_benchmark(stream).test_stream[task_id]])
+        _sync(bench.device)
+        eval_seconds = time.perf_counter() - start
     return Pass(
         seconds=elapsed - init_seconds,
         loop_seconds=probe.loop_seconds,
@@ -293,6 +359,8 @@ def strategy_pass(bench: Bench, stream: streams.Stream) -> Pass:
         examples=len(stream.tasks[task_id].train),
         final_loss=probe.last_loss.item(),
         batches=probe.batches,
+        tokens=probe.tokens,
+        eval_seconds=eval_seconds,
     )
 
 
@@ -309,6 +377,7 @@ def _side(passes: list[Pass]) -> dict[str, Any]:
     return {
         "examples_per_s": statistics.median(rates),
         "rounds_examples_per_s": rates,
+        "tokens_per_s": statistics.median(p.tokens_per_s for p in passes),
         "seconds": [p.seconds for p in passes],
         "loop_examples_per_s": statistics.median(p.examples / p.loop_seconds for p in passes),
         "init_s": statistics.median(p.init_seconds for p in passes),
@@ -328,7 +397,8 @@ def measure(settings: Settings, log: Callable[[str], None] = print) -> dict[str,
 
     passes: dict[str, list[Pass]] = {"strategy": [], "bare": []}
     for round_ in range(settings.repeats):
-        passes["strategy"].append(strategy_pass(bench, bench.stream))
+        last = round_ == settings.repeats - 1
+        passes["strategy"].append(strategy_pass(bench, bench.stream, evaluate=last))
         passes["bare"].append(bare_pass(bench, rows))
         log(
             f"round {round_ + 1}/{settings.repeats}: "
@@ -341,9 +411,12 @@ def measure(settings: Settings, log: Callable[[str], None] = print) -> dict[str,
 
     strategy, bare = _side(passes["strategy"]), _side(passes["bare"])
     return {
-        "stream": STREAM,
+        "model": settings.model,
+        "stream": bench.model.stream,
         "task_index": settings.task_index,
         "task": bench.task.name,
+        "eval_examples": len(bench.task.test),
+        "eval_s": passes["strategy"][-1].eval_seconds,
         "examples": len(rows),
         "batch_size": settings.batch_size,
         "batches": len(passes["bare"][0].batches),
@@ -375,14 +448,14 @@ def report(result: dict[str, Any]) -> str:
         f"{result['examples']} examples, batch {result['batch_size']} ({result['batches']} "
         f"steps), {result['device']} {result['precision']}, {result['torch_threads']} threads, "
         f"median of {result['repeats']}",
-        f"{'side':<10}{'ex/s':>9}{'loop ex/s':>11}{'init s':>9}   rounds ex/s",
+        f"{'side':<10}{'ex/s':>9}{'tokens/s':>10}{'loop ex/s':>11}{'init s':>9}   rounds ex/s",
     ]
     for name in ("strategy", "bare"):
         side = result[name]
         rounds = " ".join(f"{r:.1f}" for r in side["rounds_examples_per_s"])
         lines.append(
-            f"{name:<10}{side['examples_per_s']:>9.1f}{side['loop_examples_per_s']:>11.1f}"
-            f"{side['init_s']:>9.3f}   {rounds}"
+            f"{name:<10}{side['examples_per_s']:>9.1f}{side['tokens_per_s']:>10.1f}"
+            f"{side['loop_examples_per_s']:>11.1f}{side['init_s']:>9.3f}   {rounds}"
         )
     lines.append(
         f"last-batch loss: strategy {result['strategy']['final_loss']:.6f}, "
@@ -394,12 +467,17 @@ def report(result: dict[str, Any]) -> str:
         f"{result['loop_ratio']:.2f}x); target >= {result['target_ratio']:.2f}x: {verdict}"
     )
     lines.append("per round: " + " ".join(f"{r:.2f}x" for r in result["round_ratios"]))
+    lines.append(
+        f"evaluation of the task's {result['eval_examples']} test examples: "
+        f"{result['eval_s']:.2f} s ({result['eval_examples'] / result['eval_s']:.1f} ex/s)"
+    )
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     p = OneLineParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=defaults.model, choices=sorted(MODELS))
     p.add_argument("--examples", type=int, default=defaults.examples, help="train examples")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--repeats", type=int, default=defaults.repeats, help="timed rounds per side")

@@ -46,7 +46,7 @@ class RunConfig:
     warmup_ratio: float = 0.1
     batch_size: int = 16
     eval_batch_size: int = 64
-    max_length: int = 64
+    max_length: int | None = None  # tokens; None: the stream's recipe, else DEFAULT_MAX_LENGTH
     seed: int = 0
     max_train_per_task: int | None = None
     max_test_per_task: int | None = None
@@ -93,6 +93,8 @@ class RunConfig:
             data[name] = list(value) if value is not None else None
         return data
 
+
+DEFAULT_MAX_LENGTH = 64  # tokens of a text example, unless the stream's recipe says otherwise
 
 #: Settings added after the first published runs, with the default that leaves a run as before.
 ADDED_SETTINGS: dict[str, Any] = {"gradient_checkpointing": False}

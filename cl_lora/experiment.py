@@ -26,7 +26,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from baselines.method import Method, resolve
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
-from cl_lora.config import RunConfig, resolve_device
+from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.metrics import summarize
@@ -183,8 +183,10 @@ def resolve_method(config: RunConfig) -> Method:
     Cheap (no data or weights are loaded), so a sweep can reject a typo before any run
     starts. The resolved config is what the run id hashes, so "f=.25" and "f=0.25" are one run.
     """
-    streams.get(config.stream)
-    return resolve(config)
+    max_length = config.max_length or streams.recipe(config.stream).get(
+        "max_length", DEFAULT_MAX_LENGTH
+    )
+    return resolve(dataclasses.replace(config, max_length=max_length))
 
 
 def resolve_config(config: RunConfig) -> RunConfig:

@@ -15,7 +15,7 @@ from typing import Any
 import baselines
 from cl_lora import backbones, inits, streams
 from cl_lora.cli import OneLineParser, parse_key_values
-from cl_lora.config import RunConfig
+from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig
 from cl_lora.errors import BadInputError, RunFailure
 from cl_lora.experiment import run_experiment
 from cl_lora.strategy.calibrate import parse_sources
@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="adapter learning rate")
     p.add_argument("--head-lr", type=float, default=DEFAULTS.head_lr)
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
-    p.add_argument("--max-length", type=int, default=DEFAULTS.max_length, help="tokens")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help=f"tokens per example (default: the stream's; {DEFAULT_MAX_LENGTH} for most)",
+    )
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--max-train-per-task", type=int)
     p.add_argument("--max-test-per-task", type=int)
@@ -205,6 +209,13 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(
             f"{'retention':<20} {curve}  (probe {retention['probe']}, {retention['head']} head; "
             f"drop {_fmt(retention['drop']).strip()})"
+        )
+    if retention and retention.get("gold_loglik"):
+        loglik = retention["gold_loglik"]
+        curve = " ".join(_fmt(v).strip() for v in loglik["curve"])
+        lines.append(
+            f"{'':<20} {curve}  (gold log-likelihood per token; "
+            f"drop {_fmt(loglik['drop']).strip()})"
         )
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from conftest import make_strategy
 from llm_fixtures import tiny_llama, toy_text_to_text_stream
 
 from cl_lora import inits
+from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings, attach_lora, lora_layers
 from cl_lora.problems import TextToText, build_problem
 from cl_lora.problems.text_to_text import IGNORE, PROMPT_TAIL
@@ -56,7 +57,9 @@ def test_evaluation_batches_are_left_padded_prompts_with_label_ids(problem) -> N
 
 
 def test_long_prompts_keep_their_start_and_their_answer_cue(stream) -> None:
-    problem = build_problem(stream, tiny_llama(), max_length=40)
+    with pytest.raises(BadInputError, match="use --max-length"):
+        build_problem(stream, tiny_llama(), max_length=40)  # no room left for a prompt
+    problem = build_problem(stream, tiny_llama(), max_length=64)
     prompt = "Question: " + "word " * 200 + "\nAnswer:"
     ids = problem.prompt_ids(prompt)
     full = problem.tokenizer(prompt)["input_ids"]
@@ -130,3 +133,49 @@ def test_baselines_and_plugins_run_on_a_language_model(stream, baseline, plugin)
     last = outcome.matrix[-1]
     assert all(0.0 <= score <= 1.0 for score in last)  # every task scored after the last one
     assert all(torch.isfinite(p).all() for p in strategy.model.parameters())
+
+
+def test_a_language_model_run_end_to_end(tmp_path, capsys) -> None:
+    """``python -m cl_lora.run --stream offline-instruct`` on a tiny Llama folder: every task
+    trained and scored, the NQ-open curve (exact match and log-likelihood) before and after
+    each task, and what generation did, in result.json."""
+    import json
+
+    from llm_fixtures import tiny_llama_dir
+
+    from cl_lora.run import main
+
+    argv = ["--stream", "offline-instruct", "--backbone", tiny_llama_dir(tmp_path),
+            "--init", "lora-null", "--max-train-per-task", "4", "--max-test-per-task", "4",
+            "--calib-size", "8", "--epochs", "1", "--max-length", "96", "--quiet",
+            "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "retention" in out and "gold log-likelihood" in out
+    result = json.loads(next((tmp_path / "runs").glob("*/result.json")).read_text())
+    assert result["problem"]["kind"] == "text-to-text"
+    assert result["backbone"]["family"] == "causal-lm"
+    assert set(result["problem"]["generation"]["max_new_tokens"]) == {
+        task["name"] for task in result["tasks"]
+    }
+    assert result["tasks"][1]["metric"] == "exact_match"
+    matrix = result["matrix"]
+    assert all(matrix[i][j] is not None for i in range(5) for j in range(i + 1))
+    retention = result["retention"]
+    assert retention["probe"] == "nq-open" and len(retention["curve"]) == 6
+    assert len(retention["gold_loglik"]["curve"]) == 6
+    assert all(value < 0 for value in retention["gold_loglik"]["curve"])
+    assert result["init"]["calibration"]["per_task"][0]["input_cov_examples"] == {"probe": 8}
+
+
+def test_frozen_refuses_a_language_model_in_one_line(tmp_path, capsys) -> None:
+    from llm_fixtures import tiny_llama_dir
+
+    from cl_lora.run import main
+
+    argv = ["--stream", "offline-instruct", "--baseline", "frozen", "--backbone",
+            tiny_llama_dir(tmp_path), "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no task heads" in err
+    assert not list((tmp_path / "runs").glob("*/result.json"))

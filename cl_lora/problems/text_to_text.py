@@ -17,6 +17,7 @@ the same way in training and evaluation.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from cl_lora.streams import Stream
 from cl_lora.streams.scoring import normalize_answer
 
 IGNORE = -100  # label of positions without loss (PyTorch's and transformers' convention)
-PROMPT_TAIL = 8  # tokens kept from a prompt's end when it is cut (the answer cue)
+PROMPT_TAIL = 24  # tokens kept from a prompt's end when it is cut (a question, the answer cue)
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -142,8 +143,11 @@ class TextToText(Problem):
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, model: nn.Module, inputs: Inputs, max_new_tokens: int) -> list[str]:
-        """Greedy continuations of left-padded prompts (KV cache on), decoded, first line."""
+    def generate(
+        self, model: nn.Module, inputs: Inputs, max_new_tokens: int, stops: Sequence[str] = ("\n",)
+    ) -> list[str]:
+        """Greedy continuations of left-padded prompts (KV cache on), decoded and cut before
+        the first of ``stops``."""
         output = model.encoder.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
@@ -155,7 +159,8 @@ class TextToText(Problem):
         )
         new = output[:, inputs["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [text.strip().split("\n", 1)[0] for text in texts]
+        return [re.split("|".join(map(re.escape, stops)), text.strip(), maxsplit=1)[0].strip()
+                for text in texts]  # fmt: skip
 
     def predict(self, model: nn.Module, inputs: Inputs, task_labels: Any) -> torch.Tensor:
         task = int(torch.as_tensor(task_labels).reshape(-1)[0])

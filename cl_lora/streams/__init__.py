@@ -18,7 +18,7 @@ from cl_lora.streams import (  # noqa: F401  (registers the built-in streams)
 from cl_lora.streams.base import Stream, StreamOptions, Task
 from cl_lora.streams.knowledge_qa import KnowledgeQA, nq_open
 from cl_lora.streams.offline import knowledge_probe
-from cl_lora.streams.registry import available, build, describe, get, register
+from cl_lora.streams.registry import available, build, describe, get, recipe, register
 
 __all__ = [
     "KnowledgeQA",
@@ -30,6 +30,7 @@ __all__ = [
     "describe",
     "get",
     "knowledge_probe",
+    "recipe",
     "nq_open",
     "register",
 ]

@@ -213,6 +213,7 @@ def _carve(
 @register(
     "offline-commonsense",
     "6 packaged commonsense tasks (BoolQ, PIQA, SIQA, OBQA, CSQA, proverbs) for a language model",
+    recipe={"max_length": 128},  # most prompts (question and options) fit whole
 )
 def build_offline_commonsense(options: StreamOptions) -> Stream:
     """Task-incremental text-to-text stream over six packaged multiple-choice/yes-no tasks."""

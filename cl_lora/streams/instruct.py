@@ -14,8 +14,11 @@ five ``offline-text`` tasks, in the same order, as instructions with label words
 
     <instruction> Choose one of: <label words, comma-separated>
     <field>: <text>
-    Passage: <text_pair>          (boolq-relevance only)
     Answer:
+
+(boolq-relevance has two input lines, ``Passage: <passage>`` then ``Question: <question>``: the
+question comes last so that a prompt cut to the token budget, which keeps its first and last
+tokens, still holds the passage's start and the whole question.)
 
 with, per task (instruction; field; label words in label-id order):
 
@@ -25,7 +28,7 @@ with, per task (instruction; field; label words in label-id order):
 - trec-question: "What kind of answer does the following question ask for?"; Question;
   abbreviation, entity, description, human, location, number
 - boolq-relevance: "Is the passage taken from the article that answers the question?";
-  Question (then Passage); no (another question's passage), yes (its own)
+  Passage, then Question; no (another question's passage), yes (its own)
 - tweet-sentiment: "What is the sentiment of the following tweet?"; Tweet; negative, neutral,
   positive
 
@@ -71,6 +74,8 @@ class Wording:
     instruction: str
     fields: tuple[str, ...]
     label_words: tuple[str, ...]
+    question_last: bool = False  # the pair's second field first: a long passage then comes
+    # before the question, and a prompt cut to the token budget keeps its end (the question)
 
 
 # offline-text task name -> its wording; label words are in the task's label-id order.
@@ -90,6 +95,7 @@ WORDINGS = {
         "Is the passage taken from the article that answers the question?",
         ("Question", "Passage"),
         ("no", "yes"),
+        question_last=True,
     ),
     "tweet-sentiment": Wording(
         "What is the sentiment of the following tweet?",
@@ -128,7 +134,8 @@ def text_to_text_task(
 def _lines(wording: Wording, example: dict[str, str]) -> list[str]:
     """``example``'s input columns, each on a line after its field name."""
     columns = ("text", "text_pair")[: len(wording.fields)]
-    return [f"{field}: {example[c]}" for field, c in zip(wording.fields, columns, strict=True)]
+    lines = [f"{field}: {example[c]}" for field, c in zip(wording.fields, columns, strict=True)]
+    return lines[::-1] if wording.question_last else lines
 
 
 def _instructions(split: datasets.Dataset, wording: Wording, n: int) -> pd.DataFrame:
@@ -151,6 +158,7 @@ def _reword(task: Task, options: StreamOptions) -> Task:
 @register(
     "offline-instruct",
     "offline-text's 5 tasks as instructions for a language model (label words as answers)",
+    recipe={"max_length": 96},  # the other tasks' prompts fit; boolq-relevance's are cut
 )
 def build_offline_instruct(options: StreamOptions) -> Stream:
     """Task-incremental text-to-text stream: offline-text's tasks, reworded and subsampled."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cl_lora.errors import BadInputError
 from cl_lora.streams.base import Stream, StreamOptions
@@ -12,19 +13,33 @@ Builder = Callable[[StreamOptions], Stream]
 
 _BUILDERS: dict[str, Builder] = {}
 _DESCRIPTIONS: dict[str, str] = {}
+_RECIPES: dict[str, dict[str, Any]] = {}
 
 
-def register(name: str, description: str) -> Callable[[Builder], Builder]:
-    """Decorator that makes ``build(options) -> Stream`` available as stream ``name``."""
+def register(
+    name: str, description: str, recipe: Mapping[str, Any] | None = None
+) -> Callable[[Builder], Builder]:
+    """Decorator that makes ``build(options) -> Stream`` available as stream ``name``.
+
+    ``recipe`` holds the stream's own defaults for run settings the user did not set (e.g. a
+    language-model stream's ``max_length``), so that they are known before the stream is built.
+    """
 
     def decorate(builder: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"stream '{name}' is already registered")
         _BUILDERS[name] = builder
         _DESCRIPTIONS[name] = description
+        _RECIPES[name] = dict(recipe or {})
         return builder
 
     return decorate
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """The run-setting defaults stream ``name`` was registered with (may be empty)."""
+    get(name)
+    return dict(_RECIPES[name])
 
 
 def available() -> list[str]:
