@@ -67,6 +67,7 @@ from cl_lora.calibration import collect_gradients, collect_input_covariances, wa
 from cl_lora.cli import OneLineParser, require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
+from cl_lora.experiment import resolve_config
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings, attach_lora
 from cl_lora.problems.classification import Classification, cross_entropy_on
@@ -76,7 +77,8 @@ from cl_lora.strategy.optim import task_optimizer
 
 STREAM = "offline-text"
 TRAIN_INIT = "lora"  # the method trained to measure one task's training time
-RECIPE = RunConfig()  # rank, alpha, batch size, epochs, lr, calib size: the default run's recipe
+# rank, alpha, batch size, epochs, lr, calib size, max_length: the default run's resolved recipe
+RECIPE = resolve_config(RunConfig())
 VIT_MODEL = "vit_base_patch16_224"
 VIT_TARGETS = ("qkv", "proj", "fc1", "fc2")
 VIT_CLASSES = 10

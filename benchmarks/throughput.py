@@ -52,6 +52,7 @@ from cl_lora.backbones import FAMILIES, Backbone, LoadOptions
 from cl_lora.cli import OneLineParser, require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
+from cl_lora.experiment import resolve_config
 from cl_lora.lora import LoRASettings, attach_lora
 from cl_lora.problems import Problem, build_problem
 from cl_lora.strategy import LoRAStrategy
@@ -59,7 +60,7 @@ from cl_lora.strategy.experiences import TaskExamples, to_benchmark
 from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
 
 INIT = "lora"
-RECIPE = RunConfig()  # lr, head lr, schedule, rank, alpha, max_length: the default run's recipe
+RECIPE = RunConfig()  # lr, head lr, schedule, rank, alpha: the default run's recipe
 TARGET_RATIO = 0.95
 
 
@@ -88,6 +89,11 @@ MODELS = {
         lambda model, inputs, labels, task: model.encoder(**inputs, labels=labels).loss,
     ),
 }
+
+
+def default_max_length(model: Model) -> int:
+    """The token budget a default run on ``model``'s stream resolves to."""
+    return resolve_config(RunConfig(stream=model.stream)).max_length
 
 
 @dataclass(frozen=True)
@@ -150,10 +156,14 @@ class Bench:
     def model(self) -> Model:
         return MODELS[self.settings.model]
 
+    @property
+    def max_length(self) -> int:
+        return default_max_length(self.model)
+
     def problem(self, stream: streams.Stream | None = None) -> Problem:
         """A problem over a fresh copy of the backbone's network (each pass trains its own)."""
         backbone = dataclasses.replace(self.backbone, encoder=copy.deepcopy(self.backbone.encoder))
-        return build_problem(stream or self.stream, backbone, RECIPE.max_length)
+        return build_problem(stream or self.stream, backbone, self.max_length)
 
     @property
     def task(self) -> streams.Task:
@@ -209,7 +219,7 @@ def prepare(settings: Settings) -> Bench:
             f"{len(stream.tasks)} tasks (0..{len(stream.tasks) - 1})"
         )
     torch.manual_seed(settings.seed)
-    options = LoadOptions(max_length=RECIPE.max_length)
+    options = LoadOptions(max_length=default_max_length(model))
     backbone = FAMILIES.get(model.family).load(model.backbone, options)
     backbone.encoder.to(device)
     lora = LoRASettings(rank=RECIPE.rank, alpha=RECIPE.alpha, rslora=RECIPE.rslora)

@@ -55,6 +55,7 @@ class RunConfig:
     precision: str = "fp32"
     deterministic: bool = False  # torch.use_deterministic_algorithms (matters on GPU)
     gradient_checkpointing: bool = False  # recompute activations in backward (language models)
+    knowledge: str | None = None  # language models: None/nq-open, or lm-eval:TASK[,TASK...]
 
     def __post_init__(self) -> None:
         require_at_least_one(
@@ -97,7 +98,7 @@ class RunConfig:
 DEFAULT_MAX_LENGTH = 64  # tokens of a text example, unless the stream's recipe says otherwise
 
 #: Settings added after the first published runs, with the default that leaves a run as before.
-ADDED_SETTINGS: dict[str, Any] = {"gradient_checkpointing": False}
+ADDED_SETTINGS: dict[str, Any] = {"gradient_checkpointing": False, "knowledge": None}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -33,6 +33,7 @@ from cl_lora.metrics import summarize
 from cl_lora.problems import Problem, build_problem
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
 from cl_lora.strategy import StreamOutcome, run_stream
+from cl_lora.strategy.lm_eval_probe import check_knowledge, parse_knowledge
 from cl_lora.strategy.retention import knowledge_probe_for
 
 CHECKPOINT = "checkpoint.pt"
@@ -183,6 +184,7 @@ def resolve_method(config: RunConfig) -> Method:
     Cheap (no data or weights are loaded), so a sweep can reject a typo before any run
     starts. The resolved config is what the run id hashes, so "f=.25" and "f=0.25" are one run.
     """
+    parse_knowledge(config.knowledge)
     max_length = config.max_length or streams.recipe(config.stream).get(
         "max_length", DEFAULT_MAX_LENGTH
     )
@@ -271,13 +273,14 @@ def run_experiment(
             scenario=config.scenario,
         ),
     )
+    method.check_problem(stream.problem)
+    harness_tasks = check_knowledge(config.knowledge, stream.problem)
     # the stream's defaults this run resolves to (recorded under "backbone" and "stream";
     # "config" stays as given, None meaning "the stream's default", and is what the id hashes)
     family, name = prepare_backbone(config, stream)
     config = dataclasses.replace(config, backbone=name, scenario=stream.scenario)
     seed_everything(config.seed)
     backbone = load_backbone(family, name, config, device)
-    method.check_problem(stream.problem)
     problem = build_problem(stream, backbone, config.max_length)
     targets = _targets(config, backbone.target_modules)
     _check_rank(config.rank, backbone.encoder, targets)
@@ -315,6 +318,7 @@ def run_experiment(
         batch_size=config.eval_batch_size,
         max_fit=config.max_train_per_task,
         max_test=config.max_test_per_task,
+        harness_tasks=harness_tasks,
     )
     outcome = run_stream(
         strategy,

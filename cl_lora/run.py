@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="recompute activations in the backward pass (language models: less GPU memory)",
     )
+    p.add_argument(
+        "--knowledge",
+        help="language models' knowledge probe: nq-open (packaged, default) or "
+        "lm-eval:TASK[,TASK...] (lm-evaluation-harness tasks; needs lm-eval and the Hub)",
+    )
     p.add_argument("--output-dir", default="results/runs", type=Path)
     p.add_argument(
         "--resume",
@@ -149,6 +154,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         precision=args.precision,
         deterministic=args.deterministic,
         gradient_checkpointing=args.gradient_checkpointing,
+        knowledge=args.knowledge,
     )
 
 

@@ -11,11 +11,12 @@ from benchmarks import throughput
 from cl_lora.errors import BadInputError
 
 
-def test_throughput_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("model", ["minilm", "smollm2"])
+def test_throughput_smoke(model: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "throughput.json"
     result = throughput.main(
-        ["--examples", "4", "--batch-size", "2", "--repeats", "1", "--warmup-batches", "1"]
-        + ["--device", "cpu", "--json", str(out)]
+        ["--model", model, "--examples", "4", "--batch-size", "2", "--repeats", "1"]
+        + ["--warmup-batches", "1", "--device", "cpu", "--json", str(out)]
     )
     assert result["same_batches"]
     assert (result["examples"], result["batches"], result["device"]) == (4, 2, "cpu")
@@ -23,15 +24,19 @@ def test_throughput_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         assert result[side]["examples_per_s"] > 0
         assert result[side]["loop_examples_per_s"] > 0
         assert result[side]["init_s"] >= 0
+        assert result[side]["tokens_per_s"] > result[side]["examples_per_s"]
         assert len(result[side]["rounds_examples_per_s"]) == 1
     assert result["ratio"] > 0 and result["loop_ratio"] > 0
     # Same weights, init, batches and recipe: both sides did the same work.
     assert result["strategy"]["final_loss"] == pytest.approx(result["bare"]["final_loss"], rel=1e-4)
+    assert result["eval_examples"] == 16 and result["eval_s"] > 0  # one evaluation, timed
     assert json.loads(out.read_text()) == result
     assert "ratio strategy/bare = " in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["--examples", "0"], ["--precision", "fp16"], ["--repeats", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["--examples", "0"], ["--precision", "fp16"], ["--repeats", "x"], ["--model", "t5"]]
+)
 def test_throughput_bad_input(argv: list[str]) -> None:
     with pytest.raises(BadInputError):
         throughput.main(argv)

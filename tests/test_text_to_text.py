@@ -147,7 +147,7 @@ def test_a_language_model_run_end_to_end(tmp_path, capsys) -> None:
 
     argv = ["--stream", "offline-instruct", "--backbone", tiny_llama_dir(tmp_path),
             "--init", "lora-null", "--max-train-per-task", "4", "--max-test-per-task", "4",
-            "--calib-size", "8", "--epochs", "1", "--max-length", "96", "--quiet",
+            "--calib-size", "8", "--epochs", "1", "--quiet",
             "--output-dir", str(tmp_path / "runs")]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -166,6 +166,12 @@ def test_a_language_model_run_end_to_end(tmp_path, capsys) -> None:
     assert len(retention["gold_loglik"]["curve"]) == 6
     assert all(value < 0 for value in retention["gold_loglik"]["curve"])
     assert result["init"]["calibration"]["per_task"][0]["input_cov_examples"] == {"probe": 8}
+    assert result["config"]["max_length"] == 96  # the stream's recipe
+    from cl_lora.leaderboard.collect import collect_runs
+
+    runs = collect_runs(tmp_path / "runs")
+    assert not runs.skipped and list(runs.table["method"]) == ["lora-null"]
+    assert runs.table["retention_drop"][0] == retention["drop"]
 
 
 def test_frozen_refuses_a_language_model_in_one_line(tmp_path, capsys) -> None:
@@ -179,3 +185,125 @@ def test_frozen_refuses_a_language_model_in_one_line(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no task heads" in err
     assert not list((tmp_path / "runs").glob("*/result.json"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--knowledge", "trivia"], "unknown --knowledge 'trivia'"),
+        (["--knowledge", "lm-eval:nq_open", "--stream", "offline-text"], "probes a language"),
+        (["--knowledge", "lm-eval:nq_open"], "lm-eval"),  # not installed, or no Hub here
+        (["--backbone", "all-minilm-l6-v2"], "cannot learn a text-to-text stream"),
+        (["--stream", "offline-text", "--backbone", "smollm2-135m"], "cannot learn a text"),
+    ],
+)
+def test_language_model_bad_input_is_one_line(argv, message, tmp_path, capsys) -> None:
+    from cl_lora.run import main
+
+    argv = ["--stream", "offline-instruct", *argv] if "--stream" not in argv else argv
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+    assert not list(tmp_path.glob("*/result.json"))
+
+
+def test_lm_eval_probe_reads_the_harness_results(monkeypatch) -> None:
+    """The harness is not installed here: a stand-in ``simple_evaluate`` returns results in
+    the harness's shape, and the probe must take each task's first metric (not its stderr)."""
+    import sys
+    import types
+
+    from cl_lora.strategy.lm_eval_probe import LMEvalProbe
+
+    calls = []
+
+    def simple_evaluate(model, tasks, limit):
+        calls.append((type(model).__name__, tuple(tasks), limit))
+        return {"results": {"nq_open": {"alias": "nq_open", "exact_match,remove_whitespace": 0.25,
+                                        "exact_match_stderr,remove_whitespace": 0.1},
+                            "triviaqa": {"exact_match,remove_whitespace": 0.5}}}  # fmt: skip
+
+    harness = types.ModuleType("lm_eval")
+    harness.simple_evaluate = simple_evaluate
+    models = types.ModuleType("lm_eval.models.huggingface")
+    models.HFLM = lambda pretrained, tokenizer, batch_size: types.SimpleNamespace()
+    monkeypatch.setitem(sys.modules, "lm_eval", harness)
+    monkeypatch.setitem(sys.modules, "lm_eval.models", types.ModuleType("lm_eval.models"))
+    monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", models)
+    backbone = tiny_llama()
+    probe = LMEvalProbe(["nq_open", "triviaqa"], backbone.tokenizer, batch_size=4, limit=10)
+    model = build_problem(toy_text_to_text_stream(), backbone, 64).build_model()
+    assert probe.start(model) == pytest.approx(0.375)
+    assert calls == [("SimpleNamespace", ("nq_open", "triviaqa"), 10)]
+    record = probe.record([0.375, 0.375])
+    assert record["metric"] == (
+        "mean of nq_open:exact_match,remove_whitespace, triviaqa:exact_match,remove_whitespace"
+    )
+    assert record["per_task"]["nq_open"][0]["exact_match,remove_whitespace"] == 0.25
+
+
+def test_a_language_model_run_resumes_to_the_same_weights_and_knowledge_curve(tmp_path) -> None:
+    """Stopped after its first task and resumed in a fresh strategy (with another global RNG
+    state), a causal-LM run ends with the weights and the NQ-open log-likelihood curve of an
+    unbroken one (a random tiny model scores 0 on every task, so the matrix alone would not
+    tell)."""
+    from baselines import get_plugin
+    from cl_lora.strategy.retention import knowledge_probe_for
+
+    stream = toy_text_to_text_stream(tasks=3)
+
+    def run(checkpoint=None, stop=None, resume=False):
+        strategy = make_strategy(tiny_llama(), stream, plugins=[get_plugin("lwf").build({})])
+        probe = knowledge_probe_for(stream, strategy.problem, batch_size=4, max_test=4)
+        outcome = run_stream(strategy, checkpoint, stop, resume, probe)
+        weights = {k: v.clone() for k, v in strategy.model.encoder.state_dict().items()}
+        return outcome, probe, weights
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(task: int, _outcome) -> None:
+        if task == 0:
+            raise Interrupted
+
+    torch.manual_seed(0)
+    _, unbroken_probe, unbroken_weights = run()
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted):
+        run(checkpoint, stop_after_first)
+    torch.manual_seed(123)
+    outcome, probe, weights = run(checkpoint, resume=True)
+    assert outcome.resumed_after == 0
+    assert len(probe.gold_loglik) == 4 and probe.gold_loglik == unbroken_probe.gold_loglik
+    assert weights.keys() == unbroken_weights.keys()
+    assert all(torch.equal(weights[k], unbroken_weights[k]) for k in weights)
+
+
+def test_every_init_keeps_the_real_smollm2s_outputs() -> None:
+    """Once on real weights (SmolLM2-135M, the first decoder block's seven projections, with
+    the 4-bit rounding noise of its GGUF): every init leaves the next-token logits unchanged."""
+    from cl_lora import streams
+    from cl_lora.backbones.causal_lm import load_causal_lm
+
+    backbone = load_causal_lm()
+    layer = [name for name in backbone.target_modules if name.startswith("model.layers.0.")]
+    stream = streams.build(
+        "offline-instruct", streams.StreamOptions(max_train_per_task=4, max_test_per_task=2)
+    )
+    inputs, _ = build_problem(stream, backbone, 96).collate(ROWS, None, training=True)
+    before = backbone.encoder.eval()(**inputs).logits
+    for name in inits.available():
+        strategy = make_strategy(backbone, stream, init=name, init_args=_fast(name))
+        strategy.target_modules = strategy.calibrator.target_modules = layer
+        strategy.calibrator.size = 4
+        model = strategy.model
+        model.add_head(0)
+        generator = torch.Generator().manual_seed(0)
+        stats = strategy.calibrator.collect(model, 0, generator)
+        attach_lora(model, LoRASettings(rank=8, alpha=16), layer, inits.get(name), _fast(name),
+                    stats, generator)  # fmt: skip
+        after = model.eval()(inputs)
+        scale = before.abs().max()
+        assert (after - before).abs().max() / scale < 1e-3, name
+        model.encoder = model.encoder.merge_and_unload()  # W again (residual + s B A)

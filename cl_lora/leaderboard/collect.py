@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cl_lora.config import ADDED_SETTINGS
 from cl_lora.metrics import summarize
 from cl_lora.results import RESULT_FILE, load_run, matrix_array
 
@@ -34,7 +35,9 @@ METRICS = [*_MATRIX_METRICS, "retention_drop", "trainable_params", "wall_s"]
 # fields that do not change what is trained (where it ran, where the data lies).
 _METHOD_FIELDS = {"init", "init_args", "baseline", "baseline_args", "plugins", "plugin_args"}
 _NOT_SETUP = _METHOD_FIELDS | {"stream", "scenario", "backbone", "seed", "device", "data_dir"}
+_NOT_SETUP |= {"gradient_checkpointing"}  # recomputes activations: the same training
 _REQUIRED = ("config", "stream", "tasks", "matrix", "seed", "backbone", "timings")
+_ABSENT = object()
 _EXTRA = ["matrix", "tasks", "retention", "init", "init_args", "setup"]  # for plots and setups
 
 
@@ -106,7 +109,11 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "retention": None if curve is None else np.array(curve, dtype=float),
         "init": config.get("init"),
         "init_args": config.get("init_args") or {},
-        "setup": {key: value for key, value in config.items() if key not in _NOT_SETUP},
+        "setup": {
+            key: value
+            for key, value in config.items()
+            if key not in _NOT_SETUP and ADDED_SETTINGS.get(key, _ABSENT) != value
+        },  # settings added later count only when set: earlier files do not have them
     }
 
 

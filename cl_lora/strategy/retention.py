@@ -29,6 +29,7 @@ from cl_lora.backbones import Backbone, ContinualClassifier
 from cl_lora.backbones.base import Inputs
 from cl_lora.metrics import retention_summary
 from cl_lora.problems import Problem, TextToText
+from cl_lora.strategy.lm_eval_probe import LMEvalProbe
 from cl_lora.strategy.qa_probe import DEFAULT_QUESTIONS, ClosedBookQAProbe
 from cl_lora.streams import Stream, Task, knowledge_probe
 from cl_lora.streams.sampling import balanced_sample
@@ -171,10 +172,13 @@ def knowledge_probe_for(
     batch_size: int = 64,
     max_fit: int | None = None,
     max_test: int | None = None,
-) -> RetentionProbe | ClosedBookQAProbe:
+    harness_tasks: Sequence[str] | None = None,
+) -> RetentionProbe | ClosedBookQAProbe | LMEvalProbe:
     """The retention probe of a run: a frozen head on the held-out probe task for a classifier,
-    closed-book NQ-open for a language model. ``max_fit``/``max_test`` (the run's per-task
-    caps) shrink the probe for quick runs."""
+    closed-book NQ-open for a language model, or lm-evaluation-harness's ``harness_tasks``.
+    ``max_fit``/``max_test`` (the run's per-task caps) shrink the probe for quick runs."""
+    if harness_tasks:  # checked up front by lm_eval_probe.check_knowledge
+        return LMEvalProbe(harness_tasks, problem.tokenizer, batch_size, max_test)
     data = knowledge_probe(stream.knowledge)
     if isinstance(problem, TextToText):
         test = data.test.select(range(min(max_test or DEFAULT_QUESTIONS, len(data.test))))
