@@ -73,7 +73,12 @@ from typing import Any
 import pandas as pd
 
 from cl_lora.streams.base import Stream, StreamOptions, Task
-from cl_lora.streams.instruct import LM_BACKBONE, choose_one_of, prompt, text_to_text_task
+from cl_lora.streams.instruct import (
+    choose_one_of,
+    language_model_stream,
+    prompt,
+    text_to_text_task,
+)
 from cl_lora.streams.offline import reject_data_dir
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.registry import register
@@ -220,13 +225,5 @@ def build_offline_commonsense(options: StreamOptions) -> Stream:
     reject_data_dir("offline-commonsense", options)
     sources = [("boolq", *_boolq())]
     sources += [(spec.name, *_multiple_choice(spec)) for spec in MULTIPLE_CHOICE]
-    tasks = tuple(_carve(name, frame, labels, options) for name, frame, labels in sources)
-    return Stream(
-        "offline-commonsense",
-        tasks,
-        scenario="task",
-        modality="text",
-        shared_head=False,
-        backbone=LM_BACKBONE,
-        problem="text-to-text",
-    )
+    tasks = [_carve(name, frame, labels, options) for name, frame, labels in sources]
+    return language_model_stream("offline-commonsense", tasks)

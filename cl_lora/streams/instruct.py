@@ -164,9 +164,14 @@ def build_offline_instruct(options: StreamOptions) -> Stream:
     """Task-incremental text-to-text stream: offline-text's tasks, reworded and subsampled."""
     reject_data_dir("offline-instruct", options)
     tasks = tuple(_reword(task, options) for task in offline_text_tasks(StreamOptions()))
+    return language_model_stream("offline-instruct", tasks)
+
+
+def language_model_stream(name: str, tasks: Sequence[Task]) -> Stream:
+    """A task-incremental text-to-text stream of ``tasks`` on the packaged language model."""
     return Stream(
-        "offline-instruct",
-        tasks,
+        name,
+        tuple(tasks),
         scenario="task",
         modality="text",
         shared_head=False,
