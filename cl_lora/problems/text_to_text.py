@@ -117,11 +117,14 @@ class TextToText(Problem):
         return model(inputs, task_labels)
 
     def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the next-token predictions on the target tokens."""
+        """Mean cross-entropy of the next-token predictions on the target tokens.
+
+        The targets are shifted left (padded with -100), not the logits: slicing the
+        ``(batch, tokens, vocabulary)`` logits would copy them on every step (transformers'
+        own causal-LM loss shifts the same way)."""
+        shifted = nn.functional.pad(targets, (0, 1), value=IGNORE)[:, 1:]
         return nn.functional.cross_entropy(
-            output[:, :-1].reshape(-1, output.shape[-1]).float(),
-            targets[:, 1:].reshape(-1),
-            ignore_index=IGNORE,
+            output.reshape(-1, output.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE
         )
 
     def distillation(self, lwf: LearningWithoutForgetting, strategy: Any) -> torch.Tensor | float:
