@@ -3,8 +3,9 @@
 For each method and each backbone -- the offline text backbone (all-MiniLM-L6-v2 on the first
 ``offline-text`` task, 36 adapted linears) and a randomly initialized ViT-B (timm
 ``vit_base_patch16_224``: 12 blocks, 768 wide; ``qkv``, ``proj``, ``fc1``, ``fc2`` of every block,
-48 linears) -- it times what the strategy does before each task (DESIGN §9: "per-task init,
-including calibration, costs a small fraction of the task's training time"):
+48 linears) -- it times what the strategy does before each task (the target in
+docs/ARCHITECTURE.md: a task's init, calibration included, costs a small fraction of its
+training):
 
 - calibration: collecting the statistics the method declares (``init.needs``) on its default data
   (text: ``Calibrator.collect`` exactly as the strategy calls it; ViT: the same calibration

@@ -1,7 +1,8 @@
-"""Every summary metric of a continual-learning run, from its accuracy matrix (DESIGN §6).
+"""Every summary metric of a continual-learning run, from its accuracy matrix (the definitions
+are in docs/ARCHITECTURE.md, section Metrics).
 
 Pure functions, no I/O. ``R[i][j]`` is the score on task ``j`` after training task ``i``;
-indices here are 0-based (DESIGN §6 writes them 1-based), so the last row is ``R[T-1]``.
+indices here are 0-based (the usual papers write them 1-based), so the last row is ``R[T-1]``.
 Entries that were not evaluated are NaN (or ``None``). A metric that needs a missing entry
 is reported as ``None`` together with a one-sentence reason, never computed from partial data.
 """
@@ -17,7 +18,7 @@ _NEEDS_TWO = "needs at least two tasks; this run has one."
 
 
 def summarize(R: Any, b: Sequence[float | None] | None = None) -> dict[str, Any]:
-    """Derive every metric of DESIGN §6 from the accuracy matrix ``R`` (T x T).
+    """Derive every summary metric from the accuracy matrix ``R`` (T x T).
 
     ``b`` holds each task's score before any training (``None``/NaN where undefined), or is
     ``None`` when it was not measured. Returns a dict with:

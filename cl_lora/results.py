@@ -1,4 +1,4 @@
-"""The run result file (DESIGN §7): schema, environment record, atomic writing, reading.
+"""The run result file: schema, environment record, atomic writing, reading.
 
 One run is one folder: ``result.json`` (the record the leaderboard reads) plus two human views,
 ``matrix.csv`` and ``heatmap.png``. All three are rendered to temporary files in the run folder

@@ -1,4 +1,4 @@
-"""Statistics that init methods declare they need (DESIGN §5), collected with hooks.
+"""Statistics that init methods declare they need, collected with hooks.
 
 ``input_cov`` (``C = X^T X`` per distinct layer input), ``grad`` (the loss gradient w.r.t. each
 adapted weight) and ``warmup_delta`` (the update of a short plain-LoRA warm-up). This package

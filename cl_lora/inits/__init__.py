@@ -1,4 +1,4 @@
-"""LoRA initialization methods as plugins (DESIGN §4–§5).
+"""LoRA initialization methods as plugins (the contract and the math: docs/ARCHITECTURE.md).
 
 ``get(name)`` returns a callable ``init(weight, rank=r, scale=s, stats=..., **args)`` that
 gives :class:`LoRAFactors`; ``register(name, description)`` adds a method; packages add

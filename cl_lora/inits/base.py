@@ -1,4 +1,5 @@
-"""The init contract (DESIGN §4): one ``out x in`` weight in, LoRA factors and residual out.
+"""The init contract: one ``out x in`` weight in, LoRA factors and residual out (see
+docs/ARCHITECTURE.md).
 
 LoRA computes ``y = W x + s * B A x``. An init method returns ``A`` (``r x in``), ``B``
 (``out x r``), the ``residual`` that becomes the layer's frozen base weight, and which factors

@@ -1,4 +1,4 @@
-"""CorDA: context-oriented decomposition of ``W C`` (DESIGN §5, ``corda-kpm`` / ``corda-ipm``).
+"""CorDA: context-oriented decomposition of ``W C`` (``corda-kpm`` / ``corda-ipm``).
 
 Yang et al., "CorDA: Context-Oriented Decomposition Adaptation of Large Language Models for
 Task-Aware Parameter-Efficient Fine-tuning" (NeurIPS 2024, arXiv 2406.05223). The weight is

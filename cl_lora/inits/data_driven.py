@@ -20,9 +20,9 @@ class EVA(InitMethod):
 
     They are read from ``C = X^T X = V S^2 V^T``: the eigenvectors of ``C`` with the largest
     eigenvalues, largest first. Differences from PEFT's EVA, which runs an incremental PCA over
-    batches: that PCA centres the activations (ours, like the DESIGN, decomposes the raw ``X``;
-    the two agree when the activations have zero mean); PEFT redistributes ranks across layers
-    by explained variance (``rho``, here every layer keeps rank ``r``) and can whiten ``A``
+    batches: that PCA centres the activations (ours decomposes the raw ``X``; the two agree
+    when the activations have zero mean); PEFT redistributes ranks across layers by explained
+    variance (``rho``, here every layer keeps rank ``r``) and can whiten ``A``
     (off by default there, not done here). Like PEFT, ``A``'s rows are orthonormal.
     """
 

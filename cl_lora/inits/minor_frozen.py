@@ -1,4 +1,4 @@
-"""MiCA: a frozen up-projection onto the weight's minor output directions (DESIGN §5)."""
+"""MiCA: a frozen up-projection onto the weight's minor output directions."""
 
 from __future__ import annotations
 

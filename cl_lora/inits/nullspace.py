@@ -1,4 +1,4 @@
-"""LoRA-Null: LoRA initialized in the null space of pretrained-knowledge activations (DESIGN §5).
+"""LoRA-Null: LoRA initialized in the null space of pretrained-knowledge activations.
 
 Tang et al., "Put the Space of LoRA Initialization to the Extreme to Preserve Pre-trained
 Knowledge" (arXiv 2503.02659, AAAI 2026).

@@ -1,4 +1,4 @@
-"""OLoRA: LoRA factors from the weight's QR decomposition (DESIGN §5, ``olora``)."""
+"""OLoRA: LoRA factors from the weight's QR decomposition (``olora``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inits from a window of the weight's singular spectrum (DESIGN §5).
+"""Inits from a window of the weight's singular spectrum.
 
 ``W = U S V^T`` with singular values descending, ``k = min(out, in)``. The window ``[i, i+r)``
 becomes ``B = U_win sqrt(S_win / s)``, ``A = sqrt(S_win / s) V_win^T`` (so ``s B A`` is exactly

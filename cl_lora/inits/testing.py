@@ -3,8 +3,8 @@
     from cl_lora.inits.testing import check_init_method
     check_init_method(MyInit())            # raises AssertionError naming what is broken
 
-It runs the contract of DESIGN §4 on a random layer with synthetic statistics of the kinds the
-method declares: shapes, declared trainable factors, the residual identity
+It runs the init contract (docs/ARCHITECTURE.md) on a random layer with synthetic statistics of
+the kinds the method declares: shapes, declared trainable factors, the residual identity
 ``residual + s B A == W``, the layer computing the same function right after init, finite
 values, and determinism under a seeded generator.
 """

@@ -39,7 +39,7 @@ class GaussianLoRA(InitMethod):
 
     ``A`` has i.i.d. entries of variance ``1/r`` (std ``1/sqrt(r)``), so ``E ||A x||^2 = ||x||^2``:
     the down-projection keeps input norms in expectation whatever the rank. PEFT's ``"gaussian"``
-    draws with std ``1/r`` instead; DESIGN §5 fixes the variance at ``1/r``.
+    draws with std ``1/r`` instead; the suite's ``gaussian`` fixes the variance at ``1/r``.
     """
 
     def factors(

@@ -1,5 +1,5 @@
 """Statistics over seeds: per-method means, spreads and 95% intervals, ranks, and paired
-comparisons with plain ``lora`` on the same seeds (DESIGN §6, "across seeds")."""
+comparisons with plain ``lora`` on the same seeds."""
 
 from __future__ import annotations
 

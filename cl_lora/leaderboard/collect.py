@@ -1,6 +1,6 @@
 """Read every ``result.json`` under a folder into one table of runs (one row per run).
 
-Only result files are read (DESIGN §7). A file that cannot be used — unreadable JSON, another
+Only result files are read. A file that cannot be used — unreadable JSON, another
 schema version, missing fields, a matrix that does not fit its task list, or a task list that
 differs from the other runs of the same stream — is skipped with a warning that names it, so
 one bad folder never hides the rest.
