@@ -99,8 +99,9 @@ class MergedLoRAEWC(EWCPlugin):
         try:
             for inputs, labels, tasks in loader:
                 inputs = {k: v.to(strategy.device) for k, v in inputs.items()}
-                output = strategy.problem.forward(model, inputs, tasks.to(strategy.device))
-                loss = strategy.problem.loss(output, labels.to(strategy.device))
+                loss = strategy.problem.batch_loss(
+                    model, inputs, labels.to(strategy.device), tasks.to(strategy.device)
+                )
                 grads = torch.autograd.grad(loss, list(targets.values()), allow_unused=True)
                 for k, grad in zip(targets, grads, strict=True):
                     if grad is not None:

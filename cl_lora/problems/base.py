@@ -72,6 +72,13 @@ class Problem(ABC):
         the model's output is from what ``lwf.prev_model`` (the model after the previous task,
         kept by Avalanche's :class:`LearningWithoutForgetting`) predicts on the same inputs."""
 
+    def batch_loss(
+        self, model: nn.Module, inputs: Inputs, targets: torch.Tensor, task_labels: Any
+    ) -> torch.Tensor:
+        """The training loss of one batch: :meth:`loss` of :meth:`forward` (what calibration's
+        gradients and warm-ups and EWC's Fisher differentiate)."""
+        return self.loss(self.forward(model, inputs, task_labels), targets)
+
     def eval_order(self, dataset: Sequence[tuple[dict[str, Any], int, int]]) -> list[int] | None:
         """An order of an evaluation dataset (items ``(example, label, task)``) that makes
         evaluation cheaper; ``None`` keeps the dataset's order."""

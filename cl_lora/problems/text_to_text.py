@@ -1,7 +1,7 @@
 """Text-to-text on a causal language model: the task's answer is text the model generates.
 
 A task example is a ``prompt`` (instruction and input, ending with the answer cue) and a
-``target`` (the answer: a label word or an option letter). Training reads
+``target`` (the answer: a label word or an option number). Training reads
 ``prompt + " " + target + eos`` and takes the loss on the target tokens only (the prompt and the
 padding are masked with -100, as in O-LoRA's and most instruction-tuning code). Evaluation
 generates greedily with the KV cache (prompts left-padded, batches sorted by prompt length,
@@ -11,8 +11,8 @@ normalization (:func:`cl_lora.streams.scoring.normalize_answer`); a generation t
 label is wrong (label id -1). So the task score is exact match, O-LoRA's scoring.
 
 Prompts longer than the token budget (``max_length`` minus the room of the longest answer of
-the stream) keep their first tokens and their last :data:`PROMPT_TAIL` tokens (the answer cue),
-the same way in training and evaluation.
+the stream) keep their first tokens and their last :data:`PROMPT_TAIL` tokens (a question and
+the answer cue), the same way in training and evaluation.
 """
 
 from __future__ import annotations
@@ -34,6 +34,13 @@ from cl_lora.streams.scoring import normalize_answer
 
 IGNORE = -100  # label of positions without loss (PyTorch's and transformers' convention)
 PROMPT_TAIL = 24  # tokens kept from a prompt's end when it is cut (a question, the answer cue)
+
+
+def shift_targets(targets: torch.Tensor) -> torch.Tensor:
+    """Training targets moved one position left (-100 at the end), so that position ``t`` of the
+    ``(batch, tokens, vocabulary)`` logits is compared with ``targets[:, t + 1]`` without slicing
+    (a copy of) the logits -- the shift transformers' own causal-LM loss makes."""
+    return nn.functional.pad(targets, (0, 1), value=IGNORE)[:, 1:]
 
 
 def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
@@ -117,14 +124,11 @@ class TextToText(Problem):
         return model(inputs, task_labels)
 
     def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the next-token predictions on the target tokens.
-
-        The targets are shifted left (padded with -100), not the logits: slicing the
-        ``(batch, tokens, vocabulary)`` logits would copy them on every step (transformers'
-        own causal-LM loss shifts the same way)."""
-        shifted = nn.functional.pad(targets, (0, 1), value=IGNORE)[:, 1:]
+        """Mean cross-entropy of the next-token predictions on the target tokens."""
         return nn.functional.cross_entropy(
-            output.reshape(-1, output.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE
+            output.reshape(-1, output.shape[-1]).float(),
+            shift_targets(targets).reshape(-1),
+            ignore_index=IGNORE,
         )
 
     def distillation(self, lwf: LearningWithoutForgetting, strategy: Any) -> torch.Tensor | float:
@@ -134,9 +138,9 @@ class TextToText(Problem):
             return 0.0
         with torch.no_grad():
             teacher = lwf.prev_model(strategy.mb_x, None)
-        answer = strategy.mb_y[:, 1:] != IGNORE
-        student = strategy.mb_output[:, :-1][answer].float() / lwf.temperature
-        teacher = teacher[:, :-1][answer].float() / lwf.temperature
+        answer = shift_targets(strategy.mb_y) != IGNORE
+        student = strategy.mb_output[answer].float() / lwf.temperature
+        teacher = teacher[answer].float() / lwf.temperature
         kl = nn.functional.kl_div(
             torch.log_softmax(student, dim=-1), torch.softmax(teacher, dim=-1),
             reduction="batchmean",

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -108,12 +107,6 @@ class Calibrator:
             )
         return batches
 
-    def _loss(
-        self, task_id: int, model: nn.Module, inputs: Inputs, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """The problem's training loss of one batch of task ``task_id``."""
-        return self.problem.loss(self.problem.forward(model, inputs, task_id), targets)
-
     def collect(
         self, model: nn.Module, task_id: int, generator: torch.Generator
     ) -> dict[str, dict[str, torch.Tensor]]:
@@ -121,7 +114,10 @@ class Calibrator:
         stats: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
         needs = self.init.needs
         report: dict[str, Any] = {"task": task_id}
-        loss = partial(self._loss, task_id)
+
+        def loss(model: nn.Module, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+            return self.problem.batch_loss(model, inputs, targets, task_id)
+
         was_training = model.training
         model.eval()
         if "input_cov" in needs:

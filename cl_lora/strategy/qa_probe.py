@@ -32,7 +32,7 @@ from torch import nn
 
 from cl_lora.metrics import retention_summary
 from cl_lora.problems import TextToText
-from cl_lora.problems.text_to_text import IGNORE
+from cl_lora.problems.text_to_text import IGNORE, shift_targets
 from cl_lora.streams.scoring import normalize_answer
 
 MAX_NEW_TOKENS = 16
@@ -71,13 +71,13 @@ class ClosedBookQAProbe:
                 hits.append(normalize_answer(text) in gold)
             inputs, targets = self.problem.collate(rows, None, training=True)
             logits = model({k: v.to(device) for k, v in inputs.items()}).float()
-            targets = targets[:, 1:].to(device)
+            targets = shift_targets(targets).to(device)
             answer = (targets != IGNORE) & (targets != self.problem.eos)
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(
-                -1, targets.clamp_min(0).unsqueeze(-1)
-            )[..., 0]
-            per_row = (logprobs * answer).sum(1) / answer.sum(1)
-            logliks.extend(per_row.tolist())
+            logprobs = torch.log_softmax(logits[answer], dim=-1)  # answer positions only
+            token = logprobs.gather(-1, targets[answer].unsqueeze(-1))[:, 0]
+            row = answer.nonzero()[:, 0]  # which question each answer token belongs to
+            sums = torch.zeros(len(rows), device=device).index_add_(0, row, token)
+            logliks.extend((sums / answer.sum(1)).tolist())
         model.train(was_training)
         return float(np.mean(hits)), float(np.mean(logliks))
 
