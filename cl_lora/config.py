@@ -51,6 +51,8 @@ class RunConfig:
     max_train_per_task: int | None = None
     max_test_per_task: int | None = None
     data_dir: str | None = None
+    order: int | None = None  # a published task order, for streams that have several
+    tasks: tuple[str, ...] | None = None  # a custom task sequence, for the same streams
     device: str = "auto"
     precision: str = "fp32"
     deterministic: bool = False  # torch.use_deterministic_algorithms (matters on GPU)
@@ -72,7 +74,7 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """The inverse of :meth:`to_dict` (lists back to tuples)."""
         data = dict(data)
-        for name in ("targets", "calib"):
+        for name in ("targets", "calib", "tasks"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         return cls(**data)
@@ -89,7 +91,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["plugins"] = list(self.plugins)
-        for name in ("targets", "calib"):
+        for name in ("targets", "calib", "tasks"):
             value = getattr(self, name)
             data[name] = list(value) if value is not None else None
         return data
@@ -98,7 +100,12 @@ class RunConfig:
 DEFAULT_MAX_LENGTH = 64  # tokens of a text example, unless the stream's recipe says otherwise
 
 #: Settings added after the first published runs, with the default that leaves a run as before.
-ADDED_SETTINGS: dict[str, Any] = {"gradient_checkpointing": False, "knowledge": None}
+ADDED_SETTINGS: dict[str, Any] = {
+    "gradient_checkpointing": False,
+    "knowledge": None,
+    "order": None,
+    "tasks": None,
+}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -127,6 +127,7 @@ def _result(
             "scenario": stream.scenario,
             "modality": stream.modality,
             "shared_head": stream.shared_head,
+            **({"provenance": stream.provenance} if stream.provenance else {}),
         },
         "problem": problem.record(),
         "tasks": [
@@ -271,6 +272,8 @@ def run_experiment(
             max_train_per_task=config.max_train_per_task,
             max_test_per_task=config.max_test_per_task,
             scenario=config.scenario,
+            order=config.order,
+            tasks=config.tasks,
         ),
     )
     method.check_problem(stream.problem)

@@ -96,7 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULTS.seed)
     p.add_argument("--max-train-per-task", type=int)
     p.add_argument("--max-test-per-task", type=int)
-    p.add_argument("--data-dir", help="local data folder (e.g. GLUE in the standard TSV layout)")
+    p.add_argument(
+        "--data-dir",
+        help="local data folder (GLUE in the standard TSV layout; O-LoRA's CL_Benchmark)",
+    )
+    p.add_argument(
+        "--order", type=int, help="published task order (cl-benchmark: 1-3, long-15: 4-6)"
+    )
+    p.add_argument(
+        "--tasks",
+        help="your own task sequence from the stream's pool, comma-separated (cl-benchmark, "
+        "long-15)",
+    )
     p.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default=DEFAULTS.precision, choices=["fp32", "bf16"])
     p.add_argument(
@@ -150,6 +161,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         max_train_per_task=args.max_train_per_task,
         max_test_per_task=args.max_test_per_task,
         data_dir=args.data_dir,
+        order=args.order,
+        tasks=tuple(t for t in args.tasks.split(",") if t) if args.tasks else None,
         device=args.device,
         precision=args.precision,
         deterministic=args.deterministic,

@@ -6,9 +6,9 @@ A task example is a ``prompt`` (instruction and input, ending with the answer cu
 padding are masked with -100, as in O-LoRA's and most instruction-tuning code). Evaluation
 generates greedily with the KV cache (prompts left-padded, batches sorted by prompt length,
 at most as many new tokens as the task's longest answer plus the end-of-sequence token), cuts the
-generation at the first newline, and maps it to the label whose text it equals after SQuAD-style
-normalization (:func:`cl_lora.streams.scoring.normalize_answer`); a generation that equals no
-label is wrong (label id -1). So the task score is exact match, O-LoRA's scoring.
+generation at the first newline, and maps it to the label whose text it equals after the task's
+normalization (``Task.answer_form``: SQuAD's, or O-LoRA's, which keeps articles); a generation
+that equals no label is wrong (label id -1). So the task score is exact match, O-LoRA's scoring.
 
 Prompts longer than the token budget (``max_length`` minus the room of the longest answer of
 the stream) keep their first tokens and their last :data:`PROMPT_TAIL` tokens (a question and
@@ -30,7 +30,7 @@ from cl_lora.backbones.language_model import LanguageModel
 from cl_lora.errors import BadInputError
 from cl_lora.problems.base import Batch, Problem
 from cl_lora.streams import Stream
-from cl_lora.streams.scoring import normalize_answer
+from cl_lora.streams.scoring import ANSWER_FORMS
 
 IGNORE = -100  # label of positions without loss (PyTorch's and transformers' convention)
 PROMPT_TAIL = 24  # tokens kept from a prompt's end when it is cut (a question, the answer cue)
@@ -63,9 +63,10 @@ class TextToText(Problem):
         self.max_length = max_length
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.normalizers = [ANSWER_FORMS[task.answer_form] for task in stream.tasks]
         self.answers = [
-            {normalize_answer(name): label for label, name in enumerate(task.label_names)}
-            for task in stream.tasks
+            {normalize(name): label for label, name in enumerate(task.label_names)}
+            for task, normalize in zip(stream.tasks, self.normalizers, strict=True)
         ]
         self.max_new_tokens = [
             max(len(self._target_ids(name)) for name in task.label_names) for task in stream.tasks
@@ -172,8 +173,8 @@ class TextToText(Problem):
     def predict(self, model: nn.Module, inputs: Inputs, task_labels: Any) -> torch.Tensor:
         task = int(torch.as_tensor(task_labels).reshape(-1)[0])
         texts = self.generate(model, inputs, self.max_new_tokens[task])
-        answers = self.answers[task]
-        return torch.tensor([answers.get(normalize_answer(text), -1) for text in texts])
+        answers, normalize = self.answers[task], self.normalizers[task]
+        return torch.tensor([answers.get(normalize(text), -1) for text in texts])
 
     def record(self) -> dict[str, Any]:
         return {
@@ -188,7 +189,9 @@ class TextToText(Problem):
                 "max_new_tokens": dict(
                     zip([t.name for t in self.stream.tasks], self.max_new_tokens, strict=True)
                 ),
-                "scoring": "exact match after normalization (lower case, no punctuation or "
-                "articles) against the task's label texts",
+                "scoring": "exact match against the task's label texts after its answer "
+                "form's normalization (squad: lower case, no punctuation or articles; o-lora: "
+                "articles kept)",
+                "answer_forms": {task.name: task.answer_form for task in self.stream.tasks},
             },
         }

@@ -4,11 +4,13 @@ A :class:`Stream` is an ordered tuple of :class:`Task` objects; builders registe
 name (:func:`register`) and are looked up with :func:`get`. Built-in streams: ``offline-text``
 and ``offline-domains`` (packaged data, no download), ``glue-seq`` (Hub or local GLUE TSVs), the
 image streams ``offline-vision`` (packaged), ``split-cifar100`` and ``imagenet-r``, and the
-text-to-text streams ``offline-instruct`` and ``offline-commonsense`` (packaged).
+text-to-text streams ``offline-instruct`` and ``offline-commonsense`` (packaged) and
+``cl-benchmark`` and ``long-15`` (O-LoRA's benchmark files, local).
 """
 
 import cl_lora._torchvision_compat  # noqa: F401  (before anything imports torchvision)
 from cl_lora.streams import (  # noqa: F401  (registers the built-in streams)
+    cl_benchmark,
     commonsense,
     glue,
     instruct,

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -27,7 +28,9 @@ class Task:
     ``"image"`` column for classification; for text-to-text tasks a ``"prompt"`` (instruction
     and input, ending with the answer cue) and a ``"target"`` (the answer text, which is
     ``label_names[label]``: a label word or an option letter). ``metric`` is the primary
-    metric, a key of :data:`cl_lora.streams.scoring.METRICS`.
+    metric, a key of :data:`cl_lora.streams.scoring.METRICS`. ``answer_form`` says how a
+    text-to-text task's generations are normalized before they are matched with the label
+    texts (a key of :data:`cl_lora.streams.scoring.ANSWER_FORMS`).
     """
 
     name: str
@@ -35,10 +38,13 @@ class Task:
     test: datasets.Dataset
     label_names: tuple[str, ...]
     metric: str
+    answer_form: str = "squad"
 
     def __post_init__(self) -> None:
         if self.metric not in scoring.METRICS:
             raise ValueError(f"task {self.name}: unknown metric {self.metric!r}")
+        if self.answer_form not in scoring.ANSWER_FORMS:
+            raise ValueError(f"task {self.name}: unknown answer form {self.answer_form!r}")
         for split in (self.train, self.test):
             columns = set(split.column_names)
             if "prompt" in columns:
@@ -83,7 +89,8 @@ class Stream:
     gets its own head. ``backbone`` names the backbone the stream runs on by default (``None``:
     its modality's default). ``problem`` says how a model learns its tasks: ``classification``
     (a backbone with task heads) or ``text-to-text`` (a language model that generates the
-    answer; no heads, so ``shared_head`` is False).
+    answer; no heads, so ``shared_head`` is False). ``provenance`` says where a stream read
+    from local files came from (folder, instruction source, task list) for ``result.json``.
     """
 
     name: str
@@ -93,6 +100,7 @@ class Stream:
     shared_head: bool
     backbone: str | None = None
     problem: str = "classification"
+    provenance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -114,13 +122,16 @@ class StreamOptions:
     ``data_dir`` points at local data for streams that read it; the caps bound each task's
     train/test size (``None`` keeps the stream's documented default); ``scenario`` picks
     ``task``, ``class`` or ``domain`` for streams that support more than one (``None``: the
-    stream's default).
+    stream's default). ``order`` picks a published task order and ``tasks`` a custom sequence
+    of task names, for streams registered with ``sequences=True``.
     """
 
     data_dir: Path | None = None
     max_train_per_task: int | None = None
     max_test_per_task: int | None = None
     scenario: str | None = None
+    order: int | None = None
+    tasks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.scenario is not None and self.scenario not in SCENARIOS:

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import datasets
 import numpy as np
@@ -58,7 +59,7 @@ from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.offline import offline_text_tasks, reject_data_dir
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
-from cl_lora.streams.scoring import normalize_answer
+from cl_lora.streams.scoring import ANSWER_FORMS
 
 DEFAULT_TRAIN = 96  # x 2 epochs: the whole default run fits 15 minutes on 2 CPU cores
 DEFAULT_TEST = 50
@@ -116,11 +117,16 @@ def choose_one_of(instruction: str, label_names: Sequence[str]) -> str:
 
 
 def text_to_text_task(
-    name: str, train: pd.DataFrame, test: pd.DataFrame, label_names: Sequence[str]
+    name: str,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    label_names: Sequence[str],
+    answer_form: str = "squad",
 ) -> Task:
     """An exact-match task from frames with ``prompt`` and ``label``; ``target`` is the label's
-    name. Label names that collide after normalization could never be told apart: an error."""
-    normalized = [normalize_answer(label) for label in label_names]
+    name, generations are normalized the ``answer_form`` way. Label names that collide after
+    that normalization could never be told apart: an error."""
+    normalized = [ANSWER_FORMS[answer_form](label) for label in label_names]
     if "" in normalized or len(set(normalized)) != len(normalized):
         raise ValueError(f"task {name}: label names {label_names} collide when normalized")
 
@@ -128,7 +134,7 @@ def text_to_text_task(
         targets = [label_names[label] for label in frame["label"]]
         return to_dataset(frame[["prompt", "label"]].assign(target=targets), label_names)
 
-    return Task(name, split(train), split(test), tuple(label_names), metric="exact_match")
+    return Task(name, split(train), split(test), tuple(label_names), "exact_match", answer_form)
 
 
 def _lines(wording: Wording, example: dict[str, str]) -> list[str]:
@@ -167,7 +173,9 @@ def build_offline_instruct(options: StreamOptions) -> Stream:
     return language_model_stream("offline-instruct", tasks)
 
 
-def language_model_stream(name: str, tasks: Sequence[Task]) -> Stream:
+def language_model_stream(
+    name: str, tasks: Sequence[Task], provenance: dict[str, Any] | None = None
+) -> Stream:
     """A task-incremental text-to-text stream of ``tasks`` on the packaged language model."""
     return Stream(
         name,
@@ -177,4 +185,5 @@ def language_model_stream(name: str, tasks: Sequence[Task]) -> Stream:
         shared_head=False,
         backbone=LM_BACKBONE,
         problem="text-to-text",
+        provenance=provenance,
     )

@@ -14,15 +14,21 @@ Builder = Callable[[StreamOptions], Stream]
 _BUILDERS: dict[str, Builder] = {}
 _DESCRIPTIONS: dict[str, str] = {}
 _RECIPES: dict[str, dict[str, Any]] = {}
+_SEQUENCES: set[str] = set()
 
 
 def register(
-    name: str, description: str, recipe: Mapping[str, Any] | None = None
+    name: str,
+    description: str,
+    recipe: Mapping[str, Any] | None = None,
+    sequences: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Decorator that makes ``build(options) -> Stream`` available as stream ``name``.
 
     ``recipe`` holds the stream's own defaults for run settings the user did not set (e.g. a
     language-model stream's ``max_length``), so that they are known before the stream is built.
+    ``sequences`` says the builder honours ``options.order`` and ``options.tasks``; other
+    streams have one fixed task sequence and refuse them.
     """
 
     def decorate(builder: Builder) -> Builder:
@@ -31,6 +37,8 @@ def register(
         _BUILDERS[name] = builder
         _DESCRIPTIONS[name] = description
         _RECIPES[name] = dict(recipe or {})
+        if sequences:
+            _SEQUENCES.add(name)
         return builder
 
     return decorate
@@ -71,7 +79,13 @@ def build(name: str, options: StreamOptions | None = None) -> Stream:
     one asked for).
     """
     options = options or StreamOptions()
-    stream = get(name)(options)
+    builder = get(name)
+    if (options.order is not None or options.tasks is not None) and name not in _SEQUENCES:
+        raise BadInputError(
+            f"stream '{name}' has one fixed task sequence: drop --order/--tasks (streams with "
+            f"orders: {', '.join(sorted(_SEQUENCES))})"
+        )
+    stream = builder(options)
     if options.scenario is not None and stream.scenario != options.scenario:
         raise BadInputError(
             f"stream '{name}' is {stream.scenario}-incremental only: drop --scenario "

@@ -43,11 +43,23 @@ def acc_and_f1(predictions: ArrayLike, labels: ArrayLike) -> float:
 
 
 def normalize_answer(text: str) -> str:
-    """SQuAD / O-LoRA answer normalization: lower-case, drop punctuation and the articles
-    a/an/the, collapse white space. Exact match compares answers in this form."""
+    """SQuAD answer normalization: lower-case, drop punctuation and the articles a/an/the,
+    collapse white space. Exact match compares answers in this form (the ``squad`` form)."""
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", normalize_olora(text)).split())
+
+
+def normalize_olora(text: str) -> str:
+    """O-LoRA's normalization (its ``compute_metrics.py``: SQuAD's without removing the
+    articles): lower-case, drop punctuation, collapse white space."""
     text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
+
+
+#: How a text-to-text task's generations are normalized before exact match (``Task.answer_form``).
+ANSWER_FORMS: dict[str, Callable[[str], str]] = {
+    "squad": normalize_answer,
+    "o-lora": normalize_olora,
+}
 
 
 def exact_match(predictions: ArrayLike, labels: ArrayLike) -> float:
