@@ -1,6 +1,7 @@
-"""A tiny randomly initialized Llama with SmolLM2's real tokenizer, for fast causal-LM tests.
+"""A tiny randomly initialized Llama (and T5) with SmolLM2's real tokenizer, for fast
+language-model tests.
 
-It goes through :func:`cl_lora.backbones.causal_lm.causal_lm_backbone`, the code path of every
+It goes through :func:`cl_lora.backbones.causal_lm.language_model_backbone`, the code path of every
 loaded causal LM, so its tokenizer setup and LoRA targets are the real ones. The tokenizer is
 read from the cached SmolLM2 folder: the first use in a fresh cache converts the packaged GGUF
 once (15-50 s, shared with every other test that needs SmolLM2); reading only the tokenizer
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from cl_lora.backbones import Backbone
-from cl_lora.backbones.causal_lm import causal_lm_backbone, smollm2_dir
+from cl_lora.backbones.causal_lm import language_model_backbone, smollm2_dir
 
 TINY_LLAMA = {
     "hidden_size": 32,
@@ -58,14 +59,53 @@ def tiny_llama(seed: int = 0) -> Backbone:
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    return causal_lm_backbone(model, tokenizer, {"name": "tiny-llama", "dtype": str(torch.float32)})
+    return language_model_backbone(
+        model, tokenizer, {"name": "tiny-llama", "dtype": str(torch.float32)}
+    )
 
 
 def tiny_llama_dir(tmp_path: Path) -> str:
     """:func:`tiny_llama` saved with its tokenizer as a ``save_pretrained`` folder in
     ``tmp_path``, for loading by path (``--backbone``)."""
-    backbone = tiny_llama()
-    folder = Path(tmp_path) / "tiny-llama"
+    return saved(tiny_llama(), Path(tmp_path) / "tiny-llama")
+
+
+TINY_T5 = {
+    "d_model": 32,
+    "d_kv": 8,
+    "d_ff": 64,
+    "num_layers": 2,
+    "num_decoder_layers": 2,
+    "num_heads": 4,
+    "feed_forward_proj": "gated-gelu",  # wi_0/wi_1, as in T5 v1.1, LM-adapt and Flan-T5
+}
+
+
+def tiny_t5(seed: int = 0) -> Backbone:
+    """A 2+2-layer, 32-wide ``T5ForConditionalGeneration`` (random weights from ``seed``) with
+    SmolLM2's vocabulary and tokenizer, wrapped as a seq2seq backbone (no T5 weights or
+    SentencePiece model ship offline)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from cl_lora.backbones.seq2seq_lm import FAMILY, SEQ2SEQ_TARGETS
+
+    tokenizer = smollm2_tokenizer()
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        pad_token_id=pad,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=pad,
+        **TINY_T5,
+    )
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    source = {"name": "tiny-t5", "dtype": str(torch.float32)}
+    return language_model_backbone(model, tokenizer, source, False, FAMILY, SEQ2SEQ_TARGETS)
+
+
+def saved(backbone: Backbone, folder: Path) -> str:
+    """``backbone``'s model and tokenizer as a ``save_pretrained`` folder (for ``--backbone``)."""
     backbone.encoder.save_pretrained(folder)
     backbone.tokenizer.save_pretrained(folder)
     return str(folder)

@@ -14,8 +14,8 @@ from cl_lora.backbones import causal_lm
 from cl_lora.backbones.causal_lm import (
     LLM_TARGETS,
     SMOLLM2,
-    causal_lm_backbone,
-    causal_lm_target_modules,
+    language_model_backbone,
+    lm_target_modules,
     load_causal_lm,
     smollm2_dir,
 )
@@ -55,7 +55,7 @@ def test_other_naming_adapts_every_linear_but_the_head() -> None:
             intermediate_size=64,
         )
     )  # fmt: skip
-    assert causal_lm_target_modules(neox) == [
+    assert lm_target_modules(neox) == [
         "gpt_neox.layers.0.attention.query_key_value",
         "gpt_neox.layers.0.attention.dense",
         "gpt_neox.layers.0.mlp.dense_h_to_4h",
@@ -64,7 +64,7 @@ def test_other_naming_adapts_every_linear_but_the_head() -> None:
     gpt2 = GPT2LMHeadModel(
         GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
     )  # its blocks are Conv1D layers, so only the LM head is an nn.Linear
-    one_line_error(lambda: causal_lm_target_modules(gpt2), "GPT2LMHeadModel has no nn.Linear")
+    one_line_error(lambda: lm_target_modules(gpt2), "GPT2LMHeadModel has no nn.Linear")
 
 
 # -- tokenizer ------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def test_tokenizer_pads_left_with_a_pad_token() -> None:
 
     bare = smollm2_tokenizer()
     bare.pad_token = None
-    causal_lm_backbone(tiny_llama().encoder, bare, {})
+    language_model_backbone(tiny_llama().encoder, bare, {})
     assert bare.pad_token == bare.eos_token and bare.padding_side == "left"
 
 

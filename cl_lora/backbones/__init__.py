@@ -1,7 +1,13 @@
 """Backbones: registered families of pretrained models (see :mod:`.registry`), each giving a
 :class:`Backbone`: the network LoRA adapts, its preprocessing and default LoRA targets."""
 
-from cl_lora.backbones import causal_lm, mnist_vit, text, vit  # noqa: F401  (register families)
+from cl_lora.backbones import (  # noqa: F401  (register families)
+    causal_lm,
+    mnist_vit,
+    seq2seq_lm,
+    text,
+    vit,
+)
 from cl_lora.backbones.base import Backbone, linear_layer_names
 from cl_lora.backbones.classifier import ContinualClassifier
 from cl_lora.backbones.language_model import LanguageModel

@@ -178,23 +178,25 @@ def _smollm2_revision() -> str:
     return f"{SMOLLM2_DIST}=={importlib.metadata.version(SMOLLM2_DIST)}"
 
 
-def load_pretrained(name: str, location: str, dtype: torch.dtype) -> tuple[nn.Module, Any]:
-    """Model and tokenizer from a local folder or the Hub (the Hub's cache only when it cannot
-    be reached), or a one-line error saying what to pass instead."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_pretrained(
+    name: str, location: str, dtype: torch.dtype, auto_class: str = "AutoModelForCausalLM"
+) -> tuple[nn.Module, Any]:
+    """Model (transformers' ``auto_class``) and tokenizer from a local folder or the Hub (the
+    Hub's cache only when it cannot be reached), or a one-line error saying what to pass."""
+    import transformers
 
     local = Path(location).is_dir()
     reachable = True
     try:
         with nullcontext(True) if local else cache_only_when_unreachable() as reachable:
-            tokenizer = AutoTokenizer.from_pretrained(location)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(location)
+            model = getattr(transformers, auto_class).from_pretrained(location, dtype=dtype)
     except (OSError, ValueError) as error:
         reason = first_line(error) if local else load_failure(error, reachable)
         close = difflib.get_close_matches(name, [SMOLLM2], n=1, cutoff=0.5)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise BadInputError(
-            f"cannot load causal LM '{name}' ({reason}): {hint}{_WHAT_TO_PASS}"
+            f"cannot load language model '{name}' ({reason}): {hint}{_WHAT_TO_PASS}"
         ) from None
     return model, tokenizer
 
@@ -223,7 +225,7 @@ def load_causal_lm(
         "gguf_file": str(gguf) if gguf else None,
         "dtype": str(dtype),
     }
-    return causal_lm_backbone(model, tokenizer, source, gradient_checkpointing)
+    return language_model_backbone(model, tokenizer, source, gradient_checkpointing)
 
 
 def prepare_causal_lm(name: str, progress: Callable[[str], None]) -> None:
@@ -254,23 +256,25 @@ def load_causal_lm_family(name: str, options: LoadOptions) -> Backbone:
 
 
 # -- the backbone -----------------------------------------------------------------------------
-def causal_lm_backbone(
+def language_model_backbone(
     model: nn.Module,
     tokenizer: Any,
     source: dict[str, Any],
     gradient_checkpointing: bool = False,
+    family: str = FAMILY,
+    targets: tuple[str, ...] = LLM_TARGETS,
 ) -> Backbone:
-    """Wrap a loaded causal LM and its tokenizer: left padding with a pad token, default LoRA
-    targets, optional activation checkpointing, eval mode. Every causal LM goes through here,
-    the tiny test models included."""
+    """Wrap a loaded language model and its tokenizer: left padding with a pad token, default
+    LoRA targets (the linears named in ``targets``), optional activation checkpointing, eval
+    mode. Every causal and seq2seq LM goes through here, the tiny test models included."""
     prepare_tokenizer(tokenizer)
     if gradient_checkpointing:
         enable_checkpointing(model)
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     return Backbone(
         encoder=model.eval(),
-        target_modules=causal_lm_target_modules(model),
-        family=FAMILY,
+        target_modules=lm_target_modules(model, targets),
+        family=family,
         tokenizer=tokenizer,
         source={**source, "num_parameters": num_parameters},
     )
@@ -299,11 +303,12 @@ def enable_checkpointing(model: nn.Module) -> None:
     model.activation_checkpointing_enable({"use_reentrant": False})
 
 
-def causal_lm_target_modules(model: nn.Module) -> list[str]:
-    """Full names of the decoder's ``nn.Linear`` layers LoRA adapts by default.
+def lm_target_modules(model: nn.Module, names: tuple[str, ...] = LLM_TARGETS) -> list[str]:
+    """Full names of the language model's ``nn.Linear`` layers LoRA adapts by default.
 
-    The attention and MLP projections named in :data:`LLM_TARGETS` when the model uses those
-    names (Llama, Qwen, Mistral, Gemma, ...); otherwise every ``nn.Linear`` but the LM head.
+    The attention and MLP projections named in ``names`` (default :data:`LLM_TARGETS`, the
+    names of Llama, Qwen, Mistral, Gemma, ...) when the model uses those names; otherwise every
+    ``nn.Linear`` but the LM head.
     Embeddings and the LM head are never targets: they are tied in small models, and adapting
     the vocabulary projection is a different experiment.
     """
@@ -313,7 +318,7 @@ def causal_lm_target_modules(model: nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and all(module is not other for other in embeddings)
     ]
-    targets = [name for name in linears if name.split(".")[-1] in LLM_TARGETS] or linears
+    targets = [name for name in linears if name.split(".")[-1] in names] or linears
     if not targets:
         raise BadInputError(
             f"{type(model).__name__} has no nn.Linear layer outside its LM head for LoRA to "

@@ -4,8 +4,9 @@ A family (one per file: ``text.py``, ``vit.py``, ``mnist_vit.py``, ``causal_lm.p
 kinds of stream it can learn (``serves``: ``text`` and ``vision`` classification with heads,
 ``text-to-text`` generation), which packaged names it owns (``aliases``, e.g. ``smollm2-135m``),
 its default backbone, and how to load a name into a :class:`~cl_lora.backbones.base.Backbone`.
-``--backbone NAME`` picks the family that owns ``NAME``, otherwise the stream kind's default
-family, which then reads ``NAME`` as a local folder, a file or a Hub name.
+``--backbone NAME`` picks the family that owns ``NAME`` (an alias of it, or a name its
+``claims`` recognises, e.g. an encoder-decoder checkpoint for ``seq2seq-lm``), otherwise the
+stream kind's default family, which then reads ``NAME`` as a local folder, a file or a Hub name.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Family:
     aliases: tuple[str, ...] = ()
     prepare: Callable[[str, Callable[[str], None]], None] | None = None  # builds assets once
     aliases_only: bool = False  # loads its aliases only (never the default for other names)
+    claims: Callable[[str], bool] | None = None  # recognises names it must load (by config)
 
 
 FAMILIES: Registry[Family] = Registry("backbone family")
@@ -55,13 +57,16 @@ def register_family(
     aliases: tuple[str, ...] = (),
     prepare: Callable[[str, Callable[[str], None]], None] | None = None,
     aliases_only: bool = False,
+    claims: Callable[[str], bool] | None = None,
 ) -> Callable[[Callable[[str, LoadOptions], Backbone]], Callable[[str, LoadOptions], Backbone]]:
     """Decorator: ``load(name, options) -> Backbone`` becomes the family ``name``."""
 
     def decorate(
         load: Callable[[str, LoadOptions], Backbone],
     ) -> Callable[[str, LoadOptions], Backbone]:
-        family = Family(name, description, serves, default, load, aliases, prepare, aliases_only)
+        family = Family(
+            name, description, serves, default, load, aliases, prepare, aliases_only, claims
+        )
         FAMILIES.add(name, family)
         return load
 
@@ -79,6 +84,10 @@ def family_for(backbone: str | None, kind: str) -> Family:
                 f"pass --backbone {default_family(kind).default} or another {kind} backbone"
             )
         return owner
+    if backbone is not None:
+        for family in FAMILIES:
+            if family.claims is not None and kind in family.serves and family.claims(backbone):
+                return family
     return default_family(kind)
 
 

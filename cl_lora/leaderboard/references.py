@@ -32,8 +32,13 @@ COLUMNS = [
 ]
 
 # Published backbone name -> ours. InfLoRA's ViT-B/16 pretrained on ImageNet-21K is timm's
-# in21k checkpoint, which timm now names vit_base_patch16_224.augreg_in21k.
-BACKBONE_ALIASES = {"vit-b/16-in21k": "vit_base_patch16_224.augreg_in21k"}
+# in21k checkpoint, which timm now names vit_base_patch16_224.augreg_in21k; O-LoRA's T5 is the
+# original T5-large (not the LM-adapted one), CoDe-LoRA's LLaMA the Hub's Llama-2-7b-hf.
+BACKBONE_ALIASES = {
+    "vit-b/16-in21k": "vit_base_patch16_224.augreg_in21k",
+    "t5-large": "google-t5/t5-large",
+    "llama-2-7b": "meta-llama/Llama-2-7b-hf",
+}
 _SCALE = {"%": 0.01, "fraction": 1.0}
 
 
@@ -68,6 +73,12 @@ def load_references(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.concat(frames, ignore_index=True), warnings
 
 
+def backbone_key(name: str) -> str:
+    """What two backbone names must share to be one model: the name without its Hub owner, in
+    lower case (``t5-large``, ``google-t5/t5-large`` and ``T5-Large`` are the same weights)."""
+    return str(name).split("/")[-1].lower()
+
+
 def split_references(
     references: pd.DataFrame, ours: pd.DataFrame, metrics: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -79,9 +90,9 @@ def split_references(
     mapped = references.assign(
         backbone_ours=references["backbone"].map(lambda name: BACKBONE_ALIASES.get(name, name))
     )
-    setups = set(zip(ours["stream"], ours["backbone"], strict=True))
+    setups = {(s, backbone_key(b)) for s, b in zip(ours["stream"], ours["backbone"], strict=True)}
     matches = [
-        (stream, backbone) in setups and metric in metrics
+        (stream, backbone_key(backbone)) in setups and metric in metrics
         for stream, backbone, metric in zip(
             mapped["stream"], mapped["backbone_ours"], mapped["metric"], strict=True
         )

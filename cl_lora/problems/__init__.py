@@ -8,7 +8,7 @@ from cl_lora.backbones.base import Backbone
 from cl_lora.errors import BadInputError
 from cl_lora.problems.base import Batch, Problem
 from cl_lora.problems.classification import Classification
-from cl_lora.problems.text_to_text import TextToText
+from cl_lora.problems.text_to_text import Seq2SeqTextToText, TextToText
 from cl_lora.streams import Stream
 
 
@@ -20,7 +20,8 @@ def build_problem(stream: Stream, backbone: Backbone, max_length: int) -> Proble
                 f"stream {stream.name} is text-to-text and needs a language model: pass "
                 "--backbone smollm2-135m, a local causal-LM folder or a Hub name"
             )
-        return TextToText(backbone, stream, max_length)
+        encoder_decoder = getattr(backbone.encoder.config, "is_encoder_decoder", False)
+        return (Seq2SeqTextToText if encoder_decoder else TextToText)(backbone, stream, max_length)
     if backbone.collate is None:
         raise BadInputError(
             f"stream {stream.name} trains task heads on pooled features; backbone "
@@ -30,4 +31,4 @@ def build_problem(stream: Stream, backbone: Backbone, max_length: int) -> Proble
     return Classification(backbone, stream)
 
 
-__all__ = ["Batch", "Classification", "Problem", "TextToText", "build_problem"]
+__all__ = ["Batch", "Classification", "Problem", "Seq2SeqTextToText", "TextToText", "build_problem"]

@@ -71,7 +71,7 @@ class TextToText(Problem):
         self.max_new_tokens = [
             max(len(self._target_ids(name)) for name in task.label_names) for task in stream.tasks
         ]
-        self.prompt_budget = max_length - max(self.max_new_tokens, default=1)
+        self.prompt_budget = self._prompt_budget(max_length)
         if self.prompt_budget < 2 * PROMPT_TAIL:
             raise BadInputError(
                 f"--max-length {max_length} leaves {self.prompt_budget} tokens for a prompt "
@@ -81,6 +81,10 @@ class TextToText(Problem):
 
     def build_model(self) -> LanguageModel:
         return LanguageModel(self.backbone)
+
+    def _prompt_budget(self, max_length: int) -> int:
+        """Prompt tokens per example: prompt and answer share ``max_length`` in one sequence."""
+        return max_length - max(self.max_new_tokens, default=1)
 
     # -- batching ---------------------------------------------------------------------------
     def _target_ids(self, target: str) -> list[int]:
@@ -124,11 +128,16 @@ class TextToText(Problem):
     def forward(self, model: nn.Module, inputs: Inputs, task_labels: Any) -> torch.Tensor:
         return model(inputs, task_labels)
 
+    def answer_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """The token each output position must predict (``IGNORE`` where none): a causal LM's
+        position ``t`` predicts token ``t + 1`` of the sequence."""
+        return shift_targets(targets)
+
     def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the next-token predictions on the target tokens."""
         return nn.functional.cross_entropy(
             output.reshape(-1, output.shape[-1]).float(),
-            shift_targets(targets).reshape(-1),
+            self.answer_targets(targets).reshape(-1),
             ignore_index=IGNORE,
         )
 
@@ -139,7 +148,7 @@ class TextToText(Problem):
             return 0.0
         with torch.no_grad():
             teacher = lwf.prev_model(strategy.mb_x, None)
-        answer = shift_targets(strategy.mb_y) != IGNORE
+        answer = self.answer_targets(strategy.mb_y) != IGNORE
         student = strategy.mb_output[answer].float() / lwf.temperature
         teacher = teacher[answer].float() / lwf.temperature
         kl = nn.functional.kl_div(
@@ -165,10 +174,15 @@ class TextToText(Problem):
             pad_token_id=self.pad,
             eos_token_id=self.eos,
         )
-        new = output[:, inputs["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(
+            self._continuation(output, inputs), skip_special_tokens=True
+        )
         return [re.split("|".join(map(re.escape, stops)), text.strip(), maxsplit=1)[0].strip()
                 for text in texts]  # fmt: skip
+
+    def _continuation(self, output: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+        """The generated tokens of ``generate``'s output (a causal LM repeats the prompt)."""
+        return output[:, inputs["input_ids"].shape[1] :]
 
     def predict(self, model: nn.Module, inputs: Inputs, task_labels: Any) -> torch.Tensor:
         task = int(torch.as_tensor(task_labels).reshape(-1)[0])
@@ -194,4 +208,58 @@ class TextToText(Problem):
                 "articles kept)",
                 "answer_forms": {task.name: task.answer_form for task in self.stream.tasks},
             },
+        }
+
+
+class Seq2SeqTextToText(TextToText):
+    """An encoder-decoder LM (T5, Flan-T5, BART) that learns each task as prompt -> answer text.
+
+    The encoder reads the prompt (cut to ``max_length`` tokens, like O-LoRA's
+    ``max_source_length``); the decoder reads the answer shifted right behind the model's
+    decoder-start token and learns each answer token at its own position (teacher forcing), so
+    the loss, LwF's distillation and the knowledge probe's log-likelihood take the targets as
+    they are. Generation and scoring are the causal LM's.
+    """
+
+    def __init__(self, backbone: Backbone, stream: Stream, max_length: int) -> None:
+        config = backbone.encoder.config
+        start = config.decoder_start_token_id
+        self.decoder_start = start if start is not None else backbone.tokenizer.pad_token_id
+        super().__init__(backbone, stream, max_length)
+
+    def _prompt_budget(self, max_length: int) -> int:
+        return max_length
+
+    def _target_ids(self, target: str) -> list[int]:
+        return self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eos]
+
+    def collate(
+        self, examples: Sequence[dict[str, Any]], labels: Sequence[int] | None, training: bool
+    ) -> Batch:
+        prompts = [self.prompt_ids(example["prompt"]) for example in examples]
+        inputs = {
+            "input_ids": _pad(prompts, self.pad, left=True),
+            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=True),
+        }
+        if not training:
+            return inputs, None if labels is None else torch.tensor(list(labels))
+        answers = [self._target_ids(example["target"]) for example in examples]
+        inputs["decoder_input_ids"] = _pad(
+            [[self.decoder_start, *a[:-1]] for a in answers], self.pad, left=False
+        )
+        return inputs, _pad(answers, IGNORE, left=False)
+
+    def answer_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Decoder position ``t`` predicts answer token ``t``: the targets as they are."""
+        return targets
+
+    def _continuation(self, output: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+        """All of the decoder's output (its start token is special and decodes to nothing)."""
+        return output
+
+    def record(self) -> dict[str, Any]:
+        return {
+            **super().record(),
+            "format": "encoder: prompt; decoder: target + eos (teacher forcing); loss on the "
+            "target tokens",
         }

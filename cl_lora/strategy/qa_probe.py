@@ -32,7 +32,7 @@ from torch import nn
 
 from cl_lora.metrics import retention_summary
 from cl_lora.problems import TextToText
-from cl_lora.problems.text_to_text import IGNORE, shift_targets
+from cl_lora.problems.text_to_text import IGNORE
 from cl_lora.streams.scoring import normalize_answer
 
 MAX_NEW_TOKENS = 16
@@ -71,7 +71,7 @@ class ClosedBookQAProbe:
                 hits.append(normalize_answer(text) in gold)
             inputs, targets = self.problem.collate(rows, None, training=True)
             logits = model({k: v.to(device) for k, v in inputs.items()}).float()
-            targets = shift_targets(targets).to(device)
+            targets = self.problem.answer_targets(targets).to(device)
             answer = (targets != IGNORE) & (targets != self.problem.eos)
             logprobs = torch.log_softmax(logits[answer], dim=-1)  # answer positions only
             token = logprobs.gather(-1, targets[answer].unsqueeze(-1))[:, 0]
