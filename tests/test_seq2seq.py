@@ -99,3 +99,17 @@ def test_a_t5_run_end_to_end(tmp_path: Path) -> None:
     assert len(result["lora"]["targets"]) == 36
     assert len(result["retention"]["gold_loglik"]["curve"]) == 6
     assert all(value < 0 for value in result["retention"]["gold_loglik"]["curve"])
+
+
+def test_lwf_and_ewc_run_on_a_t5() -> None:
+    """LwF distils the decoder's answer positions, EWC's Fisher reads the seq2seq loss."""
+    from conftest import make_strategy
+
+    from baselines import get_plugin
+    from cl_lora.strategy import run_stream
+
+    plugins = [get_plugin("lwf").build({}), get_plugin("ewc").build({})]
+    strategy = make_strategy(tiny_t5(), toy_text_to_text_stream(), plugins=plugins)
+    outcome = run_stream(strategy)
+    assert all(0.0 <= score <= 1.0 for score in outcome.matrix[-1])
+    assert all(torch.isfinite(p).all() for p in strategy.model.parameters())
