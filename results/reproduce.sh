@@ -33,12 +33,12 @@ for stream in offline-text offline-vision offline-domains; do
 done
 
 # The standard LLM CL benchmark on SmolLM2-135M, on the tasks whose files the O-LoRA copy holds
-# (amazon, agnews): 256 training / 100 test examples per task, 1 epoch, batch 8, lr 1e-3 (O-LoRA's
+# (amazon, agnews): 128 training / 100 test examples per task, 1 epoch, batch 8, lr 1e-3 (O-LoRA's
 # recipe), 192 tokens. OLORA_DATA: O-LoRA's CL_Benchmark folder.
 OLORA_DATA=${OLORA_DATA:-../shared/data/o-lora-cl-benchmark/CL_Benchmark}
 if [ -d "$OLORA_DATA" ]; then
   sweep --streams cl-benchmark --inits lora pissa lora-null --set tasks=amazon,agnews \
-    --set data_dir="$OLORA_DATA" --set max_train_per_task=256 --set max_test_per_task=100 \
+    --set data_dir="$OLORA_DATA" --set max_train_per_task=128 --set max_test_per_task=100 \
     --set epochs=1 --set batch_size=8 --set lr=1e-3 --set max_length=192 --max-parallel 1
 else
   echo "skipping cl-benchmark: no O-LoRA CL_Benchmark folder at $OLORA_DATA (set OLORA_DATA)"
