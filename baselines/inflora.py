@@ -6,25 +6,37 @@ InfLoRA writes a task's update as ``dW = B_t A_t`` with the down-projection ``A_
 up-projection trained from zero. Training then moves ``W`` only inside ``span(A_t^T)``, and the
 design puts that span where it cannot interfere with earlier tasks:
 
-1. ``M`` (per layer) is an orthonormal basis of earlier tasks' input subspace. After each task
-   it grows by GPM's rule (Saha et al., ICLR 2021, "Gradient Projection Memory": the projected
-   representation, Eq. 8, and the energy criterion, Eq. 5 -- the numbering InfLoRA's code cites
-   for its DualGPM update): with ``C`` the covariance of the finished task's layer inputs and
-   ``C^ = (I - M M^T) C (I - M M^T)`` its part outside ``M``, add the top eigenvectors of ``C^``
-   until ``M`` holds a fraction ``threshold`` of the energy ``tr C``.
-2. The new task's ``A_t`` are the top-``r`` eigenvectors of ``(I - M M^T) C_t (I - M M^T)``,
-   ``C_t`` the covariance of the new task's inputs (the paper's Sec. 3, designing the
-   dimensionality-reduction matrix: the new task's input directions with the old tasks'
-   subspace projected out; its code takes them from the SVD of the projected covariance), so
-   ``A_t M = 0``: the update does
-   not change the layer's output on earlier tasks' inputs (to the ``1 - threshold`` energy the
-   basis leaves out).
+1. ``M`` (per layer) is an orthonormal basis of earlier tasks' input subspace, grown after each
+   task from ``C``, the covariance of the finished task's layer inputs.
+2. The new task's ``A_t`` are the top-``r`` directions of the new task's covariance ``C_t`` with
+   the old tasks' subspace projected out (the paper's Sec. 3, designing the
+   dimensionality-reduction matrix), so ``A_t M = 0``: the update does not change the layer's
+   output on earlier tasks' inputs (to the energy the basis leaves out).
+
+``rule`` picks how, ``official`` by default:
+
+- ``official`` follows the authors' code (liangyanshuo/InfLoRA, ``methods/inflora.py``,
+  ``update_DualGPM`` and the design before training): GPM's energy criterion (Saha et al., ICLR
+  2021, Eq. 5 and the projected representation of Eq. 8) applied to the singular values of
+  the covariance *squared*: after the first task ``M`` takes the fewest top singular vectors
+  of ``C`` whose squared singular values fall short of ``threshold`` of their sum (at least
+  one); after later tasks it adds the top left singular vectors of ``C - M M^T C`` until the
+  squared-singular-value energy of ``C`` outside them reaches ``threshold``. The threshold
+  rises linearly over the stream, ``threshold + (threshold_end - threshold) t / T`` after task
+  ``t`` (0-based) of ``T`` (the code's ``lamb`` 0.95 and ``lame`` 1.0). ``A_t`` is the top
+  ``r`` left singular vectors of ``C_t - M M^T C_t``, divided by ``sqrt 3``.
+- ``eigenvalue`` is the suite's earlier reading of the paper: a fixed ``threshold`` on the
+  eigenvalues themselves (``M`` captures that fraction of ``tr C``), ``A_t`` the top
+  eigenvectors of ``(I - M M^T) C_t (I - M M^T)``, orthonormal. Squaring the spectrum
+  concentrates the energy in the top directions, so the official rule keeps far fewer: on
+  MiniLM's first layer after one offline-text task the official memory holds a handful of
+  directions where the eigenvalue rule holds dozens (README, baselines).
 
 Differences from the official code, on purpose: the previous adapter is merged into the base
-weight instead of kept as a frozen branch (the same function); ``A_t`` has orthonormal rows
-(the official code divides them by ``sqrt 3``: a constant the LoRA scale and learning rate
-absorb); the threshold is fixed instead of DualGPM's per-task schedule, and ``M`` is capped at
-``n - r`` directions so a new task always has ``r`` free directions. The statistics use
+weight instead of kept as a frozen branch (the same function); ``M`` is capped at ``n - r``
+directions so a new task always has ``r`` free directions (the official code caps it at ``n``);
+DualGPM's "retain" form (the memory stored as its complement once it passes half the dimension)
+is not implemented -- the cap makes it unnecessary for the design. The statistics use
 ``--calib-size`` examples of the task (``--calib`` does not apply).
 """
 
@@ -57,11 +69,45 @@ def project_out(cov: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
     return outside @ cov @ outside
 
 
+RULES = ("official", "eigenvalue")
+OFFICIAL_SCALE = 3**-0.5  # the official code divides the designed A by sqrt(3)
+
+
+def rising_threshold(start: float, end: float, finished_task: int, num_tasks: int) -> float:
+    """The official code's threshold after task ``finished_task`` (0-based) of ``num_tasks``:
+    linear from ``start`` (``lamb``) towards ``end`` (``lame``)."""
+    return (end - start) * finished_task / num_tasks + start
+
+
+def extend_basis_official(
+    basis: torch.Tensor | None, cov: torch.Tensor, threshold: float, max_dim: int
+) -> torch.Tensor:
+    """The official ``update_DualGPM`` ("remove" form): the energy is the squared singular
+    values of ``C``; ``M`` grows by the top left singular vectors of ``C - M M^T C`` until it
+    holds ``threshold`` of it (after the first task: the fewest that fall short of it, at least
+    one), at most ``max_dim`` columns in all."""
+    cov = cov.double()
+    total = torch.linalg.svdvals(cov).square().sum().clamp_min(1e-300)
+    first = basis is None or basis.shape[1] == 0
+    held = 0 if first else basis.shape[1]
+    vectors, values, _ = torch.linalg.svd(cov if first else cov - basis @ (basis.T @ cov))
+    ratio = values.square() / total
+    if first:
+        count = max(int((ratio.cumsum(0) < threshold).sum()), 1)
+    else:  # add a direction while the energy held so far is below the threshold
+        held_energy = 1 - ratio.sum() + torch.cat([ratio.new_zeros(1), ratio.cumsum(0)[:-1]])
+        count = int((held_energy < threshold).sum())
+    count = max(0, min(count, max_dim - held))
+    if first:
+        return vectors[:, :count]
+    return torch.cat([basis.to(cov), vectors[:, :count]], dim=1) if count else basis
+
+
 def extend_basis(
     basis: torch.Tensor | None, cov: torch.Tensor, threshold: float, max_dim: int
 ) -> torch.Tensor:
-    """GPM's update: ``M`` plus the fewest top eigenvectors of ``C`` outside ``M`` that make
-    ``M`` capture ``threshold`` of ``C``'s energy, at most ``max_dim`` columns in all."""
+    """The ``eigenvalue`` rule: ``M`` plus the fewest top eigenvectors of ``C`` outside ``M``
+    that make ``M`` capture ``threshold`` of ``tr C``, at most ``max_dim`` columns in all."""
     cov = cov.double()
     n = cov.shape[0]
     basis = torch.zeros(n, 0, dtype=cov.dtype, device=cov.device) if basis is None else basis
@@ -85,6 +131,9 @@ class InfLoRAInit(InitMethod):
     needs = ("input_cov",)
     calibration = ("task",)
 
+    def __init__(self, rule: str = "official") -> None:
+        self.rule = rule
+
     def factors(
         self,
         weight: torch.Tensor,
@@ -95,9 +144,14 @@ class InfLoRAInit(InitMethod):
         generator: torch.Generator | None,
         **args: Any,
     ) -> LoRAFactors:
-        cov = project_out(stats["input_cov"].double(), stats.get("subspace"))
-        _, vectors = _top_eigenvectors(cov)
-        A = vectors[:, :rank].T.to(weight)
+        cov, basis = stats["input_cov"].double(), stats.get("subspace")
+        if self.rule == "official":  # left singular vectors of C - M M^T C, over sqrt(3)
+            if basis is not None:
+                cov = cov - basis.to(cov) @ (basis.to(cov).T @ cov)
+            A = torch.linalg.svd(cov)[0][:, :rank].T * OFFICIAL_SCALE
+        else:
+            A = _top_eigenvectors(project_out(cov, basis))[1][:, :rank].T
+        A = A.to(weight)
         B = torch.zeros(weight.shape[0], rank, dtype=weight.dtype, device=weight.device)
         return LoRAFactors(A=A, B=B, residual=weight.clone(), trainable=frozenset({"B"}))
 
@@ -106,18 +160,36 @@ class InfLoRAInit(InitMethod):
     "inflora",
     "InfLoRA: frozen A designed outside earlier tasks' input subspace, B trains (CVPR 2024)",
     uses_init=False,
-    arguments={"threshold": Arg(float, 0.95, "energy of each task's inputs the memory keeps")},
+    arguments={
+        "threshold": Arg(float, 0.95, "energy of each task's inputs the memory keeps (lamb)"),
+        "threshold_end": Arg(float, 1.0, "official rule: the threshold rises towards it (lame)"),
+        "rule": Arg(
+            str,
+            "official",
+            "official: the authors' code; eigenvalue: the earlier reading",
+            choices=RULES,
+        ),
+    },
 )
 class InterferenceFreeLoRA(LoRAStrategy):
     """Merge + fresh LoRA per task, with InfLoRA's design and its subspace memory ``basis``."""
 
     checkpointed = ("basis",)
 
-    def __init__(self, *, threshold: float, **kwargs: Any) -> None:
-        kwargs.update(init=InfLoRAInit(), init_args={}, calib_sources=("task",))
+    def __init__(self, *, threshold: float, threshold_end: float, rule: str, **kwargs: Any) -> None:
+        kwargs.update(init=InfLoRAInit(rule), init_args={}, calib_sources=("task",))
         super().__init__(**kwargs)
-        self.threshold = threshold
+        self.threshold, self.threshold_end, self.rule = threshold, threshold_end, rule
         self.basis: dict[str, torch.Tensor] = {}
+
+    def _grow(self, basis: torch.Tensor | None, cov: torch.Tensor) -> torch.Tensor:
+        """The memory after the finished task ``task_id - 1``, by the chosen rule."""
+        max_dim = cov.shape[0] - self.lora.rank
+        if self.rule == "eigenvalue":
+            return extend_basis(basis, cov, self.threshold, max_dim)
+        finished, total = self.task_id - 1, len(self.stream.tasks)
+        threshold = rising_threshold(self.threshold, self.threshold_end, finished, total)
+        return extend_basis_official(basis, cov, threshold, max_dim)
 
     def init_stats(
         self, model: ContinualClassifier, generator: torch.Generator
@@ -130,9 +202,7 @@ class InterferenceFreeLoRA(LoRAStrategy):
             for name, layer_stats in finished.items():
                 cov = layer_stats["input_cov"]
                 if id(cov) not in grown:
-                    grown[id(cov)] = extend_basis(
-                        self.basis.get(name), cov, self.threshold, cov.shape[0] - self.lora.rank
-                    )
+                    grown[id(cov)] = self._grow(self.basis.get(name), cov)
                 self.basis[name] = grown[id(cov)]
         stats = super().init_stats(model, generator)
         for name, layer_stats in stats.items():

@@ -86,6 +86,7 @@ class RunConfig:
         for name, default in ADDED_SETTINGS.items():
             if data.get(name) == default:
                 del data[name]
+        data["init_args"] = without_added_arguments(data["init_args"])
         return data
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,6 +107,19 @@ ADDED_SETTINGS: dict[str, Any] = {
     "order": None,
     "tasks": None,
 }
+
+
+#: Init arguments added after the first published runs, with the default that leaves a method as
+#: it was: left out of run ids and method names at that default, so earlier runs keep both.
+ADDED_ARGUMENTS: dict[str, Any] = {"normalize": False}  # lora-null's reference scaling
+
+
+def without_added_arguments(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``args`` without the :data:`ADDED_ARGUMENTS` that hold their defaults."""
+    return {k: v for k, v in args.items() if ADDED_ARGUMENTS.get(k, _UNSET) != v}
+
+
+_UNSET = object()
 
 
 def resolve_device(name: str) -> torch.device:

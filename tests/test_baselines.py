@@ -13,8 +13,15 @@ from avalanche.core import SupervisedPlugin
 from conftest import make_strategy, tiny_backbone
 
 import baselines
-from baselines.inflora import extend_basis
+from baselines.inflora import (
+    OFFICIAL_SCALE,
+    InfLoRAInit,
+    extend_basis,
+    extend_basis_official,
+    rising_threshold,
+)
 from baselines.o_lora import orthogonality_penalty
+from cl_lora.errors import BadInputError
 from cl_lora.lora import ADAPTER, lora_layers
 from cl_lora.metrics import summarize
 from cl_lora.run import main
@@ -53,10 +60,28 @@ class ExtraLoss(SupervisedPlugin):
 def test_o_lora_penalty_is_zero_for_orthogonal_subspaces_and_positive_otherwise() -> None:
     basis = torch.linalg.qr(torch.randn(16, 16)).Q
     earlier = {"layer": basis[:, :4].T}  # rows: the earlier tasks' A
-    assert orthogonality_penalty(earlier, {"layer": basis[:, 4:8].T}).item() < 1e-10
+    orthogonal = {"layer": basis[:, 4:8].T}
+    assert orthogonality_penalty(earlier, orthogonal).item() < 1e-5  # float32 round-off, summed
+    assert orthogonality_penalty(earlier, orthogonal, "squared").item() < 1e-10
     overlapping = basis[:, 3:7].T
     assert orthogonality_penalty(earlier, {"layer": overlapping}).item() == pytest.approx(1.0)
     assert orthogonality_penalty(earlier, {"other": overlapping}).item() == 0.0
+
+
+def test_o_lora_penalty_is_the_official_abs_sum_by_default() -> None:
+    """cmnfriend/O-LoRA src/uie_trainer_lora.py: torch.abs(torch.mm(A_prev, A_new.T)).sum();
+    the paper's squared form is the option, and its pull is much weaker on small overlaps."""
+    earlier = {"q": torch.tensor([[0.6, 0.8, 0.0]])}
+    current = {"q": torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], requires_grad=True)}
+    assert orthogonality_penalty(earlier, current).item() == pytest.approx(0.6 + 0.8)
+    assert orthogonality_penalty(earlier, current, "squared").item() == pytest.approx(1.0)
+    assert baselines.get("o-lora").resolve_args({})["penalty"] == "abs"
+    with pytest.raises(BadInputError, match="choose one of abs, squared"):
+        baselines.get("o-lora").resolve_args({"penalty": "l1"})
+    small = {"q": torch.tensor([[0.02, 0.0, 0.0]], requires_grad=True)}  # overlap 0.012
+    (grad_abs,) = torch.autograd.grad(orthogonality_penalty(earlier, small), small["q"])
+    (grad_sq,) = torch.autograd.grad(orthogonality_penalty(earlier, small, "squared"), small["q"])
+    assert grad_abs.norm() / grad_sq.norm() == pytest.approx(1 / (2 * 0.012))
 
 
 def test_o_lora_keeps_earlier_A_and_pushes_the_new_A_away(toy_stream) -> None:
@@ -186,6 +211,34 @@ def test_extend_basis_keeps_the_asked_energy() -> None:
     grown = extend_basis(basis, torch.eye(8) * 100.0, threshold=0.99, max_dim=6)
     assert grown.shape[1] == 6
     assert torch.allclose(grown[:, : basis.shape[1]].abs(), basis.abs(), atol=1e-6)
+
+
+def test_inflora_official_rule_uses_the_squared_spectrum_and_a_rising_threshold() -> None:
+    """liangyanshuo/InfLoRA methods/inflora.py update_DualGPM: energy of S**2, threshold
+    (lame - lamb) * task / sessions + lamb, first task r = #(cumsum < threshold), at least 1."""
+    cov = torch.diag(torch.tensor([10.0, 5, 1, 0.5, 0, 0, 0, 0]))
+    # squared: 100, 25, 1, 0.25 -> cumulative 0.792, 0.990: one direction below 0.95
+    official = extend_basis_official(None, cov, threshold=0.95, max_dim=6)
+    assert official.shape[1] == 1 and official[0, 0].abs() == pytest.approx(1.0)
+    # eigenvalues: 10, 5, 1, 0.5 -> cumulative 0.606, 0.909, 0.970: three directions
+    assert extend_basis(None, cov, threshold=0.95, max_dim=6).shape[1] == 3
+    assert rising_threshold(0.95, 1.0, 0, 4) == 0.95
+    assert rising_threshold(0.95, 1.0, 1, 4) == pytest.approx(0.9625)
+    # after task 1 of 4: C = diag(4, 3, 2, 1); e1 holds 16/30; adding 9/30 and 4/30 reaches
+    # 0.967 >= 0.9625, so two directions join (e2, e3), none more
+    second = torch.diag(torch.tensor([4.0, 3, 2, 1, 0, 0, 0, 0]))
+    grown = extend_basis_official(official, second, rising_threshold(0.95, 1.0, 1, 4), 6)
+    assert grown.shape[1] == 3
+    assert torch.allclose(grown.abs().sum(1)[:4], torch.tensor([1.0, 1, 1, 0], dtype=grown.dtype))
+    # the design: top left singular vectors of C - M M^T C, divided by sqrt(3)
+    weight = torch.zeros(5, 8)
+    factors = InfLoRAInit("official").factors(
+        weight, rank=2, scale=1.0, stats={"input_cov": second, "subspace": official},
+        generator=None,
+    )  # fmt: skip
+    assert torch.allclose(factors.A.norm(dim=1), torch.full((2,), OFFICIAL_SCALE))
+    assert factors.A[:, 0].abs().max() < 1e-7  # nothing along the memory (e1)
+    assert torch.allclose(factors.A.abs().sum(0)[1:3], torch.full((2,), OFFICIAL_SCALE))
 
 
 def test_inflora_designs_A_outside_earlier_tasks_inputs(toy_stream) -> None:

@@ -151,3 +151,39 @@ def test_memory_calibration_reads_earlier_tasks(backbone, stream) -> None:
     model.add_head(2, 6)
     cal.collect(model, 2, torch.Generator())
     assert cal.reports[0]["input_cov_examples"] == {"probe": 8, "memory": 8}
+
+
+def test_normalized_covariance_scales_each_sequence_by_its_largest_entry() -> None:
+    """LoRA-Null's reference (adapterlib/act_aware_utils.py): input / torch.max(input).abs()
+    per calibration sequence, then X^T X; padding stays out."""
+    from torch import nn
+
+    from cl_lora.calibration import CovarianceCollector
+
+    encoder = nn.ModuleDict({"lin": nn.Linear(4, 2)})
+    x = torch.tensor([[[1.0, -2, 0, 4], [0, 1, 1, 1], [9, 9, 9, 9]],  # last token: padding
+                      [[-8.0, 1, 1, 1], [2, 0, 0, -1], [1, 1, 1, 1]]])  # fmt: skip
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    with CovarianceCollector(encoder, ["lin"], normalize=True) as collector:
+        collector.start_batch(mask)
+        encoder["lin"](x)
+    first, second = x[0, :2] / 4.0, x[1] / 2.0  # max entries 4 and 2 (not the largest |x|: 8)
+    expected = first.T @ first + second.T @ second
+    torch.testing.assert_close(collector.covariances()["lin"], expected)
+    with CovarianceCollector(encoder, ["lin"]) as plain:
+        plain.start_batch(mask)
+        encoder["lin"](x)
+    rows = x[mask.bool()]
+    torch.testing.assert_close(plain.covariances()["lin"], rows.T @ rows)
+
+
+def test_lora_null_normalize_argument_parses_like_a_flag() -> None:
+    from cl_lora import inits
+    from cl_lora.errors import BadInputError
+
+    lora_null = inits.get("lora-null")
+    assert lora_null.resolve_args({}) == {"normalize": False}
+    assert lora_null.resolve_args({"normalize": "false"}) == {"normalize": False}
+    assert lora_null.resolve_args({"normalize": "true"}) == {"normalize": True}
+    with pytest.raises(BadInputError, match="use true or false"):
+        lora_null.resolve_args({"normalize": "sometimes"})

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from cl_lora.leaderboard.__main__ import DEFAULT_REFERENCES, main
-from cl_lora.leaderboard.aggregate import aggregate, interval, paired_with_reference
+from cl_lora.leaderboard.aggregate import aggregate, holm, interval, paired_with_reference
 from cl_lora.leaderboard.collect import collect_runs, method_name
 from cl_lora.leaderboard.plots import intermediate_sweep, pareto_front
 from cl_lora.leaderboard.references import COLUMNS, load_references, split_references
@@ -107,8 +107,19 @@ def test_aggregate_gives_known_means_intervals_ranks_and_pairs(runs_dir: Path):
     assert acc["diff_ci"] == pytest.approx(4.302653 * 0.1 / math.sqrt(3), rel=1e-6)
     expected = stats.ttest_rel([0.7, 0.9, 0.8], [0.6, 0.7, 0.8]).pvalue
     assert acc["p_value"] == pytest.approx(expected)
+    assert acc["p_holm"] == pytest.approx(expected)  # the only test of its family
     assert acc["better"] == 2  # seed 2 ties
     assert paired.loc[("pissa", "forgetting")]["better"] == 2  # 0 < 0.1 twice
+
+
+def test_holm_adjusts_within_a_family_and_skips_untested():
+    # m = 4 tests: sorted 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06 (monotone), 0.06
+    p = np.array([0.03, np.nan, 0.01, 0.04, 0.02])
+    adjusted = holm(p)
+    np.testing.assert_allclose(adjusted[[2, 4, 0, 3]], [0.04, 0.06, 0.06, 0.06])
+    assert np.isnan(adjusted[1])
+    np.testing.assert_allclose(holm(np.array([0.5, 0.4])), [0.8, 0.8])  # capped at 1 first
+    assert holm(np.array([0.9, 0.8]))[0] == 1.0
 
 
 def test_interval_is_unknown_not_zero_for_one_seed():

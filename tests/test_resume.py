@@ -65,8 +65,18 @@ def test_resumed_stream_matches_an_unbroken_one_with_plugin_state(tmp_path) -> N
 @pytest.mark.parametrize(
     ("module", "name", "attribute", "args"),
     [
-        ("o_lora", "OrthogonalLoRA", "earlier_A", {"lambda_orth": 0.5, "lambda_l2": 0.0}),
-        ("inflora", "InterferenceFreeLoRA", "basis", {"threshold": 0.95}),
+        (
+            "o_lora",
+            "OrthogonalLoRA",
+            "earlier_A",
+            {"lambda_orth": 0.5, "lambda_l2": 0.0, "penalty": "abs"},
+        ),
+        (
+            "inflora",
+            "InterferenceFreeLoRA",
+            "basis",
+            {"threshold": 0.95, "threshold_end": 1.0, "rule": "official"},
+        ),
     ],
 )
 def test_baselines_resume_with_their_memory_of_earlier_tasks(

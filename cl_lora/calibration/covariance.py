@@ -3,6 +3,11 @@
 Layers that read the very same input tensor (q/k/v of one attention block; gate/up of a gated
 MLP) share one covariance: it is accumulated once and handed to each of them, which saves both
 the matmuls and the memory of the duplicates. Padding tokens are left out via the batch's mask.
+
+``normalize`` scales each sequence's inputs by the absolute value of its largest entry before
+they enter ``C``, as LoRA-Null's reference code does (HungerPWAY/LoRA-Null,
+``adapterlib/act_aware_utils.py``: ``input / torch.max(input).abs()`` per calibration sequence),
+so every sequence weighs about the same whatever its activation scale.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ class CovarianceCollector:
     so padded positions are skipped (inputs of another shape are used whole).
     """
 
-    def __init__(self, encoder: nn.Module, layer_names: Sequence[str]) -> None:
+    def __init__(
+        self, encoder: nn.Module, layer_names: Sequence[str], normalize: bool = False
+    ) -> None:
         self.encoder = encoder
+        self.normalize = normalize
         self.layer_names = list(layer_names)
         self.group_of: dict[str, int] = {}
         self.sums: list[torch.Tensor] = []
@@ -47,7 +55,12 @@ class CovarianceCollector:
         self._batch.clear()
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
+        masked = self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape
+        if self.normalize and x.dim() == 3:  # per sequence: divide by |its largest entry|
+            keep = self.mask.bool()[..., None] if masked else torch.ones_like(x, dtype=torch.bool)
+            largest = x.masked_fill(~keep, float("-inf")).amax(dim=(1, 2), keepdim=True)
+            x = x / largest.abs().clamp_min(torch.finfo(x.dtype).tiny)
+        if masked:
             return x[self.mask.bool()]
         return x.reshape(-1, x.shape[-1])
 
@@ -84,10 +97,14 @@ class CovarianceCollector:
 
 
 def collect_input_covariances(
-    model: nn.Module, layer_names: Sequence[str], batches: Iterable[dict[str, torch.Tensor]]
+    model: nn.Module,
+    layer_names: Sequence[str],
+    batches: Iterable[dict[str, torch.Tensor]],
+    normalize: bool = False,
 ) -> CovarianceCollector:
     """Forward ``batches`` through ``model.features`` (no gradients) and collect ``C``."""
-    with CovarianceCollector(model.encoder, layer_names) as collector, torch.no_grad():
+    collector = CovarianceCollector(model.encoder, layer_names, normalize)
+    with collector, torch.no_grad():
         for inputs in batches:
             collector.start_batch(inputs.get("attention_mask"))
             model.features(inputs)

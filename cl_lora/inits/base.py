@@ -22,11 +22,16 @@ from cl_lora.errors import BadInputError
 
 @dataclass(frozen=True)
 class Argument:
-    """One ``--init-arg KEY=VALUE`` a method accepts."""
+    """One ``--init-arg KEY=VALUE`` a method accepts (``choices``: the values allowed, if only
+    a few are)."""
 
     type: type
     default: Any
     help: str
+    choices: tuple[Any, ...] | None = None
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def resolve_arguments(
@@ -42,6 +47,10 @@ def resolve_arguments(
     resolved = {}
     for key, spec in arguments.items():
         value = args.get(key, spec.default)
+        if spec.type is bool and isinstance(value, str):  # bool("false") would be True
+            if value.strip().lower() not in _BOOLEANS:
+                raise BadInputError(f"{owner} argument {key}={value!r}: use true or false")
+            value = _BOOLEANS[value.strip().lower()]
         if value is not None and not isinstance(value, spec.type):
             try:
                 value = spec.type(value)
@@ -49,6 +58,9 @@ def resolve_arguments(
                 raise BadInputError(
                     f"{owner} argument {key}={value!r} is not a {spec.type.__name__}: {spec.help}"
                 ) from None
+        if spec.choices is not None and value not in spec.choices:
+            allowed = ", ".join(map(str, spec.choices))
+            raise BadInputError(f"{owner} argument {key}={value!r}: choose one of {allowed}")
         resolved[key] = value
     return resolved
 

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from cl_lora.inits.base import InitMethod, LoRAFactors
+from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
 from cl_lora.inits.registry import register
 
 
@@ -61,10 +61,17 @@ class LoRANull(InitMethod):
     the adapter barely reads inputs of pretrained knowledge (``A x ~ 0`` for them) and the
     frozen residual alone reproduces ``W x`` on them. ``stats["input_cov"]`` should therefore
     come from knowledge inputs (the probe set, plus a memory of earlier tasks in a stream).
+
+    ``normalize=true`` scales each calibration sequence by its largest entry before the
+    covariance, as the reference code does (see :mod:`cl_lora.calibration.covariance`); off by
+    default, which weighs sequences by their activation scale (the paper's ``X^T X``).
     """
 
     needs = ("input_cov",)
     calibration = ("probe",)
+    arguments: ClassVar[dict[str, Argument]] = {
+        "normalize": Argument(bool, False, "scale each calibration sequence by its max entry")
+    }
     trainable: ClassVar[frozenset[str]] = frozenset({"A", "B"})
 
     def factors(
@@ -75,6 +82,7 @@ class LoRANull(InitMethod):
         scale: float,
         stats: Mapping[str, torch.Tensor],
         generator: torch.Generator | None,
+        normalize: bool = False,  # acts in calibration (the covariance), not here
     ) -> LoRAFactors:
         B, A = null_space_factors(weight, input_covariance(stats, weight), rank, scale)
         return LoRAFactors(A=A, B=B, residual=weight - scale * B @ A, trainable=self.trainable)

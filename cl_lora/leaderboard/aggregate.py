@@ -73,7 +73,8 @@ def paired_with_reference(runs: pd.DataFrame, reference: str = REFERENCE_METHOD)
     One row per (stream, scenario, backbone, method, metric): ``pairs`` (number of shared
     seeds), ``diff_mean`` (method minus reference), its ``diff_ci`` (95% half-width of the
     paired differences), ``p_value`` of the paired t-test (NaN with fewer than two pairs or
-    identical differences), and ``better`` (seeds where the method is better: higher ACC,
+    identical differences), ``p_holm`` (that p after Holm-Bonferroni over every method of the
+    stream on the same metric), and ``better`` (seeds where the method is better: higher ACC,
     lower forgetting).
     """
     rows = []
@@ -105,7 +106,28 @@ def paired_with_reference(runs: pd.DataFrame, reference: str = REFERENCE_METHOD)
                         "better": int(np.sum(diff > 0 if higher_is_better else diff < 0)),
                     }
                 )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        families = table.groupby([*STREAM, "metric"], dropna=False)["p_value"]
+        table["p_holm"] = families.transform(lambda p: holm(p.to_numpy()))
+    return table
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values of one family of tests (NaN: no test, not counted).
+
+    The ``i``-th smallest of ``m`` p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``
+    (Holm 1979). A few lines here rather than a statsmodels dependency for one function.
+    """
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    running = 0.0
+    for position, index in enumerate(order):
+        running = max(running, min(1.0, (len(order) - position) * p[index]))
+        adjusted[index] = running
+    return adjusted
 
 
 def _paired_p(mine: pd.Series, ref: pd.Series, diff: np.ndarray) -> float:

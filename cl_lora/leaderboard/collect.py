@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cl_lora.config import ADDED_SETTINGS
+from cl_lora.config import ADDED_SETTINGS, without_added_arguments
 from cl_lora.metrics import summarize
 from cl_lora.results import RESULT_FILE, load_run, matrix_array
 
@@ -124,10 +124,11 @@ def method_name(config: Mapping[str, Any]) -> str:
     out."""
     baseline = config.get("baseline")
     args = dict(config.get("baseline_args") or {}) if baseline else {}
-    if not baseline or config.get("init") not in (None, "lora") or config.get("init_args"):
+    init_args = without_added_arguments(config.get("init_args") or {})
+    if not baseline or config.get("init") not in (None, "lora") or init_args:
         if baseline:
             args["init"] = config.get("init")
-        args.update(config.get("init_args") or {})
+        args.update(init_args)
     label = (baseline or config.get("init") or "none") + _args(args)
     plugins = config.get("plugins") or []
     return "+".join([label, *plugins]) + (_args(config.get("plugin_args") or {}) if plugins else "")

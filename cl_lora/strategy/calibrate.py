@@ -122,13 +122,15 @@ class Calibrator:
         model.eval()
         if "input_cov" in needs:
             rows, used = self._input_rows(task_id)
+            normalize = self.init.resolve_args(self.init_args).get("normalize", False)
             collector = collect_input_covariances(
-                model, self.target_modules, self._batches(rows, self.batch_size)
+                model, self.target_modules, self._batches(rows, self.batch_size), normalize
             )
             for name, cov in collector.covariances().items():
                 stats[name]["input_cov"] = cov
             report |= {
                 "input_cov_examples": used,
+                "input_cov_normalized": normalize,
                 "input_cov_bytes": collector.nbytes(),
                 "input_cov_bytes_one_per_module": collector.nbytes_per_module(),
             }
