@@ -105,56 +105,103 @@ def pareto_front(acc: np.ndarray, forgetting: np.ndarray) -> np.ndarray:
     return front
 
 
+KEY_WIDTH = 46  # characters of a method name in the figure's key
+ZOOM_SHARE = 0.4  # a zoom panel is added when the central methods span less of an axis
+
+
 def plot_acc_forgetting(runs: pd.DataFrame, table: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(9, 6.5), layout="constrained")
-    ax = fig.subplots()
+    """ACC against forgetting, one point per method (mean, 95% intervals as light bars).
+
+    With dozens of methods, names beside every point overlap into noise: each point carries its
+    rank by ACC instead, the key on the right lists rank, method, ACC and forgetting, and only
+    the Pareto-front methods and :data:`~cl_lora.leaderboard.aggregate.REFERENCE_METHOD` are
+    named in the plot. When a few outliers squeeze the rest into a corner, a second panel zooms
+    on the central methods (10th-90th percentiles on both axes).
+    """
     points = table[np.isfinite(table["forgetting_mean"]) & np.isfinite(table["acc_mean"])]
-    front = pareto_front(points["acc_mean"].to_numpy(), points["forgetting_mean"].to_numpy())
-    for (_, row), on_front in zip(points.iterrows(), front, strict=True):
-        ax.errorbar(
-            row["forgetting_mean"],
-            row["acc_mean"],
-            xerr=_finite(row["forgetting_ci"]),
-            yerr=_finite(row["acc_ci"]),
-            fmt="o",
-            color="tab:red" if on_front else "tab:blue",
-            mfc="tab:red" if on_front else "white",
-            capsize=2,
-            lw=0.8,
+    points = points.sort_values("acc_mean", ascending=False, kind="stable").reset_index(drop=True)
+    x, y = points["forgetting_mean"].to_numpy(), points["acc_mean"].to_numpy()
+    front = pareto_front(y, x)
+    box = _central_box(x, y)
+    fig = Figure(figsize=(16 if box else 13, 7), layout="constrained")
+    axes = fig.subplots(1, 3 if box else 2, width_ratios=[1.6, 1.6, 1] if box else [2.3, 1])
+    *panels, key = axes
+    for ax in panels:
+        _draw_points(ax, points, front)
+        _draw_acc_only(ax, table)
+        ax.set_xlabel("forgetting (Chaudhry et al.; lower is better)")
+        ax.grid(alpha=0.2)
+    panels[0].set_ylabel("ACC: mean accuracy after the last task")
+    panels[0].legend(loc="lower right", fontsize=7)
+    panels[0].set_title(_title(runs, "ACC vs forgetting, mean and 95% CI over seeds"), fontsize=9)
+    if box:
+        (x0, x1), (y0, y1) = box
+        panels[1].set_xlim(x0, x1)
+        panels[1].set_ylim(y0, y1)
+        panels[1].set_title("zoom on the central methods (grey box on the left)", fontsize=9)
+        panels[0].add_patch(
+            matplotlib.patches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="0.5", lw=0.8)
         )
-        ax.annotate(
-            row["method"],
-            (row["forgetting_mean"], row["acc_mean"]),
-            fontsize=6,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    order = np.argsort(points["forgetting_mean"].to_numpy()[front])
-    ax.step(
-        points["forgetting_mean"].to_numpy()[front][order],
-        points["acc_mean"].to_numpy()[front][order],
-        where="post",
-        color="tab:red",
-        lw=1,
-        label="Pareto front (higher ACC, lower forgetting)",
-    )
-    for _, row in table[~np.isfinite(table["forgetting_mean"])].iterrows():
-        if np.isfinite(row["acc_mean"]):  # e.g. joint: ACC only, no diagonal to forget from
-            ax.axhline(row["acc_mean"], color="grey", ls="--", lw=0.8)
-            ax.annotate(
-                f"{row['method']} (ACC only)",
-                (0, row["acc_mean"]),
-                fontsize=6,
-                xycoords=("axes fraction", "data"),
-                xytext=(2, 2),
-                textcoords="offset points",
-                color="grey",
-            )
-    ax.set_xlabel("forgetting (Chaudhry et al.; lower is better)")
-    ax.set_ylabel("ACC: mean accuracy after the last task")
-    ax.legend(loc="lower right", fontsize=7)
-    ax.set_title(_title(runs, "ACC vs forgetting, mean ± 95% CI over seeds"), fontsize=9)
+    lines = [
+        f"{n:>2} {_short(method):<{KEY_WIDTH}} {a:.3f} {f:+.3f}" + (" *" if on else "")
+        for n, (method, a, f, on) in enumerate(zip(points["method"], y, x, front, strict=True), 1)
+    ]
+    key.axis("off")
+    header = f"{'#':>2} {'method':<{KEY_WIDTH}} {'ACC':>5} {'forg.':>6}"
+    key.text(0, 1, "\n".join([header, *lines, "", "* on the Pareto front"]), va="top",
+             ha="left", family="monospace", fontsize=6.5, transform=key.transAxes)  # fmt: skip
     return fig
+
+
+def _central_box(x: np.ndarray, y: np.ndarray) -> tuple[tuple[float, float], ...] | None:
+    """Limits around the 10th-90th percentiles of both axes (padded), when those span less than
+    :data:`ZOOM_SHARE` of the full range on some axis; None when no zoom is needed."""
+    if len(x) < 8:
+        return None
+    limits = []
+    for values in (x, y):
+        low, high = np.percentile(values, [10, 90])
+        pad = 0.15 * (high - low) or 0.01
+        limits.append((low - pad, high + pad))
+    shares = [(hi - lo) / (np.ptp(v) or 1) for (lo, hi), v in zip(limits, (x, y), strict=True)]
+    return tuple(limits) if min(shares) < ZOOM_SHARE else None
+
+
+def _draw_points(ax: matplotlib.axes.Axes, points: pd.DataFrame, front: np.ndarray) -> None:
+    """Each method as a numbered point with light 95% bars; the front and the reference named;
+    the front joined by a step line."""
+    for number, ((_, row), on_front) in enumerate(zip(points.iterrows(), front, strict=True), 1):
+        x, y = row["forgetting_mean"], row["acc_mean"]
+        color = "tab:red" if on_front else "tab:blue"
+        ax.errorbar(x, y, xerr=_finite(row["forgetting_ci"]), yerr=_finite(row["acc_ci"]),
+                    fmt="none", ecolor=color, alpha=0.25, capsize=0, lw=0.8)  # fmt: skip
+        ax.plot(x, y, "o", color=color, mfc=color if on_front else "white", ms=5, zorder=3)
+        named = on_front or row["method"] == REFERENCE_METHOD
+        label = ax.annotate(f"{number} {_short(row['method'])}" if named else str(number), (x, y),
+                    fontsize=7 if named else 6, xytext=(3, 3), textcoords="offset points",
+                    color=color if named else "0.3", annotation_clip=True,
+                    bbox={"fc": "white", "ec": "none", "alpha": 0.7, "pad": 0.5} if named
+                    else None)  # fmt: skip
+        label.set_in_layout(False)  # a long name near the edge must not squeeze the panels
+    on = points[front].sort_values("forgetting_mean")
+    ax.step(on["forgetting_mean"], on["acc_mean"], where="post", color="tab:red", lw=1,
+            label="Pareto front (higher ACC, lower forgetting)")  # fmt: skip
+
+
+def _draw_acc_only(ax: matplotlib.axes.Axes, table: pd.DataFrame) -> None:
+    """Methods with ACC but no forgetting (e.g. joint: no diagonal to forget from) as lines."""
+    for _, row in table[~np.isfinite(table["forgetting_mean"])].iterrows():
+        if np.isfinite(row["acc_mean"]):
+            ax.axhline(row["acc_mean"], color="grey", ls="--", lw=0.8)
+            label = ax.annotate(f"{row['method']} (ACC only)", (0, row["acc_mean"]), fontsize=7,
+                                xycoords=("axes fraction", "data"), xytext=(2, 2),
+                                textcoords="offset points", color="grey",
+                                annotation_clip=True)  # fmt: skip
+            label.set_in_layout(False)
+
+
+def _short(method: str) -> str:
+    return method if len(method) <= KEY_WIDTH else method[: KEY_WIDTH - 1] + "…"
 
 
 def _finite(value: float) -> float | None:
