@@ -64,7 +64,11 @@ class LoRAInit(InitMethod):
 )
 class LoRADash(KaimingLoRA):
     """LoRA-Dash: plain LoRA at init; after ``t`` optimizer steps the ``dash`` training plugin
-    adds ``sum_i d_i u_i v_i^T`` over the top-``s`` directions by change rate, ``d`` from 0."""
+    adds ``sum_i d_i u_i v_i^T`` over the top-``s`` directions by change rate, ``d`` from 0.
+
+    ``t`` counts optimizer steps. The authors' reference code counts forward calls of the
+    layer, so with gradient accumulation or activation checkpointing (more forwards per step)
+    its ``t`` arrives after fewer optimizer steps; without them the two agree."""
 
     arguments = DASH
     training_plugin = "dash"
