@@ -41,6 +41,7 @@ class RunConfig:
     rslora: bool = False
     epochs: int = 2
     lr: float = 5e-4
+    lr_search: tuple[float, ...] | None = None  # candidates: pick lr on validation first
     head_lr: float = 2e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
@@ -67,6 +68,10 @@ class RunConfig:
         )
         if self.lr <= 0 or self.head_lr <= 0:
             raise BadInputError("--lr and --head-lr must be positive")
+        if self.lr_search is not None and (
+            len(self.lr_search) < 2 or any(lr <= 0 for lr in self.lr_search)
+        ):
+            raise BadInputError("--lr-search takes two or more positive rates, e.g. 1e-4,5e-4,1e-3")
         if self.precision not in ("fp32", "bf16"):
             raise BadInputError(f"unknown --precision '{self.precision}': use fp32 or bf16")
 
@@ -74,7 +79,7 @@ class RunConfig:
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """The inverse of :meth:`to_dict` (lists back to tuples)."""
         data = dict(data)
-        for name in ("targets", "calib", "tasks"):
+        for name in ("targets", "calib", "tasks", "lr_search"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         return cls(**data)
@@ -92,7 +97,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["plugins"] = list(self.plugins)
-        for name in ("targets", "calib", "tasks"):
+        for name in ("targets", "calib", "tasks", "lr_search"):
             value = getattr(self, name)
             data[name] = list(value) if value is not None else None
         return data
@@ -106,6 +111,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "knowledge": None,
     "order": None,
     "tasks": None,
+    "lr_search": None,
 }
 
 

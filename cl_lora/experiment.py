@@ -29,6 +29,7 @@ from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
+from cl_lora.lr_search import SEARCH_FILE, search_learning_rate
 from cl_lora.metrics import summarize
 from cl_lora.problems import Problem, build_problem
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
@@ -291,29 +292,20 @@ def run_experiment(
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / CHECKPOINT
 
-    strategy = method.strategy(
-        problem=problem,
-        backbone=backbone,
-        stream=stream,
-        init=method.init or inits.get("lora"),  # baselines without an init never call it
-        init_args=config.init_args,
-        lora=lora,
-        target_modules=targets,
-        lr=config.lr,
-        head_lr=config.head_lr,
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        seed=config.seed,
-        precision=config.precision,
-        calib_sources=config.calib,
-        calib_size=config.calib_size,
-        train_mb_size=config.batch_size,
-        train_epochs=config.epochs,
-        eval_mb_size=config.eval_batch_size,
-        device=device,
-        plugins=method.plugins(),
-        evaluator=make_evaluator(verbose),
-        **method.strategy_args,
+    lr = config.lr
+    if config.lr_search:
+        lr_search = search_learning_rate(
+            config.lr_search,
+            stream,
+            lambda candidate, search: _validation_score(
+                method, config, family, name, search, device, targets, lora, candidate
+            ),
+            cache=run_dir / SEARCH_FILE,
+        )
+        lr = lr_search.chosen
+        seed_everything(config.seed)  # the searches drew from the RNG; runs without one do not
+    strategy = build_strategy(
+        method, config, problem, backbone, stream, lora, targets, device, lr, verbose
     )
     probe = knowledge_probe_for(
         stream,
@@ -348,10 +340,72 @@ def run_experiment(
         time.perf_counter() - start,
         probe.record(outcome.retention),
     )
+    if config.lr_search:
+        result["lr_search"] = lr_search.record()
     result["determinism"] = {
         **_determinism(config, device),
         "resumed_after_task": outcome.resumed_after,
     }
     write_run(run_dir, result)
     checkpoint.unlink(missing_ok=True)  # result.json now marks the run finished
+    (run_dir / SEARCH_FILE).unlink(missing_ok=True)  # kept in result.json
     return RunOutput(run_dir=run_dir, result=result)
+
+
+def build_strategy(
+    method: Method,
+    config: RunConfig,
+    problem: Problem,
+    backbone: Backbone,
+    stream: streams.Stream,
+    lora: LoRASettings,
+    targets: list[str],
+    device: torch.device,
+    lr: float,
+    verbose: bool = False,
+) -> Any:
+    """The run's strategy: ``method``'s strategy class with ``config``'s recipe at rate ``lr``."""
+    return method.strategy(
+        problem=problem,
+        backbone=backbone,
+        stream=stream,
+        init=method.init or inits.get("lora"),  # baselines without an init never call it
+        init_args=config.init_args,
+        lora=lora,
+        target_modules=targets,
+        lr=lr,
+        head_lr=config.head_lr,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        seed=config.seed,
+        precision=config.precision,
+        calib_sources=config.calib,
+        calib_size=config.calib_size,
+        train_mb_size=config.batch_size,
+        train_epochs=config.epochs,
+        eval_mb_size=config.eval_batch_size,
+        device=device,
+        plugins=method.plugins(),
+        evaluator=make_evaluator(verbose),
+        **method.strategy_args,
+    )
+
+
+def _validation_score(
+    method: Method,
+    config: RunConfig,
+    family: Family,
+    name: str,
+    search: streams.Stream,
+    device: torch.device,
+    targets: list[str],
+    lora: LoRASettings,
+    lr: float,
+) -> float:
+    """Train ``search`` (fit data) on a fresh copy of the backbone at ``lr``; the mean
+    validation score of its tasks after the last one."""
+    seed_everything(config.seed)
+    backbone = load_backbone(family, name, config, device)
+    problem = build_problem(search, backbone, config.max_length)
+    strategy = build_strategy(method, config, problem, backbone, search, lora, targets, device, lr)
+    return float(np.nanmean(run_stream(strategy).matrix[-1]))

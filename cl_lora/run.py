@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rslora", action="store_true", help="scale alpha/sqrt(rank) (rsLoRA)")
     p.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="adapter learning rate")
+    p.add_argument(
+        "--lr-search",
+        help="candidate adapter learning rates, comma-separated: each trains the first task on "
+        "80%% of its training data, the best on the other 20%% trains the stream",
+    )
     p.add_argument("--head-lr", type=float, default=DEFAULTS.head_lr)
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument(
@@ -154,6 +159,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         rslora=args.rslora,
         epochs=args.epochs,
         lr=args.lr,
+        lr_search=parse_rates(args.lr_search) if args.lr_search else None,
         head_lr=args.head_lr,
         batch_size=args.batch_size,
         max_length=args.max_length,
@@ -169,6 +175,16 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         gradient_checkpointing=args.gradient_checkpointing,
         knowledge=args.knowledge,
     )
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """``1e-4,5e-4`` as floats; anything else is a one-line error."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise BadInputError(
+            f"--lr-search {text}: give comma-separated rates, e.g. 1e-4,5e-4,1e-3"
+        ) from None
 
 
 def listing() -> str:

@@ -143,6 +143,18 @@ def test_runs_with_other_settings_are_not_averaged_together(runs_dir: Path):
     assert table.loc["lora [rank=16]", "acc_mean"] == pytest.approx(0.1)
 
 
+def test_searched_and_fixed_rates_are_never_averaged_together(tmp_path: Path):
+    """Whichever is the majority, runs with --lr-search and runs without get their own rows
+    (files written before the setting existed lack it, which means no search)."""
+    for seed in (0, 1):
+        write(tmp_path, fake_result(seed, [[0.5, None], [0.5, 0.5]]))
+    for seed in (2, 3, 4):  # searched runs are the majority here
+        write(tmp_path, fake_result(seed, [[0.2, None], [0.2, 0.2]], lr_search=[1e-4, 1e-3]))
+    table = aggregate(collect_runs(tmp_path).table).set_index("method")
+    assert table.loc["lora", "acc_mean"] == pytest.approx(0.2)
+    assert table.loc["lora [lr_search=None]", "acc_mean"] == pytest.approx(0.5)
+
+
 def test_method_names_carry_arguments():
     base = {"init": "lora", "init_args": {}, "baseline": None, "baseline_args": {}}
     assert method_name(base) == "lora"

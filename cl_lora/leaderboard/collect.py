@@ -166,10 +166,11 @@ def _name_setups(rows: list[dict[str, Any]]) -> None:
     }
     for row in rows:
         common = usual[_stream_key(row)]
+        names = sorted(set(row["setup"]) | set(common))  # a setting only one side has differs
         differs = [
-            f"{name}={_plain(value)}"
-            for name, value in sorted(row["setup"].items())
-            if _plain(common.get(name)) != _plain(value)
+            f"{name}={_plain(row['setup'].get(name))}"
+            for name in names
+            if _plain(common.get(name)) != _plain(row["setup"].get(name))
         ]
         if differs:
             row["method"] += f" [{', '.join(differs)}]"

@@ -35,7 +35,12 @@ def _coerce(key: str, text: str) -> Any:
         declared = next(m for m in typing.get_args(declared) if m is not type(None))
     kind = typing.get_origin(declared) or declared  # tuple[str, ...] -> tuple
     if kind is tuple:
-        return tuple(part for part in text.split(",") if part)
+        parts = [part for part in text.split(",") if part]
+        element = (typing.get_args(declared) or (str,))[0]
+        try:
+            return tuple(element(part) for part in parts)
+        except ValueError:
+            raise BadInputError(f"--set {key}={text}: {key} takes {element.__name__}s") from None
     if kind is bool:
         if text.lower() not in ("true", "false", "1", "0"):
             raise BadInputError(f"--set {key}={text}: use true or false")
