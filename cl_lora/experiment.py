@@ -26,6 +26,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from baselines.method import Method, resolve
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
+from cl_lora.backbones.base import weights_fingerprint
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
@@ -285,6 +286,7 @@ def run_experiment(
     config = dataclasses.replace(config, backbone=name, scenario=stream.scenario)
     seed_everything(config.seed)
     backbone = load_backbone(family, name, config, device)
+    backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
     problem = build_problem(stream, backbone, config.max_length)
     targets = _targets(config, backbone.target_modules)
     _check_rank(config.rank, backbone.encoder, targets)

@@ -232,3 +232,17 @@ def test_packaged_smollm2_loads_from_the_cache_and_knows_paris() -> None:
         output = model.generate(**inputs, max_new_tokens=5, do_sample=False)
     continuation = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :])
     assert "Paris" in continuation
+
+
+def test_weights_fingerprint_sees_one_changed_value() -> None:
+    from cl_lora.backbones.base import weights_fingerprint
+
+    first, same = tiny_llama(seed=0).encoder, tiny_llama(seed=0).encoder
+    assert weights_fingerprint(first) == weights_fingerprint(same)
+    with torch.no_grad():
+        weight = same.model.layers[0].mlp.down_proj.weight
+        weight[0, 0] = torch.nextafter(weight[0, 0], torch.tensor(1.0))  # one ulp
+    assert weights_fingerprint(first) != weights_fingerprint(same)
+    assert weights_fingerprint(first.to(torch.bfloat16)) != weights_fingerprint(
+        tiny_llama().encoder
+    )

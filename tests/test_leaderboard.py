@@ -155,6 +155,20 @@ def test_searched_and_fixed_rates_are_never_averaged_together(tmp_path: Path):
     assert table.loc["lora [lr_search=None]", "acc_mean"] == pytest.approx(0.5)
 
 
+def test_runs_on_other_weights_are_not_averaged_together(tmp_path: Path):
+    """A run whose backbone fingerprint differs from its stream's usual one gets its own row;
+    a file without a fingerprint (written before they were recorded) joins the usual row."""
+    for seed, fingerprint in [(0, "aaaa1111bbbb2222"), (1, "aaaa1111bbbb2222"), (2, None),
+                              (3, "cccc3333dddd4444")]:  # fmt: skip
+        result = fake_result(seed, [[0.5 + seed / 10, None], [0.5, 0.5]])
+        if fingerprint:
+            result["backbone"]["fingerprint"] = fingerprint
+        write(tmp_path, result)
+    table = aggregate(collect_runs(tmp_path).table).set_index("method")
+    assert table.loc["lora", "seeds"] == [0, 1, 2]
+    assert table.loc["lora [weights=cccc3333]", "seeds"] == [3]
+
+
 def test_method_names_carry_arguments():
     base = {"init": "lora", "init_args": {}, "baseline": None, "baseline_args": {}}
     assert method_name(base) == "lora"

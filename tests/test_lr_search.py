@@ -89,6 +89,7 @@ def test_a_run_with_lr_search_records_every_candidate(tmp_path: Path, capsys) ->
     assert search["tasks"] == ["movie-sentiment"]
     assert search["fit_sizes"] == [4] and search["validation_sizes"] == [1]
     assert result["config"]["lr_search"] == [1e-5, 3e-3]
+    assert len(result["backbone"]["fingerprint"]) == 16  # the weights as loaded
     assert not (run / SEARCH_FILE).exists()  # folded into result.json
     capsys.readouterr()
     assert main([*argv[:4], "--lr-search", "1e-4,fast", "--quiet"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,3 +50,16 @@ def linear_layer_names(model: nn.Module, exclude: Sequence[str] = ()) -> list[st
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not any(part in name for part in exclude)
     ]
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A SHA-256 of every parameter and buffer (name, dtype, shape, bytes) of ``model``, first
+    16 hex digits: equal exactly when the weights are bit-identical. A backbone built on each
+    machine (e.g. the MNIST ViT pretrained at first use) can differ between CPUs; this is how
+    results tell."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]

@@ -8,7 +8,10 @@ one bad folder never hides the rest.
 Runs are grouped by (stream, scenario, backbone, method): the method is the baseline or init
 with its arguments and plugins. A run whose other settings (rank, epochs, budget, ...) differ
 from those of most runs of its stream gets them appended to its method name (``lora
-[rank=16]``), so runs with different settings are never averaged together.
+[rank=16]``), so runs with different settings are never averaged together. The same holds for
+the backbone's weights: a run whose weights fingerprint (``backbone.fingerprint``, a hash of the
+weights as loaded) differs from the most common one of its stream gets ``[weights=<hash>]``;
+files from before fingerprints were recorded match any.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def collect_runs(runs_dir: Path) -> Runs:
     rows, mismatched = _drop_mismatched_tasks(rows)
     skipped += mismatched
     _name_setups(rows)
+    _name_weights(rows)
     table = pd.DataFrame(rows, columns=[*GROUP, "seed", "run_id", "path", *METRICS, *_EXTRA])
     return Runs(table.drop(columns="setup"), sorted(skipped))
 
@@ -109,6 +113,7 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "retention": None if curve is None else np.array(curve, dtype=float),
         "init": config.get("init"),
         "init_args": config.get("init_args") or {},
+        "fingerprint": result["backbone"].get("fingerprint"),
         "setup": {
             key: value
             for key, value in config.items()
@@ -174,6 +179,17 @@ def _name_setups(rows: list[dict[str, Any]]) -> None:
         ]
         if differs:
             row["method"] += f" [{', '.join(differs)}]"
+
+
+def _name_weights(rows: list[dict[str, Any]]) -> None:
+    """Append ``[weights=<hash>]`` to the method of each run whose backbone fingerprint differs
+    from the most common fingerprint of its (stream, scenario, backbone); runs without one (older
+    files) are left as they are."""
+    known = [row for row in rows if row["fingerprint"]]
+    usual = _most_common_per_stream(known, lambda row: row["fingerprint"])
+    for row in known:
+        if row["fingerprint"] != usual[_stream_key(row)]:
+            row["method"] += f" [weights={row['fingerprint'][:8]}]"
 
 
 def _setup_text(row: Mapping[str, Any]) -> str:
