@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-lr", type=float, default=DEFAULTS.head_lr)
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument(
+        "--eval-batch-size",
+        type=int,
+        default=DEFAULTS.eval_batch_size,
+        help="examples per evaluation (and calibration) batch",
+    )
+    p.add_argument(
         "--max-length",
         type=int,
         help=f"tokens per example (default: the stream's; {DEFAULT_MAX_LENGTH} for most)",
@@ -162,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         lr_search=parse_rates(args.lr_search) if args.lr_search else None,
         head_lr=args.head_lr,
         batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
         max_length=args.max_length,
         seed=args.seed,
         max_train_per_task=args.max_train_per_task,

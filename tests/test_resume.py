@@ -183,3 +183,31 @@ def test_nan_after_a_finished_task_keeps_its_checkpoint(monkeypatch, capsys, tmp
     assert "\n" not in err
     assert list(tmp_path.rglob("checkpoint.pt"))
     assert not list(tmp_path.rglob("result.json"))
+
+
+def test_out_of_memory_is_one_line_naming_the_task_and_the_fix(tmp_path, monkeypatch) -> None:
+    """A CUDA out-of-memory error in task 2 (raised by a stand-in for the device) stops the run
+    with one line naming the task and settings that need less memory; task 1's checkpoint
+    stays for --resume."""
+    import torch
+
+    from cl_lora.errors import RunFailure
+    from cl_lora.strategy.template import LoRAStrategy
+
+    strategy = make_strategy(tiny_backbone(), make_toy_stream(tasks=3))
+    train = LoRAStrategy.train
+
+    def train_until_memory_runs_out(self, experience, **kwargs):
+        if experience.current_experience >= 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return train(self, experience, **kwargs)
+
+    monkeypatch.setattr(LoRAStrategy, "train", train_until_memory_runs_out)
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(RunFailure) as failure:
+        run_stream(strategy, checkpoint=checkpoint)
+    message = str(failure.value)
+    assert "\n" not in message and "while training task 2/3" in message
+    assert f"--batch-size {strategy.train_mb_size // 2}" in message
+    assert "--gradient-checkpointing" in message and str(checkpoint) in message
+    assert checkpoint.exists()

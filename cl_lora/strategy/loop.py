@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from cl_lora.errors import RunFailure
 from cl_lora.strategy.checkpoint import load_checkpoint, save_checkpoint
@@ -15,6 +18,38 @@ from cl_lora.strategy.retention import RetentionProbe
 from cl_lora.strategy.template import LoRAStrategy
 
 log = logging.getLogger("cl_lora")
+
+
+@contextmanager
+def _failures_named(
+    strategy: LoRAStrategy, task: int, phase: str, checkpoint: Path | None
+) -> Iterator[None]:
+    """A run failure or an out-of-memory error while ``phase`` task ``task`` becomes one
+    line naming the task, what would fit (for memory), and the checkpoint of the tasks before."""
+    kept = f"; the tasks before it are checkpointed in {checkpoint}" if checkpoint else ""
+    try:
+        yield
+    except RunFailure as failure:
+        raise RunFailure(f"{failure}{kept}") from None
+    except torch.OutOfMemoryError:
+        raise RunFailure(_out_of_memory(strategy, task, phase) + kept) from None
+
+
+def _out_of_memory(strategy: LoRAStrategy, task: int, phase: str) -> str:
+    """What ran out, where, and the settings that need less memory."""
+    name = strategy.stream.tasks[task].name
+    batch = strategy.train_mb_size if phase == "training" else strategy.eval_mb_size
+    option = "--batch-size" if phase == "training" else "--eval-batch-size"
+    tokens = getattr(strategy.problem, "max_length", None)
+    fixes = [f"{option} {max(1, batch // 2)}", "--gradient-checkpointing", "--precision bf16"]
+    if tokens:
+        fixes.append(f"--max-length {max(1, tokens // 2)}")
+    return (
+        f"out of {strategy.device.type.upper()} memory while {phase} task {task + 1}/"
+        f"{len(strategy.stream.tasks)} ({name}) at batch size {batch}"
+        + (f", {tokens} tokens" if tokens else "")
+        + f": rerun with {', '.join(fixes)}"
+    )
 
 
 def _evaluate(strategy: LoRAStrategy, test_stream) -> dict[int, dict]:
@@ -59,25 +94,21 @@ def run_stream(
     for i, experience in enumerate(benchmark.train_stream):
         if i < first:
             continue
+        kept = checkpoint if checkpoint is not None and i > 0 else None
         start = time.perf_counter()
-        try:
+        with _failures_named(strategy, i, "training", kept):
             strategy.train(experience)
-        except RunFailure as failure:
-            if checkpoint is not None and i > 0:
-                raise RunFailure(
-                    f"{failure}; the tasks before it are checkpointed in {checkpoint}"
-                ) from None
-            raise
         outcome.timings["train_s"].append(time.perf_counter() - start)
         outcome.timings["init_s"].append(strategy.init_seconds[i])
         outcome.trainable_params.append(strategy.trainable_params[i])
 
         start = time.perf_counter()
-        for j, score in _evaluate(strategy, benchmark.test_stream).items():
-            outcome.matrix[i, j] = score["score"]
-            outcome.scores[i][j] = score
-        if probe is not None:
-            outcome.retention.append(probe.score(strategy.model))
+        with _failures_named(strategy, i, "evaluating after", kept):
+            for j, score in _evaluate(strategy, benchmark.test_stream).items():
+                outcome.matrix[i, j] = score["score"]
+                outcome.scores[i][j] = score
+            if probe is not None:
+                outcome.retention.append(probe.score(strategy.model))
         outcome.timings["eval_s"].append(time.perf_counter() - start)
         if checkpoint is not None:
             save_checkpoint(checkpoint, strategy, outcome, i, probe)
