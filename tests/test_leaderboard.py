@@ -367,3 +367,22 @@ def test_committed_leaderboard_rebuilds_from_committed_runs(tmp_path: Path):
         assert rebuilt == _without_timestamp((results / name).read_text()), name
     figures = sorted(path.name for path in (tmp_path / "plots").iterdir())
     assert figures == sorted(path.name for path in (results / "plots").iterdir())
+
+
+def test_committed_cl_benchmark_references_line_up_with_a_t5_run():
+    """O-LoRA's T5-large rows meet a run of the same order on google-t5/t5-large (Hub owner and
+    case ignored), not a run of another order, another task list or another T5."""
+    references, warnings = load_references(ROOT / "results" / "references")
+    assert not warnings
+    ours = pd.DataFrame(
+        {
+            "stream": ["cl-benchmark-order1", "long-15-order4", "cl-benchmark:amazon,agnews",
+                       "cl-benchmark-order2"],
+            "backbone": ["google-t5/T5-Large", "t5-large", "google-t5/t5-large",
+                         "google/t5-large-lm-adapt"],
+        }
+    )  # fmt: skip
+    matching, _ = split_references(references, ours, ["acc"])
+    assert set(matching["stream"]) == {"cl-benchmark-order1", "long-15-order4"}
+    assert set(matching["backbone"]) == {"t5-large"}
+    assert {"o-lora", "seq-lora"} <= set(matching["method"])
