@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "80%% of its training data, the best on the other 20%% trains the stream",
     )
     p.add_argument("--head-lr", type=float, default=DEFAULTS.head_lr)
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help="AdamW's")
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=DEFAULTS.warmup_ratio,
+        help="share of each task's steps with a linear learning-rate warm-up",
+    )
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size)
     p.add_argument(
         "--eval-batch-size",
@@ -167,6 +174,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         lr=args.lr,
         lr_search=parse_rates(args.lr_search) if args.lr_search else None,
         head_lr=args.head_lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
         max_length=args.max_length,

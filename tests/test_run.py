@@ -131,3 +131,15 @@ def test_nan_loss_stops_the_run_with_exit_1(monkeypatch, capsys, tmp_path) -> No
     err = capsys.readouterr().err.strip()
     assert "loss became nan on task 0 (movie-sentiment)" in err and "\n" not in err
     assert not list(tmp_path.rglob("result.json"))
+
+
+def test_every_training_setting_is_reachable_from_the_command_line() -> None:
+    """Each RunConfig field that changes training has a flag (the weight decay, warm-up and
+    evaluation batch were once only settable in code)."""
+    from cl_lora.run import build_parser, config_from_args
+
+    argv = ["--weight-decay", "0.01", "--warmup-ratio", "0.2", "--eval-batch-size", "8",
+            "--lr-search", "1e-4,1e-3", "--order", "2"]  # fmt: skip
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.weight_decay, config.warmup_ratio, config.eval_batch_size) == (0.01, 0.2, 8)
+    assert config.lr_search == (1e-4, 1e-3) and config.order == 2
