@@ -33,3 +33,15 @@ def parse_key_values(pairs: Sequence[str], option: str = "--init-arg") -> dict[s
             raise BadInputError(f"{option} '{pair}' is not KEY=VALUE (e.g. {option} f=0.25)")
         parsed[key.strip()] = value.strip()
     return parsed
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_bool(text: str, what: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``) as a bool; anything else is a
+    one-line error naming ``what`` (``bool("false")`` would be True)."""
+    key = text.strip().lower()
+    if key not in _BOOLEANS:
+        raise BadInputError(f"{what}={text!r}: use true or false")
+    return _BOOLEANS[key]

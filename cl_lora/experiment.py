@@ -93,6 +93,13 @@ def load_backbone(family: Family, name: str, config: RunConfig, device: torch.de
     return family.load(name, options)
 
 
+def _adapters(config: RunConfig, backbone: Backbone) -> tuple[list[str], LoRASettings]:
+    """The layers LoRA adapts and its shape, checked against ``backbone``."""
+    targets = _targets(config, backbone.target_modules)
+    _check_rank(config.rank, backbone.encoder, targets)
+    return targets, LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
+
+
 def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None:
     """Fail before any work when a target layer is too small for ``rank``."""
     modules = dict(encoder.named_modules())
@@ -284,28 +291,24 @@ def run_experiment(
     # "config" stays as given, None meaning "the stream's default", and is what the id hashes)
     family, name = prepare_backbone(config, stream)
     config = dataclasses.replace(config, backbone=name, scenario=stream.scenario)
-    seed_everything(config.seed)
-    backbone = load_backbone(family, name, config, device)
-    backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
-    problem = build_problem(stream, backbone, config.max_length)
-    targets = _targets(config, backbone.target_modules)
-    _check_rank(config.rank, backbone.encoder, targets)
-    lora = LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = run_dir / CHECKPOINT
-
     lr = config.lr
-    if config.lr_search:
+    if config.lr_search:  # before the run's own backbone: one copy in memory at a time
         lr_search = search_learning_rate(
             config.lr_search,
             stream,
             lambda candidate, search: _validation_score(
-                method, config, family, name, search, device, targets, lora, candidate
+                method, config, family, name, search, device, candidate
             ),
             cache=run_dir / SEARCH_FILE,
         )
         lr = lr_search.chosen
-        seed_everything(config.seed)  # the searches drew from the RNG; runs without one do not
+    seed_everything(config.seed)
+    backbone = load_backbone(family, name, config, device)
+    backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
+    problem = build_problem(stream, backbone, config.max_length)
+    targets, lora = _adapters(config, backbone)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = run_dir / CHECKPOINT
     strategy = build_strategy(
         method, config, problem, backbone, stream, lora, targets, device, lr, verbose
     )
@@ -400,14 +403,13 @@ def _validation_score(
     name: str,
     search: streams.Stream,
     device: torch.device,
-    targets: list[str],
-    lora: LoRASettings,
     lr: float,
 ) -> float:
-    """Train ``search`` (fit data) on a fresh copy of the backbone at ``lr``; the mean
-    validation score of its tasks after the last one."""
+    """Train ``search`` (fit data) on a fresh copy of the backbone at ``lr``, seeded as the run
+    is; the mean validation score of its tasks after the last one."""
     seed_everything(config.seed)
     backbone = load_backbone(family, name, config, device)
     problem = build_problem(search, backbone, config.max_length)
+    targets, lora = _adapters(config, backbone)
     strategy = build_strategy(method, config, problem, backbone, search, lora, targets, device, lr)
     return float(np.nanmean(run_stream(strategy).matrix[-1]))

@@ -73,6 +73,12 @@ class LRSearch:
         scores = np.nan_to_num(np.asarray(self.scores, dtype=float), nan=-np.inf)
         return self.candidates[int(np.argmax(scores))]
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LRSearch:
+        """The inverse of :meth:`record`."""
+        keys = ("candidates", "validation_scores", "tasks", "fit_sizes", "validation_sizes")
+        return cls(*(tuple(record[key]) for key in keys))
+
     def record(self) -> dict[str, Any]:
         return {
             "candidates": list(self.candidates),
@@ -101,13 +107,7 @@ def search_learning_rate(
         saved = json.loads(cache.read_text())
         if saved["candidates"] == list(candidates):
             log.info("lr search: reusing %s (chosen %g)", cache, saved["chosen"])
-            return LRSearch(
-                tuple(saved["candidates"]),
-                tuple(saved["validation_scores"]),
-                tuple(saved["tasks"]),
-                tuple(saved["fit_sizes"]),
-                tuple(saved["validation_sizes"]),
-            )
+            return LRSearch.from_record(saved)
     search = search_stream(stream)
     scores = []
     for number, lr in enumerate(candidates, 1):
@@ -123,5 +123,6 @@ def search_learning_rate(
     )
     log.info("lr search: chose %g", result.chosen)
     if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(cache, json.dumps(result.record(), indent=2).encode())
     return result

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from cl_lora.cli import parse_bool
 from cl_lora.errors import BadInputError
 
 
@@ -29,9 +30,6 @@ class Argument:
     default: Any
     help: str
     choices: tuple[Any, ...] | None = None
-
-
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 def resolve_arguments(
@@ -47,10 +45,8 @@ def resolve_arguments(
     resolved = {}
     for key, spec in arguments.items():
         value = args.get(key, spec.default)
-        if spec.type is bool and isinstance(value, str):  # bool("false") would be True
-            if value.strip().lower() not in _BOOLEANS:
-                raise BadInputError(f"{owner} argument {key}={value!r}: use true or false")
-            value = _BOOLEANS[value.strip().lower()]
+        if spec.type is bool and isinstance(value, str):
+            value = parse_bool(value, f"{owner} argument {key}")
         if value is not None and not isinstance(value, spec.type):
             try:
                 value = spec.type(value)

@@ -52,6 +52,10 @@ def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
     return torch.tensor(padded, dtype=torch.long)
 
 
+def _label_ids(labels: Sequence[int] | None) -> torch.Tensor | None:
+    return None if labels is None else torch.tensor(list(labels))
+
+
 class TextToText(Problem):
     """A causal LM that learns each task as prompt -> answer text (see the module docstring)."""
 
@@ -103,10 +107,7 @@ class TextToText(Problem):
     ) -> Batch:
         prompts = [self.prompt_ids(example["prompt"]) for example in examples]
         if not training:  # prompts only, left-padded for generation; targets are label ids
-            ids = _pad(prompts, self.pad, left=True)
-            mask = _pad([[1] * len(p) for p in prompts], 0, left=True)
-            targets = None if labels is None else torch.tensor(list(labels))
-            return {"input_ids": ids, "attention_mask": mask}, targets
+            return self._prompt_inputs(prompts), _label_ids(labels)
         answers = [self._target_ids(example["target"]) for example in examples]
         ids = _pad([p + a for p, a in zip(prompts, answers, strict=True)], self.pad, left=False)
         mask = _pad([[1] * (len(p) + len(a)) for p, a in zip(prompts, answers, strict=True)], 0,
@@ -117,6 +118,13 @@ class TextToText(Problem):
             left=False,
         )
         return {"input_ids": ids, "attention_mask": mask}, targets
+
+    def _prompt_inputs(self, prompts: list[list[int]]) -> Inputs:
+        """Token ids of prompts alone, left-padded (generation continues from the right)."""
+        return {
+            "input_ids": _pad(prompts, self.pad, left=True),
+            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=True),
+        }
 
     def eval_order(self, dataset: Sequence[tuple[dict[str, Any], int, int]]) -> list[int]:
         """Longest prompts first: batches of similar length waste little on padding, and an
@@ -236,13 +244,9 @@ class Seq2SeqTextToText(TextToText):
     def collate(
         self, examples: Sequence[dict[str, Any]], labels: Sequence[int] | None, training: bool
     ) -> Batch:
-        prompts = [self.prompt_ids(example["prompt"]) for example in examples]
-        inputs = {
-            "input_ids": _pad(prompts, self.pad, left=True),
-            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=True),
-        }
+        inputs = self._prompt_inputs([self.prompt_ids(e["prompt"]) for e in examples])
         if not training:
-            return inputs, None if labels is None else torch.tensor(list(labels))
+            return inputs, _label_ids(labels)
         answers = [self._target_ids(example["target"]) for example in examples]
         inputs["decoder_input_ids"] = _pad(
             [[self.decoder_start, *a[:-1]] for a in answers], self.pad, left=False

@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cl_lora.cli import parse_key_values
+from cl_lora.cli import parse_bool, parse_key_values
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import resolve_config, run_id_of
@@ -42,9 +42,7 @@ def _coerce(key: str, text: str) -> Any:
         except ValueError:
             raise BadInputError(f"--set {key}={text}: {key} takes {element.__name__}s") from None
     if kind is bool:
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise BadInputError(f"--set {key}={text}: use true or false")
-        return text.lower() in ("true", "1")
+        return parse_bool(text, f"--set {key}")
     try:
         return kind(text)
     except ValueError:
