@@ -228,9 +228,10 @@ def plot_retention(runs: pd.DataFrame, table: pd.DataFrame) -> Figure | None:
         ha="right",
         fontsize=7,
     )
-    ax.set_ylabel("knowledge-probe score (a head on the probe task; LMs: NQ-open exact match)")
+    ax.set_ylabel("knowledge-probe score")
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.set_title(_title(runs, "pretrained-knowledge retention, mean over seeds"), fontsize=9)
+    what = "pretrained-knowledge retention, mean over seeds (language models: NQ-open exact match)"
+    ax.set_title(_title(runs, what), fontsize=9)
     return fig
 
 
