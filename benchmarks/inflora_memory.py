@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from baselines.inflora import extend_basis, extend_basis_official
 from benchmarks._common import entry_point, finish
 from cl_lora import streams
 from cl_lora.backbones import ContinualClassifier, load_text_backbone
+from cl_lora.baselines.inflora import extend_basis, extend_basis_official
 from cl_lora.calibration import collect_input_covariances
 from cl_lora.problems import Classification
 

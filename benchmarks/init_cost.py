@@ -46,7 +46,6 @@ import sys
 import time
 import types
 import warnings
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +63,8 @@ from benchmarks._common import entry_point, finish, labelled_collate, settings_f
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
 from cl_lora.backbones.base import Inputs
-from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
+from cl_lora.calibration import collect_input_covariances, collect_statistics
+from cl_lora.calibration.gradients import BatchLoss
 from cl_lora.cli import OneLineParser, require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
@@ -249,10 +249,10 @@ def text_case(settings: Settings, device: torch.device) -> tuple[Case, streams.S
     # PEFT reads the very rows our calibration reads (the Calibrator's own selection helpers).
     def peft_batches(init: InitMethod) -> Iterator[Inputs]:
         cal = calibrator(init)
-        return cal._batches(cal._input_rows(task_id)[0], cal.batch_size)
+        return cal.input_batches(task_id)[0]
 
     def peft_singles(init: InitMethod) -> Iterator[Inputs]:
-        for row in calibrator(init)._input_rows(task_id)[0]:
+        for row in calibrator(init).input_rows(task_id)[0]:
             yield _to(backbone.collate([row]), device)
 
     def peft_labelled() -> Iterator[tuple[Inputs, torch.Tensor]]:
@@ -332,12 +332,48 @@ def vit_backbone(settings: Settings) -> Backbone:
     )
 
 
+@dataclass
+class ImageCalibration:
+    """The ViT case's :class:`~cl_lora.calibration.CalibrationData`: every source (probe, task)
+    is the same random images; gradients and warm-ups use their random labels."""
+
+    init: InitMethod
+    init_args: dict[str, Any]
+    lora: LoRASettings
+    target_modules: Sequence[str]
+    batches: list[tuple[Inputs, torch.Tensor]]
+    lr: float = RECIPE.lr
+
+    @property
+    def size(self) -> int:
+        return sum(len(labels) for _, labels in self.batches)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.batches[0][1])
+
+    train_batch_size = batch_size
+
+    def resolved_args(self) -> dict[str, Any]:
+        return self.init.resolve_args(self.init_args)
+
+    def input_batches(self, task_id: int) -> tuple[Iterable[Inputs], dict[str, int]]:
+        return (x for x, _ in self.batches), {"images": self.size}
+
+    def labelled_batches(
+        self, task_id: int, count: int, size: int
+    ) -> list[tuple[Inputs, torch.Tensor]]:
+        return self.batches  # fixed batches; a warm-up cycles over them
+
+    def loss(self, task_id: int) -> BatchLoss:
+        return cross_entropy_on(task_id)
+
+
 def vit_case(settings: Settings, device: torch.device) -> Case:
     """The random ViT on random images with random labels (calibration cost, not accuracy).
 
-    Every data source (probe, task) is the same images here; gradients and warm-ups use their
-    random labels. The calibration functions are the strategy's, called directly (the
-    ``Calibrator`` reads its data from a text stream).
+    Every data source (probe, task) is the same images here (:class:`ImageCalibration`); the
+    collectors are the strategy's (the ``Calibrator`` reads its data from a text stream).
     """
     torch.manual_seed(settings.seed)
     backbone = vit_backbone(settings)
@@ -367,35 +403,10 @@ def vit_case(settings: Settings, device: torch.device) -> Case:
         model: ContinualClassifier,
         generator: torch.Generator,
     ) -> dict[str, dict[str, torch.Tensor]]:
-        """What ``Calibrator.collect`` does, on the image batches."""
-        stats: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-        was_training = model.training
-        model.eval()
-        targets = backbone.target_modules
-        if "input_cov" in init.needs:
-            collector = collect_input_covariances(model, targets, (x for x, _ in batches))
-            for name, cov in collector.covariances().items():
-                stats[name]["input_cov"] = cov
-        if "grad" in init.needs:
-            loss = cross_entropy_on(task_id)
-            for name, grad in collect_gradients(model, loss, targets, batches).items():
-                stats[name]["grad"] = grad
-        if "warmup_delta" in init.needs:
-            steps = init.resolve_args(args)["warmup_steps"]
-            for name, delta in warmup_deltas(
-                model,
-                model.head_of(task_id),
-                cross_entropy_on(task_id),
-                lora,
-                targets,
-                batches,
-                steps,
-                RECIPE.lr,
-                generator,
-            ).items():
-                stats[name]["warmup_delta"] = delta
-        model.train(was_training)
-        return stats
+        """The registered collectors of ``init.needs`` (what ``Calibrator.collect`` runs), on
+        the image batches."""
+        data = ImageCalibration(init, args, lora, backbone.target_modules, batches)
+        return collect_statistics(data, init.needs, model, task_id, generator)[0]
 
     def peft_singles(init: InitMethod) -> Iterator[Inputs]:
         for x, _ in batches:

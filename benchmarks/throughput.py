@@ -54,6 +54,7 @@ from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import resolve_config
 from cl_lora.lora import LoRASettings, attach_lora
+from cl_lora.method import resolve
 from cl_lora.problems import Problem, build_problem
 from cl_lora.strategy import LoRAStrategy
 from cl_lora.strategy.experiences import TaskExamples, to_benchmark
@@ -326,26 +327,16 @@ def strategy_pass(bench: Bench, stream: streams.Stream, evaluate: bool = False) 
         warnings.simplefilter("ignore", UserWarning)
         evaluator = EvaluationPlugin(loggers=[])  # no progress bar: a UI cost, not the loop's
     problem = bench.problem(stream)
-    strategy = LoRAStrategy(
-        problem=problem,
-        backbone=problem.backbone,
-        stream=stream,
-        init=inits.get(INIT),
-        init_args={},
-        lora=bench.lora,
-        target_modules=bench.backbone.target_modules,
-        lr=RECIPE.lr,
-        head_lr=RECIPE.head_lr,
-        weight_decay=RECIPE.weight_decay,
-        warmup_ratio=RECIPE.warmup_ratio,
+    config = dataclasses.replace(
+        RECIPE,
         seed=settings.seed,
         precision=settings.precision,
-        train_mb_size=settings.batch_size,
-        train_epochs=1,
-        eval_mb_size=settings.batch_size,
-        device=bench.device,
-        plugins=[probe],
-        evaluator=evaluator,
+        batch_size=settings.batch_size,
+        eval_batch_size=settings.batch_size,
+        epochs=1,
+    )
+    strategy = resolve(config).build_strategy(
+        problem, stream, bench.device, plugins=[probe], evaluator=evaluator
     )
     experience = to_benchmark(stream).train_stream[task_id]
     torch.manual_seed(settings.seed)  # the head's init, as on the bare side

@@ -1,19 +1,65 @@
 """The resolved configuration of one run: every knob that changes its result, and nothing else.
 
-Its dict form is stored in ``result.json`` and hashed into the run id, so two runs with the same
+Each setting is declared once, as a field of :class:`RunConfig` made with :func:`setting`: its
+default, its group and its help text. The command line of ``python -m cl_lora.run`` and the
+``--set KEY=VALUE`` keys of ``python -m cl_lora.sweep`` are generated from these fields
+(:mod:`cl_lora.config_cli`), so adding a setting is adding one field.
+
+The dict form is stored in ``result.json`` and hashed into the run id, so two runs with the same
 config land in the same folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from cl_lora.cli import require_at_least_one
+from cl_lora.cli import parse_bool, require_at_least_one
 from cl_lora.errors import BadInputError
+
+#: The groups settings are listed in (``--help`` shows one section per group).
+GROUPS = {
+    "method": "what trains: init method, baseline, plugins",
+    "data": "stream and data",
+    "lora": "LoRA shape",
+    "training": "training recipe",
+    "calibration": "statistics an init reads before each task",
+    "runtime": "device, precision and probes",
+}
+
+#: Where input covariances may be collected (``--calib``).
+CALIBRATION_SOURCES = ("probe", "task", "memory")
+
+#: Flags whose name is not the field's (repeatable ``--init-arg KEY=VALUE`` fills a dict).
+_FLAGS = {
+    "init_args": "--init-arg",
+    "baseline_args": "--baseline-arg",
+    "plugins": "--plugin",
+    "plugin_args": "--plugin-arg",
+}
+
+
+def setting(
+    default: Any,
+    group: str,
+    help: str = "",
+    *,
+    added: bool = False,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """One declared setting (a dataclass field). ``added``: introduced after the first
+    published runs, so left out of run ids while it holds ``default`` (earlier runs keep their
+    ids); ``choices``: the only values allowed."""
+    metadata = {"group": group, "help": help, "added": added, "choices": choices}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=dict, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -24,41 +70,105 @@ class RunConfig:
     minutes on 2 CPU cores, large enough that every task learns well above chance.
     """
 
-    stream: str = "offline-text"
-    init: str | None = "lora"  # None only for baselines without a LoRA init (see baselines/)
-    init_args: dict[str, Any] = field(default_factory=dict)
-    baseline: str | None = None  # None: the suite's method, a fresh LoRA per task
-    baseline_args: dict[str, Any] = field(default_factory=dict)
-    plugins: tuple[str, ...] = ()  # continual-learning plugins (ewc, lwf, replay)
-    plugin_args: dict[str, Any] = field(default_factory=dict)
-    backbone: str | None = None  # None: the stream's default
-    scenario: str | None = None  # None: the stream's default scenario
-    targets: tuple[str, ...] | None = None  # None: the backbone's attention and MLP linears
-    calib: tuple[str, ...] | None = None  # None: the init method's default sources
-    calib_size: int = 256
-    rank: int = 8
-    alpha: float = 16.0
-    rslora: bool = False
-    epochs: int = 2
-    lr: float = 5e-4
-    lr_search: tuple[float, ...] | None = None  # candidates: pick lr on validation first
-    head_lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    max_length: int | None = None  # tokens; None: the stream's recipe, else DEFAULT_MAX_LENGTH
-    seed: int = 0
-    max_train_per_task: int | None = None
-    max_test_per_task: int | None = None
-    data_dir: str | None = None
-    order: int | None = None  # a published task order, for streams that have several
-    tasks: tuple[str, ...] | None = None  # a custom task sequence, for the same streams
-    device: str = "auto"
-    precision: str = "fp32"
-    deterministic: bool = False  # torch.use_deterministic_algorithms (matters on GPU)
-    gradient_checkpointing: bool = False  # recompute activations in backward (language models)
-    knowledge: str | None = None  # language models: None/nq-open, or lm-eval:TASK[,TASK...]
+    stream: str = setting("offline-text", "data", "task stream (see --list)")
+    init: str | None = setting(
+        "lora", "method", "LoRA init method (see --list); a baseline without one records none"
+    )
+    init_args: dict[str, Any] = setting({}, "method", "an argument of the init method")
+    baseline: str | None = setting(
+        None, "method", "train with a baseline instead of a fresh LoRA per task (see --list)"
+    )
+    baseline_args: dict[str, Any] = setting({}, "method", "an argument of the baseline")
+    plugins: tuple[str, ...] = setting(
+        (), "method", "a continual-learning plugin (ewc, lwf, replay) with the fresh LoRA"
+    )
+    plugin_args: dict[str, Any] = setting(
+        {}, "method", "an argument of a chosen plugin (each key belongs to one plugin)"
+    )
+    backbone: str | None = setting(
+        None,
+        "data",
+        "text: local folder or Hub name; vision: a timm model name, a local timm folder, "
+        "NAME=FILE, or mnist-vit; language model: smollm2-135m, a local folder, a .gguf file "
+        "or a Hub name (default: the stream's own)",
+    )
+    scenario: str | None = setting(
+        None,
+        "data",
+        "continual-learning scenario, for streams that offer several (default: the stream's)",
+        choices=("task", "class", "domain"),
+    )
+    targets: tuple[str, ...] | None = setting(
+        None, "lora", "comma-separated module-name suffixes LoRA adapts (default: the backbone's)"
+    )
+    calib: tuple[str, ...] | None = setting(
+        None,
+        "calibration",
+        "data of input covariances: comma-separated probe, task, memory (default: the init "
+        "method's own)",
+    )
+    calib_size: int = setting(256, "calibration", "examples per calibration source")
+    rank: int = setting(8, "lora", "LoRA rank r")
+    alpha: float = setting(16.0, "lora", "LoRA alpha (scale alpha/r)")
+    rslora: bool = setting(False, "lora", "scale alpha/sqrt(r) (rsLoRA)")
+    epochs: int = setting(2, "training", "epochs per task")
+    lr: float = setting(5e-4, "training", "adapter learning rate")
+    lr_search: tuple[float, ...] | None = setting(
+        None,
+        "training",
+        "candidate adapter learning rates, comma-separated: each trains the first task on 80% "
+        "of its training data, the best on the other 20% trains the stream",
+        added=True,
+    )
+    head_lr: float = setting(2e-3, "training", "task heads' learning rate")
+    weight_decay: float = setting(0.0, "training", "AdamW's weight decay")
+    warmup_ratio: float = setting(
+        0.1, "training", "share of each task's steps with a linear learning-rate warm-up"
+    )
+    batch_size: int = setting(16, "training", "training examples per step")
+    eval_batch_size: int = setting(
+        64, "training", "examples per evaluation (and calibration) batch"
+    )
+    max_length: int | None = setting(
+        None, "data", "tokens per example (default: the stream's; 64 for most)"
+    )
+    seed: int = setting(0, "training", "seed of everything random in the run")
+    max_train_per_task: int | None = setting(
+        None, "data", "cap on training examples per task (a class-balanced fixed sample)"
+    )
+    max_test_per_task: int | None = setting(None, "data", "cap on test examples per task")
+    data_dir: str | None = setting(
+        None, "data", "local data folder (GLUE in the standard TSV layout; O-LoRA's CL_Benchmark)"
+    )
+    order: int | None = setting(
+        None, "data", "published task order (cl-benchmark: 1-3, long-15: 4-6)", added=True
+    )
+    tasks: tuple[str, ...] | None = setting(
+        None,
+        "data",
+        "your own task sequence from the stream's pool, comma-separated (cl-benchmark, long-15)",
+        added=True,
+    )
+    device: str = setting("auto", "runtime", "auto, cpu, cuda or cuda:N")
+    precision: str = setting("fp32", "runtime", "weights' precision", choices=("fp32", "bf16"))
+    deterministic: bool = setting(
+        False,
+        "runtime",
+        "deterministic torch kernels (slower on GPU; CPU runs are deterministic anyway)",
+    )
+    gradient_checkpointing: bool = setting(
+        False,
+        "runtime",
+        "recompute activations in the backward pass (language models: less GPU memory)",
+        added=True,
+    )
+    knowledge: str | None = setting(
+        None,
+        "runtime",
+        "language models' knowledge probe: nq-open (packaged, default) or "
+        "lm-eval:TASK[,TASK...] (lm-evaluation-harness tasks; needs lm-eval and the Hub)",
+        added=True,
+    )
 
     def __post_init__(self) -> None:
         require_at_least_one(
@@ -72,14 +182,26 @@ class RunConfig:
             len(self.lr_search) < 2 or any(lr <= 0 for lr in self.lr_search)
         ):
             raise BadInputError("--lr-search takes two or more positive rates, e.g. 1e-4,5e-4,1e-3")
-        if self.precision not in ("fp32", "bf16"):
-            raise BadInputError(f"unknown --precision '{self.precision}': use fp32 or bf16")
+        if self.calib is not None and (
+            not self.calib or any(source not in CALIBRATION_SOURCES for source in self.calib)
+        ):
+            raise BadInputError(
+                f"unknown --calib source in {','.join(self.calib) or repr('')}: use a "
+                f"comma-separated choice of {', '.join(CALIBRATION_SOURCES)}"
+            )
+        for spec in dataclasses.fields(self):
+            allowed = spec.metadata["choices"]
+            value = getattr(self, spec.name)
+            if allowed is not None and value is not None and value not in allowed:
+                raise BadInputError(
+                    f"unknown {flag_of(spec.name)} '{value}': use {' or '.join(allowed)}"
+                )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """The inverse of :meth:`to_dict` (lists back to tuples)."""
         data = dict(data)
-        for name in ("targets", "calib", "tasks", "lr_search"):
+        for name in _TUPLES:
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
         return cls(**data)
@@ -96,22 +218,70 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["plugins"] = list(self.plugins)
-        for name in ("targets", "calib", "tasks", "lr_search"):
+        for name in _TUPLES:
             value = getattr(self, name)
             data[name] = list(value) if value is not None else None
         return data
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def declared_type(name: str) -> tuple[type, bool]:
+    """Field ``name``'s type without ``| None``, and whether ``None`` is allowed."""
+    declared = _HINTS[name]
+    if typing.get_origin(declared) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(declared) if m is not type(None)]
+        return members[0], True
+    return declared, False
+
+
+#: Settings held as tuples (lists in JSON).
+_TUPLES = [
+    spec.name
+    for spec in dataclasses.fields(RunConfig)
+    if typing.get_origin(declared_type(spec.name)[0]) is tuple
+]
+
+
+def flag_of(name: str) -> str:
+    """The command-line flag of setting ``name`` (``max_length`` -> ``--max-length``)."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def parse_setting(name: str, text: str, option: str | None = None) -> Any:
+    """``text`` as a value of setting ``name`` (``none`` for an optional one; tuples are
+    comma-separated; bools true/false); a bad value is a one-line error naming ``option`` (by
+    default the setting's flag)."""
+    option = option or flag_of(name)
+    declared, optional = declared_type(name)
+    if optional and text.strip().lower() == "none":
+        return None
+    kind = typing.get_origin(declared) or declared  # tuple[str, ...] -> tuple
+    if kind is tuple:
+        element = (typing.get_args(declared) or (str,))[0]
+        try:
+            return tuple(element(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise BadInputError(
+                f"{option} {text!r}: expected comma-separated {_WORDS[element].split()[-1]}s"
+            ) from None
+    if kind is bool:
+        return parse_bool(text, option)
+    try:
+        return kind(text)
+    except ValueError:
+        raise BadInputError(f"{option} {text!r}: expected {_WORDS[kind]}") from None
+
+
+_WORDS = {int: "an integer", float: "a number", str: "text"}
 
 
 DEFAULT_MAX_LENGTH = 64  # tokens of a text example, unless the stream's recipe says otherwise
 
 #: Settings added after the first published runs, with the default that leaves a run as before.
 ADDED_SETTINGS: dict[str, Any] = {
-    "gradient_checkpointing": False,
-    "knowledge": None,
-    "order": None,
-    "tasks": None,
-    "lr_search": None,
+    spec.name: spec.default for spec in dataclasses.fields(RunConfig) if spec.metadata["added"]
 }
 
 

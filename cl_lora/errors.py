@@ -15,8 +15,13 @@ class RunFailure(Exception):
     """A failure while running that is not the user's input (e.g. a NaN loss)."""
 
 
+def did_you_mean(name: str, known: list[str], n: int = 3, cutoff: float = 0.6) -> str:
+    """``"did you mean 'a', 'b'? "`` for the names of ``known`` close to ``name``, else ``""``."""
+    close = difflib.get_close_matches(name, known, n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+
+
 def unknown_name(kind: str, name: str, known: list[str]) -> BadInputError:
     """The one-line error for an unknown registered name, with close matches as suggestions."""
-    close = difflib.get_close_matches(name, known, n=3)
-    hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
+    hint = did_you_mean(name, known)
     return BadInputError(f"unknown {kind} '{name}': {hint}(python -m cl_lora.run --list shows all)")

@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,17 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from avalanche.logging import InteractiveLogger
-from avalanche.training.plugins import EvaluationPlugin
 
-from baselines.method import Method, resolve
-from cl_lora import inits, streams
+from cl_lora import streams
 from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
 from cl_lora.backbones.base import weights_fingerprint
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
-from cl_lora.errors import BadInputError
 from cl_lora.lora import LoRASettings
 from cl_lora.lr_search import SEARCH_FILE, search_learning_rate
+from cl_lora.method import Method, resolve
 from cl_lora.metrics import summarize
 from cl_lora.problems import Problem, build_problem
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
@@ -57,19 +53,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _targets(config: RunConfig, default: list[str]) -> list[str]:
-    """The user's ``--targets`` (module-name suffixes) or the backbone's default layers."""
-    if config.targets is None:
-        return default
-    chosen = [name for name in default if any(name.endswith(t) for t in config.targets)]
-    if not chosen:
-        raise BadInputError(
-            f"--targets {','.join(config.targets)} matches no linear layer of the backbone: "
-            f"use suffixes such as query,value or dense"
-        )
-    return chosen
-
-
 def prepare_backbone(config: RunConfig, stream: streams.Stream) -> tuple[Family, str]:
     """The run's backbone family and name (``--backbone``, else the stream's, else the family's
     default). Assets a family builds once (the offline MNIST ViT) are built here, with progress
@@ -91,24 +74,6 @@ def load_backbone(family: Family, name: str, config: RunConfig, device: torch.de
         gradient_checkpointing=config.gradient_checkpointing,
     )
     return family.load(name, options)
-
-
-def _adapters(config: RunConfig, backbone: Backbone) -> tuple[list[str], LoRASettings]:
-    """The layers LoRA adapts and its shape, checked against ``backbone``."""
-    targets = _targets(config, backbone.target_modules)
-    _check_rank(config.rank, backbone.encoder, targets)
-    return targets, LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
-
-
-def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None:
-    """Fail before any work when a target layer is too small for ``rank``."""
-    modules = dict(encoder.named_modules())
-    smallest = min(min(modules[name].weight.shape) for name in targets)
-    if rank > smallest:
-        raise BadInputError(
-            f"rank {rank} does not fit the smallest adapted layer ({smallest} wide): "
-            f"choose --rank between 1 and {smallest}"
-        )
 
 
 def _result(
@@ -179,13 +144,6 @@ def _result(
         "precision": config.precision,
         "environment": environment(),
     }
-
-
-def make_evaluator(verbose: bool) -> EvaluationPlugin:
-    """Avalanche's interactive progress bars, or silence (without its no-logger warning)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No loggers specified")
-        return EvaluationPlugin(loggers=[InteractiveLogger()] if verbose else [])
 
 
 def resolve_method(config: RunConfig) -> Method:
@@ -306,12 +264,9 @@ def run_experiment(
     backbone = load_backbone(family, name, config, device)
     backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
     problem = build_problem(stream, backbone, config.max_length)
-    targets, lora = _adapters(config, backbone)
+    strategy = method.build_strategy(problem, stream, device, lr=lr, verbose=verbose)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / CHECKPOINT
-    strategy = build_strategy(
-        method, config, problem, backbone, stream, lora, targets, device, lr, verbose
-    )
     probe = knowledge_probe_for(
         stream,
         problem,
@@ -338,8 +293,8 @@ def run_experiment(
         stream,
         problem,
         backbone,
-        lora,
-        targets,
+        strategy.lora,
+        list(strategy.target_modules),
         outcome,
         device,
         time.perf_counter() - start,
@@ -357,45 +312,6 @@ def run_experiment(
     return RunOutput(run_dir=run_dir, result=result)
 
 
-def build_strategy(
-    method: Method,
-    config: RunConfig,
-    problem: Problem,
-    backbone: Backbone,
-    stream: streams.Stream,
-    lora: LoRASettings,
-    targets: list[str],
-    device: torch.device,
-    lr: float,
-    verbose: bool = False,
-) -> Any:
-    """The run's strategy: ``method``'s strategy class with ``config``'s recipe at rate ``lr``."""
-    return method.strategy(
-        problem=problem,
-        backbone=backbone,
-        stream=stream,
-        init=method.init or inits.get("lora"),  # baselines without an init never call it
-        init_args=config.init_args,
-        lora=lora,
-        target_modules=targets,
-        lr=lr,
-        head_lr=config.head_lr,
-        weight_decay=config.weight_decay,
-        warmup_ratio=config.warmup_ratio,
-        seed=config.seed,
-        precision=config.precision,
-        calib_sources=config.calib,
-        calib_size=config.calib_size,
-        train_mb_size=config.batch_size,
-        train_epochs=config.epochs,
-        eval_mb_size=config.eval_batch_size,
-        device=device,
-        plugins=method.plugins(),
-        evaluator=make_evaluator(verbose),
-        **method.strategy_args,
-    )
-
-
 def _validation_score(
     method: Method,
     config: RunConfig,
@@ -410,6 +326,5 @@ def _validation_score(
     seed_everything(config.seed)
     backbone = load_backbone(family, name, config, device)
     problem = build_problem(search, backbone, config.max_length)
-    targets, lora = _adapters(config, backbone)
-    strategy = build_strategy(method, config, problem, backbone, search, lora, targets, device, lr)
+    strategy = method.build_strategy(problem, search, device, lr=lr)
     return float(np.nanmean(run_stream(strategy).matrix[-1]))

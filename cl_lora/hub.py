@@ -8,10 +8,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import datasets
-import huggingface_hub
-
 from cl_lora.errors import BadInputError
+from cl_lora.lazy import lazy_module
+
+datasets = lazy_module("datasets")
+huggingface_hub = lazy_module("huggingface_hub")
 
 HUB_TIMEOUT_S = 3.0
 

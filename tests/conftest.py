@@ -86,38 +86,31 @@ def make_strategy(
     init_args: dict | None = None,
     epochs: int = 1,
     plugins: list | None = None,
-    strategy: type | None = None,
-    **strategy_args,
+    baseline: str | None = None,
+    baseline_args: dict | None = None,
 ):
-    """A ``LoRAStrategy`` (or the ``strategy`` subclass, e.g. a baseline, built with
-    ``strategy_args``) with a fast recipe (rank 2, batch 8, high learning rates), silent."""
-    from cl_lora import inits
-    from cl_lora.experiment import make_evaluator
-    from cl_lora.lora import LoRASettings
+    """The strategy a run of ``init`` (or ``baseline``) would build, through the same
+    ``Method.build_strategy`` call, with a fast recipe (rank 2, batch 8, high learning rates),
+    silent; ``plugins`` are added after the method's own."""
+    from cl_lora.config import RunConfig
+    from cl_lora.method import resolve
     from cl_lora.problems import build_problem
-    from cl_lora.strategy import LoRAStrategy
 
-    return (strategy or LoRAStrategy)(
-        problem=build_problem(stream, backbone, max_length=64),
-        backbone=backbone,
-        stream=stream,
-        init=inits.get(init),
+    config = RunConfig(
+        init=init,
         init_args=init_args or {},
-        lora=LoRASettings(rank=2, alpha=4),
-        target_modules=backbone.target_modules,
+        baseline=baseline,
+        baseline_args=baseline_args or {},
+        rank=2,
+        alpha=4.0,
         lr=1e-2,
         head_lr=1e-2,
-        weight_decay=0.0,
-        warmup_ratio=0.1,
-        seed=0,
-        train_mb_size=8,
-        train_epochs=epochs,
-        eval_mb_size=16,
-        device="cpu",
-        plugins=plugins,
-        evaluator=make_evaluator(verbose=False),
-        **strategy_args,
+        batch_size=8,
+        eval_batch_size=16,
+        epochs=epochs,
     )
+    problem = build_problem(stream, backbone, max_length=64)
+    return resolve(config).build_strategy(problem, stream, "cpu", plugins=plugins or ())
 
 
 def tiny_vit(num_classes: int = 0, seed: int = 0):

@@ -12,18 +12,19 @@ import torch
 from avalanche.core import SupervisedPlugin
 from conftest import make_strategy, tiny_backbone
 
-import baselines
-from baselines.inflora import (
+from cl_lora.baselines import BASELINES
+from cl_lora.baselines.inflora import (
     OFFICIAL_SCALE,
     InfLoRAInit,
     extend_basis,
     extend_basis_official,
     rising_threshold,
 )
-from baselines.o_lora import orthogonality_penalty
+from cl_lora.baselines.o_lora import orthogonality_penalty
 from cl_lora.errors import BadInputError
 from cl_lora.lora import ADAPTER, lora_layers
 from cl_lora.metrics import summarize
+from cl_lora.plugins import PLUGINS
 from cl_lora.run import main
 from cl_lora.strategy import run_stream
 from cl_lora.strategy.experiences import to_benchmark
@@ -38,10 +39,7 @@ def _seeded() -> None:
 
 
 def baseline_strategy(name: str, stream, epochs: int = 1, **args):
-    spec = baselines.get(name)
-    return make_strategy(
-        tiny_backbone(), stream, epochs=epochs, strategy=spec.strategy, **spec.resolve_args(args)
-    )
+    return make_strategy(tiny_backbone(), stream, epochs=epochs, baseline=name, baseline_args=args)
 
 
 class ExtraLoss(SupervisedPlugin):
@@ -75,9 +73,9 @@ def test_o_lora_penalty_is_the_official_abs_sum_by_default() -> None:
     current = {"q": torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]], requires_grad=True)}
     assert orthogonality_penalty(earlier, current).item() == pytest.approx(0.6 + 0.8)
     assert orthogonality_penalty(earlier, current, "squared").item() == pytest.approx(1.0)
-    assert baselines.get("o-lora").resolve_args({})["penalty"] == "abs"
+    assert BASELINES.get("o-lora").resolve_args({})["penalty"] == "abs"
     with pytest.raises(BadInputError, match="choose one of abs, squared"):
-        baselines.get("o-lora").resolve_args({"penalty": "l1"})
+        BASELINES.get("o-lora").resolve_args({"penalty": "l1"})
     small = {"q": torch.tensor([[0.02, 0.0, 0.0]], requires_grad=True)}  # overlap 0.012
     (grad_abs,) = torch.autograd.grad(orthogonality_penalty(earlier, small), small["q"])
     (grad_sq,) = torch.autograd.grad(orthogonality_penalty(earlier, small, "squared"), small["q"])
@@ -270,7 +268,7 @@ def test_inflora_designs_A_outside_earlier_tasks_inputs(toy_stream) -> None:
 
 # -- plugins ----------------------------------------------------------------------------------
 def test_ewc_anchors_the_merged_weights(toy_stream) -> None:
-    ewc = baselines.get_plugin("ewc").build({"ewc_lambda": 1e6})
+    ewc = PLUGINS.get("ewc").build({"ewc_lambda": 1e6})
     probe = ExtraLoss()
     strategy = make_strategy(tiny_backbone(), toy_stream(tasks=2), epochs=2, plugins=[ewc, probe])
     merged = {}
@@ -291,7 +289,7 @@ def test_ewc_anchors_the_merged_weights(toy_stream) -> None:
 
 def test_lwf_distills_earlier_heads_of_the_multi_head_model(toy_stream) -> None:
     probe = ExtraLoss()
-    lwf = baselines.get_plugin("lwf").build({})
+    lwf = PLUGINS.get("lwf").build({})
     strategy = make_strategy(tiny_backbone(), toy_stream(tasks=2), epochs=2, plugins=[lwf, probe])
     run_stream(strategy)
     assert all(extra == 0 for extra in probe.extra[0])
@@ -306,7 +304,7 @@ def test_replay_mixes_earlier_tasks_into_the_batches(toy_stream) -> None:
         def after_forward(self, strategy, **kwargs) -> None:
             seen.setdefault(strategy.task_id, set()).update(strategy.mb_task_id.tolist())
 
-    replay = baselines.get_plugin("replay").build({"mem_size": 20})
+    replay = PLUGINS.get("replay").build({"mem_size": 20})
     strategy = make_strategy(tiny_backbone(), toy_stream(), plugins=[replay, SeeTasks()])
     outcome = run_stream(strategy)
     assert seen == {0: {0}, 1: {0, 1}, 2: {0, 1, 2}}

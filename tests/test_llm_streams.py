@@ -59,8 +59,8 @@ def _tasks(stream_sets: dict[str, streams.Stream]) -> list[streams.Task]:
 
 def test_streams_are_registered_text_to_text(built: dict[str, streams.Stream]) -> None:
     for name, stream in built.items():
-        assert name in streams.available()
-        assert "\n" not in streams.describe(name)
+        assert name in streams.STREAMS
+        assert "\n" not in streams.STREAMS.get(name).description
         assert [task.name for task in stream.tasks] == LLM_STREAMS[name]
         assert (stream.scenario, stream.modality, stream.problem) == (
             "task",

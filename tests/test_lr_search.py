@@ -68,7 +68,7 @@ def test_bad_candidates_are_one_line_errors() -> None:
     with pytest.raises(BadInputError, match="two or more positive rates"):
         RunConfig(lr_search=(1e-3, -1.0))
     assert parse_overrides(["lr_search=1e-4,5e-4"]) == {"lr_search": (1e-4, 5e-4)}
-    with pytest.raises(BadInputError, match="takes floats"):
+    with pytest.raises(BadInputError, match="expected comma-separated numbers"):
         parse_overrides(["lr_search=1e-4,fast"])
 
 
@@ -93,4 +93,4 @@ def test_a_run_with_lr_search_records_every_candidate(tmp_path: Path, capsys) ->
     assert not (run / SEARCH_FILE).exists()  # folded into result.json
     capsys.readouterr()
     assert main([*argv[:4], "--lr-search", "1e-4,fast", "--quiet"]) == 2
-    assert "comma-separated rates" in capsys.readouterr().err
+    assert "expected comma-separated numbers" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def test_list_shows_streams_and_inits(capsys) -> None:
         (["--init-arg", "f"], "is not KEY=VALUE"),
         (["--rank", "0"], "--rank must be at least 1"),
         (["--rank", "4096", *TINY], "rank 4096 does not fit the smallest"),
-        (["--epochs", "two"], "invalid int value"),
+        (["--epochs", "two"], "--epochs 'two': expected an integer"),
         (["--device", "cuda:7"], "CUDA"),
         (["--backbone", "all-minilm-l6"], "did you mean 'all-minilm-l6-v2'"),
         (["--stream", "glue-seq", "--data-dir", "/no/such/dir"], "is not a directory"),

@@ -105,10 +105,10 @@ def test_lwf_and_ewc_run_on_a_t5() -> None:
     """LwF distils the decoder's answer positions, EWC's Fisher reads the seq2seq loss."""
     from conftest import make_strategy
 
-    from baselines import get_plugin
+    from cl_lora.plugins import PLUGINS
     from cl_lora.strategy import run_stream
 
-    plugins = [get_plugin("lwf").build({}), get_plugin("ewc").build({})]
+    plugins = [PLUGINS.get("lwf").build({}), PLUGINS.get("ewc").build({})]
     strategy = make_strategy(tiny_t5(), toy_text_to_text_stream(), plugins=plugins)
     outcome = run_stream(strategy)
     assert all(0.0 <= score <= 1.0 for score in outcome.matrix[-1])

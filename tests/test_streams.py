@@ -12,7 +12,7 @@ import pytest
 
 from cl_lora import hub, streams
 from cl_lora.errors import BadInputError
-from cl_lora.streams import glue, packaged, registry, scoring
+from cl_lora.streams import glue, packaged, scoring
 from cl_lora.streams.base import Task, to_dataset
 
 OFFLINE_TEXT_SIZES = {  # name -> (train, test), as documented in cl_lora/streams/offline.py
@@ -269,21 +269,21 @@ def test_chance_is_the_majority_guess(metric: str, labels: list[int], chance: fl
 
 
 def test_registry_lookup_and_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert {"offline-text", "offline-domains", "glue-seq"} <= set(streams.available())
-    assert streams.available() == sorted(streams.available())
-    assert "no download" in streams.describe("offline-text")
+    names = streams.STREAMS.available()
+    assert {"offline-text", "offline-domains", "glue-seq"} <= set(names)
+    assert names == sorted(names)
+    assert "no download" in streams.STREAMS.get("offline-text").description
     with pytest.raises(
         BadInputError, match="unknown stream 'ofline-text': did you mean 'offline-text'"
     ):
-        streams.get("ofline-text")
-    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))
-    monkeypatch.setattr(registry, "_DESCRIPTIONS", dict(registry._DESCRIPTIONS))
+        streams.STREAMS.get("ofline-text")
+    monkeypatch.setattr(streams.STREAMS, "_entries", dict(streams.STREAMS._entries))
 
     @streams.register("tiny", "a stream for this test")
     def build_tiny(options: streams.StreamOptions) -> streams.Stream:
         return streams.Stream("tiny", (), scenario="class", modality="text", shared_head=True)
 
-    assert streams.get("tiny") is build_tiny
-    assert streams.describe("tiny") == "a stream for this test"
+    assert streams.STREAMS.get("tiny").build is build_tiny
+    assert streams.STREAMS.get("tiny").description == "a stream for this test"
     with pytest.raises(ValueError, match="already registered"):
         streams.register("tiny", "again")(build_tiny)

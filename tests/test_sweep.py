@@ -31,7 +31,7 @@ def test_init_spec_and_overrides_are_typed() -> None:
     [
         (["epoch=1"], "did you mean 'epochs'"),
         (["seed=3"], "grid axes"),
-        (["epochs=one"], "epochs takes a int"),
+        (["epochs=one"], "--set epochs 'one': expected an integer"),
         (["rslora=maybe"], "use true or false"),
         (["lr"], "is not KEY=VALUE"),
     ],

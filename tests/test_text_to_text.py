@@ -121,14 +121,10 @@ def _fast(name: str) -> dict:
      (None, "replay"), (None, "ewc"), (None, "lwf")],
 )  # fmt: skip
 def test_baselines_and_plugins_run_on_a_language_model(stream, baseline, plugin) -> None:
-    from baselines import get, get_plugin
+    from cl_lora.plugins import PLUGINS
 
-    extra = {}
-    if baseline is not None:
-        entry = get(baseline)
-        extra = {"strategy": entry.strategy, **entry.resolve_args({})}
-    plugins = [get_plugin(plugin).build({})] if plugin else None
-    strategy = make_strategy(tiny_llama(), stream, plugins=plugins, **extra)
+    plugins = [PLUGINS.get(plugin).build({})] if plugin else None
+    strategy = make_strategy(tiny_llama(), stream, plugins=plugins, baseline=baseline)
     outcome = run_stream(strategy)
     last = outcome.matrix[-1]
     assert all(0.0 <= score <= 1.0 for score in last)  # every task scored after the last one
@@ -247,13 +243,13 @@ def test_a_language_model_run_resumes_to_the_same_weights_and_knowledge_curve(tm
     state), a causal-LM run ends with the weights and the NQ-open log-likelihood curve of an
     unbroken one (a random tiny model scores 0 on every task, so the matrix alone would not
     tell)."""
-    from baselines import get_plugin
+    from cl_lora.plugins import PLUGINS
     from cl_lora.strategy.retention import knowledge_probe_for
 
     stream = toy_text_to_text_stream(tasks=3)
 
     def run(checkpoint=None, stop=None, resume=False):
-        strategy = make_strategy(tiny_llama(), stream, plugins=[get_plugin("lwf").build({})])
+        strategy = make_strategy(tiny_llama(), stream, plugins=[PLUGINS.get("lwf").build({})])
         probe = knowledge_probe_for(stream, strategy.problem, batch_size=4, max_test=4)
         outcome = run_stream(strategy, checkpoint, stop, resume, probe)
         weights = {k: v.clone() for k, v in strategy.model.encoder.state_dict().items()}

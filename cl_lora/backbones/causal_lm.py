@@ -19,7 +19,6 @@ never the embeddings or the LM head. Tokenizers pad on the left, as batched gene
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata
 import importlib.util
 import logging
@@ -37,7 +36,7 @@ from torch import nn
 from cl_lora.backbones.base import Backbone
 from cl_lora.backbones.registry import LoadOptions, register_family
 from cl_lora.backbones.vit import cache_root
-from cl_lora.errors import BadInputError
+from cl_lora.errors import BadInputError, did_you_mean
 from cl_lora.hub import cache_only_when_unreachable, load_failure
 
 SMOLLM2 = "smollm2-135m"
@@ -193,8 +192,7 @@ def load_pretrained(
             model = getattr(transformers, auto_class).from_pretrained(location, dtype=dtype)
     except (OSError, ValueError) as error:
         reason = first_line(error) if local else load_failure(error, reachable)
-        close = difflib.get_close_matches(name, [SMOLLM2], n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(name, [SMOLLM2], cutoff=0.5)
         raise BadInputError(
             f"cannot load language model '{name}' ({reason}): {hint}{_WHAT_TO_PASS}"
         ) from None

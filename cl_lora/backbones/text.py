@@ -7,7 +7,6 @@ checkpoint was trained with, and a sane default for any encoder whose pooler is 
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from collections.abc import Sequence
 from functools import partial
@@ -19,7 +18,7 @@ from torch import nn
 
 from cl_lora.backbones.base import Backbone, Inputs, linear_layer_names
 from cl_lora.backbones.registry import LoadOptions, register_family
-from cl_lora.errors import BadInputError
+from cl_lora.errors import BadInputError, did_you_mean
 from cl_lora.hub import load_failure
 
 MINILM = "all-minilm-l6-v2"
@@ -89,8 +88,7 @@ def load_text_backbone(name: str | None = MINILM, max_length: int = 128) -> Back
         tokenizer = AutoTokenizer.from_pretrained(source)
         encoder = AutoModel.from_pretrained(source)
     except OSError as error:
-        close = difflib.get_close_matches(name, [MINILM], n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(name, [MINILM], cutoff=0.5)
         raise BadInputError(
             f"cannot load text backbone '{name}' ({load_failure(error)}): {hint}pass --backbone "
             f"with a local save_pretrained folder, or '{MINILM}' for the packaged offline model"

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from cl_lora.calibration.registry import CalibrationData, Collected, register_statistic
+
 
 class CovarianceCollector:
     """Context manager: while active, every forward pass adds its layer inputs to ``C``.
@@ -109,3 +111,18 @@ def collect_input_covariances(
             collector.start_batch(inputs.get("attention_mask"))
             model.features(inputs)
     return collector
+
+
+@register_statistic("input_cov", "C = X^T X of each distinct layer input, on the --calib sources")
+def input_covariance_statistic(
+    data: CalibrationData, model: nn.Module, task_id: int, generator: torch.Generator
+) -> Collected:
+    batches, used = data.input_batches(task_id)
+    normalize = data.resolved_args().get("normalize", False)
+    collector = collect_input_covariances(model, data.target_modules, batches, normalize)
+    return collector.covariances(), {
+        "input_cov_examples": used,
+        "input_cov_normalized": normalize,
+        "input_cov_bytes": collector.nbytes(),
+        "input_cov_bytes_one_per_module": collector.nbytes_per_module(),
+    }

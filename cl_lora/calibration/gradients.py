@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cl_lora.backbones.base import Inputs
+from cl_lora.calibration.registry import CalibrationData, Collected, register_statistic
 
 #: ``loss(model, inputs, targets)``: the training loss of one batch (the run's problem decides).
 BatchLoss = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
@@ -43,3 +44,12 @@ def collect_gradients(
         for parameter, flag in flags.items():
             parameter.requires_grad_(flag)
     return {name: total / max(count, 1) for name, total in sums.items()}
+
+
+@register_statistic("grad", "mean loss gradient w.r.t. each adapted weight, on the current task")
+def gradient_statistic(
+    data: CalibrationData, model: nn.Module, task_id: int, generator: torch.Generator
+) -> Collected:
+    batches = data.labelled_batches(task_id, data.size, data.batch_size)
+    grads = collect_gradients(model, data.loss(task_id), data.target_modules, batches)
+    return grads, {"grad_examples": sum(len(labels) for _, labels in batches)}

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from cl_lora import inits
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration.gradients import BatchLoss
-from cl_lora.lora import ADAPTER, LoRASettings, attach_lora, drop_lora, lora_layers
+from cl_lora.calibration.registry import CalibrationData, Collected, register_statistic
+
+if TYPE_CHECKING:
+    from cl_lora.lora import LoRASettings
 
 
 def warmup_deltas(
@@ -32,6 +35,9 @@ def warmup_deltas(
     The warm-up leaves no trace: its adapter is dropped without merging (plain LoRA's residual
     is the weight itself) and the task head is restored to its state before the warm-up.
     """
+    from cl_lora import inits
+    from cl_lora.lora import ADAPTER, attach_lora, drop_lora, lora_layers  # PEFT: on first use
+
     head_state = {key: value.clone() for key, value in head.state_dict().items()}
     was_training = model.training
     attach_lora(model, settings, layer_names, inits.get("lora"), {}, {}, generator)
@@ -55,3 +61,25 @@ def warmup_deltas(
         drop_lora(model)
         head.load_state_dict(head_state)
         model.train(was_training)
+
+
+@register_statistic(
+    "warmup_delta", "s B A of each layer after warmup_steps of plain LoRA on the current task"
+)
+def warmup_statistic(
+    data: CalibrationData, model: nn.Module, task_id: int, generator: torch.Generator
+) -> Collected:
+    steps = data.resolved_args()["warmup_steps"]
+    batches = data.labelled_batches(task_id, steps * data.train_batch_size, data.train_batch_size)
+    deltas = warmup_deltas(
+        model,
+        model.head_of(task_id),
+        data.loss(task_id),
+        data.lora,
+        data.target_modules,
+        batches,
+        steps,
+        data.lr,
+        generator,
+    )
+    return deltas, {"warmup_steps": steps}

@@ -5,6 +5,7 @@ gives :class:`LoRAFactors`; ``register(name, description)`` adds a method; packa
 methods through the ``cl_lora.inits`` entry-point group.
 """
 
+from cl_lora.arguments import Argument
 from cl_lora.inits import (  # noqa: F401  (built-ins register on import)
     corda,
     data_driven,
@@ -15,11 +16,15 @@ from cl_lora.inits import (  # noqa: F401  (built-ins register on import)
     task_directions,
     zero_start,
 )
-from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
-from cl_lora.inits.registry import ENTRY_POINT_GROUP, available, get, register
+from cl_lora.inits.base import InitMethod, LoRAFactors
+from cl_lora.inits.registry import ENTRY_POINT_GROUP, INITS, register
+
+get = INITS.get
+available = INITS.available
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "INITS",
     "Argument",
     "InitMethod",
     "LoRAFactors",

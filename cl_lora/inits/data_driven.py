@@ -6,8 +6,9 @@ from collections.abc import Mapping
 
 import torch
 
+from cl_lora.arguments import Argument
 from cl_lora.errors import BadInputError
-from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
+from cl_lora.inits.base import InitMethod, LoRAFactors
 from cl_lora.inits.nullspace import input_covariance
 from cl_lora.inits.registry import register
 

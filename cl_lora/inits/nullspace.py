@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import torch
 
-from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
+from cl_lora.arguments import Argument
+from cl_lora.inits.base import InitMethod, LoRAFactors
 from cl_lora.inits.registry import register
 
 

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 
 import torch
 
-from cl_lora.inits.base import Argument, InitMethod, LoRAFactors
+from cl_lora.arguments import Argument
+from cl_lora.inits.base import InitMethod, LoRAFactors
 from cl_lora.inits.registry import register
 from cl_lora.inits.svd import factors_from_svd
 from cl_lora.inits.zero_start import KaimingLoRA

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from cl_lora.inits.base import InitMethod
-from cl_lora.inits.registry import get
+from cl_lora.inits.registry import INITS
 
 
 def synthetic_stats(
@@ -48,7 +48,7 @@ def check_init_method(
     tolerance: float = 1e-4,
 ) -> None:
     """Assert that ``method`` keeps the init contract; see the module docstring."""
-    method = get(method) if isinstance(method, str) else method
+    method = INITS.get(method) if isinstance(method, str) else method
     args = args or {}
     weight = torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(seed))
     stats = synthetic_stats(method.needs, out_features, in_features, seed)

@@ -1,5 +1,5 @@
-"""Which data each statistic is collected on, per task (``--calib``), and the call into
-:mod:`cl_lora.calibration`.
+"""Which data each statistic is collected on, per task (``--calib``), and the dispatch to the
+registered collectors of :mod:`cl_lora.calibration` that the init method ``needs``.
 
 Input covariances read the chosen sources: ``probe`` (inputs standing for pretrained knowledge,
 outside the stream), ``task`` (the current task's training inputs) and ``memory`` (an even
@@ -9,7 +9,6 @@ in this stream). Gradients and warm-ups always use the current task, whose label
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,31 +17,18 @@ import torch
 from torch import nn
 
 from cl_lora.backbones.base import Inputs
-from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
-from cl_lora.errors import BadInputError
+from cl_lora.calibration import collect_statistics
+from cl_lora.calibration.gradients import BatchLoss
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings
 from cl_lora.problems import Problem
 from cl_lora.streams import Stream, knowledge_probe
 
-SOURCES = ("probe", "task", "memory")
-
-
-def parse_sources(text: str) -> tuple[str, ...]:
-    """``"probe,memory"`` -> ``("probe", "memory")``, rejecting unknown names."""
-    sources = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [source for source in sources if source not in SOURCES]
-    if unknown or not sources:
-        raise BadInputError(
-            f"unknown --calib source {', '.join(unknown) or repr(text)}: use a comma-separated "
-            f"choice of {', '.join(SOURCES)}"
-        )
-    return sources
-
 
 @dataclass
 class Calibrator:
-    """Collects, before each task, the statistics the init method declared."""
+    """Collects, before each task, the statistics the init method declared (it is the
+    :class:`~cl_lora.calibration.CalibrationData` the collectors read)."""
 
     init: InitMethod
     init_args: dict[str, Any]
@@ -71,7 +57,20 @@ class Calibrator:
         rows = [dict(row) for row in dataset.select(range(min(count, len(dataset))))]
         return rows if labelled else [{k: v for k, v in r.items() if k != "label"} for r in rows]
 
-    def _input_rows(self, task_id: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    def resolved_args(self) -> dict[str, Any]:
+        return self.init.resolve_args(self.init_args)
+
+    def loss(self, task_id: int) -> BatchLoss:
+        def batch_loss(model: nn.Module, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
+            return self.problem.batch_loss(model, inputs, targets, task_id)
+
+        return batch_loss
+
+    def input_batches(self, task_id: int) -> tuple[Iterator[Inputs], dict[str, int]]:
+        rows, used = self.input_rows(task_id)
+        return self._batches(rows, self.batch_size), used
+
+    def input_rows(self, task_id: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
         rows: dict[str, list[dict[str, Any]]] = {}
         for source in self.sources:
             if source == "probe":
@@ -95,7 +94,9 @@ class Calibrator:
             inputs, _ = self.problem.collate(rows[start : start + size], None, training=True)
             yield {key: value.to(self.device) for key, value in inputs.items()}
 
-    def _labelled(self, task_id: int, count: int, size: int) -> list[tuple[Inputs, torch.Tensor]]:
+    def labelled_batches(
+        self, task_id: int, count: int, size: int
+    ) -> list[tuple[Inputs, torch.Tensor]]:
         rows = self._rows(self.stream.tasks[task_id].train, count, labelled=True)
         batches = []
         for start in range(0, len(rows), size):
@@ -111,52 +112,7 @@ class Calibrator:
         self, model: nn.Module, task_id: int, generator: torch.Generator
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Per adapted layer, the statistics ``init.needs`` for task ``task_id``."""
-        stats: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
-        needs = self.init.needs
-        report: dict[str, Any] = {"task": task_id}
-
-        def loss(model: nn.Module, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
-            return self.problem.batch_loss(model, inputs, targets, task_id)
-
-        was_training = model.training
-        model.eval()
-        if "input_cov" in needs:
-            rows, used = self._input_rows(task_id)
-            normalize = self.init.resolve_args(self.init_args).get("normalize", False)
-            collector = collect_input_covariances(
-                model, self.target_modules, self._batches(rows, self.batch_size), normalize
-            )
-            for name, cov in collector.covariances().items():
-                stats[name]["input_cov"] = cov
-            report |= {
-                "input_cov_examples": used,
-                "input_cov_normalized": normalize,
-                "input_cov_bytes": collector.nbytes(),
-                "input_cov_bytes_one_per_module": collector.nbytes_per_module(),
-            }
-        if "grad" in needs:
-            batches = self._labelled(task_id, self.size, self.batch_size)
-            for name, grad in collect_gradients(model, loss, self.target_modules, batches).items():
-                stats[name]["grad"] = grad
-            report["grad_examples"] = sum(len(labels) for _, labels in batches)
-        if "warmup_delta" in needs:
-            steps = self.init.resolve_args(self.init_args)["warmup_steps"]
-            batches = self._labelled(task_id, steps * self.train_batch_size, self.train_batch_size)
-            deltas = warmup_deltas(
-                model,
-                model.head_of(task_id),
-                loss,
-                self.lora,
-                self.target_modules,
-                batches,
-                steps,
-                self.lr,
-                generator,
-            )
-            for name, delta in deltas.items():
-                stats[name]["warmup_delta"] = delta
-            report["warmup_steps"] = steps
-        model.train(was_training)
-        if needs:
-            self.reports.append(report)
+        stats, report = collect_statistics(self, self.init.needs, model, task_id, generator)
+        if self.init.needs:
+            self.reports.append({"task": task_id, **report})
         return stats

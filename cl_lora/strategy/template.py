@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from avalanche.logging import InteractiveLogger
+from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
 
@@ -258,3 +261,10 @@ class LoRAStrategy(SupervisedTemplate):
                 f"{self.clock.train_exp_iterations}: lower --lr or use --precision fp32"
             )
         super().backward()
+
+
+def make_evaluator(verbose: bool) -> EvaluationPlugin:
+    """Avalanche's interactive progress bars, or silence (without its no-logger warning)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        return EvaluationPlugin(loggers=[InteractiveLogger()] if verbose else [])

@@ -20,17 +20,16 @@ from cl_lora.streams import (  # noqa: F401  (registers the built-in streams)
 from cl_lora.streams.base import Stream, StreamOptions, Task
 from cl_lora.streams.knowledge_qa import KnowledgeQA, nq_open
 from cl_lora.streams.offline import knowledge_probe
-from cl_lora.streams.registry import available, build, describe, get, recipe, register
+from cl_lora.streams.registry import STREAMS, StreamEntry, build, recipe, register
 
 __all__ = [
+    "STREAMS",
     "KnowledgeQA",
     "Stream",
+    "StreamEntry",
     "StreamOptions",
     "Task",
-    "available",
     "build",
-    "describe",
-    "get",
     "knowledge_probe",
     "recipe",
     "nq_open",

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
-import pandas as pd
 
 from cl_lora.errors import BadInputError
+from cl_lora.lazy import lazy_module
 from cl_lora.streams import scoring
+
+datasets = lazy_module("datasets")
+pd = lazy_module("pandas")
 
 SCENARIOS = ("task", "domain", "class")
 PROBLEMS = ("classification", "text-to-text")

@@ -60,13 +60,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cl_lora.errors import BadInputError, unknown_name
+from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task
 from cl_lora.streams.instruct import ANSWER_CUE, language_model_stream, text_to_text_task
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
+
+pd = lazy_module("pandas")
 
 FOLDER = "CL_Benchmark"
 INSTRUCTION_FILE = Path("configs") / "instruction_config.json"

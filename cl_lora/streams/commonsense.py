@@ -70,8 +70,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
-
+from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task
 from cl_lora.streams.instruct import (
     choose_one_of,
@@ -83,6 +82,8 @@ from cl_lora.streams.offline import reject_data_dir
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_split, clean
+
+pd = lazy_module("pandas")
 
 DEFAULT_TRAIN = 128
 DEFAULT_TEST = 50

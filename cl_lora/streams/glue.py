@@ -19,14 +19,15 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
-import pandas as pd
-
 from cl_lora.errors import BadInputError
 from cl_lora.hub import load_hub_dataset, no_network_message, require_hub
+from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
+
+datasets = lazy_module("datasets")
+pd = lazy_module("pandas")
 
 HUB_DATASET = "nyu-mll/glue"
 NO_NETWORK = no_network_message(

@@ -51,15 +51,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import datasets
 import numpy as np
-import pandas as pd
 
+from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.offline import offline_text_tasks, reject_data_dir
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
 from cl_lora.streams.scoring import ANSWER_FORMS
+
+datasets = lazy_module("datasets")
+pd = lazy_module("pandas")
 
 DEFAULT_TRAIN = 96  # x 2 epochs: the whole default run fits 15 minutes on 2 CPU cores
 DEFAULT_TEST = 50

@@ -28,14 +28,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import datasets
 import numpy as np
 
 from cl_lora.errors import BadInputError
+from cl_lora.lazy import lazy_module
 from cl_lora.streams.instruct import prompt
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.sampling import SPLIT_SEED
 from cl_lora.streams.scoring import normalize_answer
+
+datasets = lazy_module("datasets")
 
 PROBE_SIZE = 500
 SPLITS = ("probe", "calibration")

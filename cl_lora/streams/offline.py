@@ -39,13 +39,15 @@ import json
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from cl_lora.errors import BadInputError
+from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import SPLIT_SEED, balanced_split, clean
+
+pd = lazy_module("pandas")
 
 if TYPE_CHECKING:
     from cl_lora.streams.knowledge_qa import KnowledgeQA

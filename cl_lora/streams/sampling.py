@@ -9,7 +9,10 @@ examples contributes all it has, so a sample can be smaller than requested.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
+
+from cl_lora.lazy import lazy_module
+
+pd = lazy_module("pandas")
 
 SPLIT_SEED = 0
 

@@ -15,7 +15,6 @@ import string
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from cl_lora.errors import BadInputError
 
@@ -24,16 +23,22 @@ ArrayLike = Sequence[int] | np.ndarray
 
 def accuracy(predictions: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of predictions equal to the label."""
+    from sklearn.metrics import accuracy_score  # sklearn loads in seconds: only when scoring
+
     return float(accuracy_score(labels, predictions))
 
 
 def f1(predictions: ArrayLike, labels: ArrayLike) -> float:
     """Binary F1 of the positive class (label 1); 0.0 when nothing is predicted positive."""
+    from sklearn.metrics import f1_score
+
     return float(f1_score(labels, predictions, average="binary", pos_label=1, zero_division=0))
 
 
 def matthews_correlation(predictions: ArrayLike, labels: ArrayLike) -> float:
     """Matthews correlation coefficient (CoLA's metric), in [-1, 1]; 0.0 for a constant guess."""
+    from sklearn.metrics import matthews_corrcoef
+
     return float(matthews_corrcoef(labels, predictions))
 
 

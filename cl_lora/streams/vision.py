@@ -40,15 +40,17 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-import datasets
 import numpy as np
 
 from cl_lora.errors import BadInputError
 from cl_lora.hub import load_hub_dataset, no_network_message, require_hub
+from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task
 from cl_lora.streams.packaged import packaged_file
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import SPLIT_SEED, balanced_sample, balanced_split
+
+datasets = lazy_module("datasets")
 
 CLASS_ORDER_SEED = 1993
 ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cl_lora.cli import parse_bool, parse_key_values
-from cl_lora.config import RunConfig
-from cl_lora.errors import BadInputError
+from cl_lora.cli import parse_key_values
+from cl_lora.config import RunConfig, parse_setting
+from cl_lora.errors import BadInputError, did_you_mean
 from cl_lora.experiment import resolve_config, run_id_of
 
 GRID_AXES = ("stream", "init", "init_args", "baseline", "baseline_args", "seed")  # not --set
-_HINTS = typing.get_type_hints(RunConfig)
 
 
 def parse_init_spec(spec: str, option: str = "--inits") -> tuple[str, dict[str, str]]:
@@ -26,40 +22,16 @@ def parse_init_spec(spec: str, option: str = "--inits") -> tuple[str, dict[str, 
     return name, parse_key_values(pairs, option=f"{option} {name}:")
 
 
-def _coerce(key: str, text: str) -> Any:
-    """``text`` as the type of RunConfig field ``key`` (``none`` for an optional field)."""
-    declared = _HINTS[key]
-    if typing.get_origin(declared) in (typing.Union, types.UnionType):  # "X | None"
-        if text.lower() == "none":
-            return None
-        declared = next(m for m in typing.get_args(declared) if m is not type(None))
-    kind = typing.get_origin(declared) or declared  # tuple[str, ...] -> tuple
-    if kind is tuple:
-        parts = [part for part in text.split(",") if part]
-        element = (typing.get_args(declared) or (str,))[0]
-        try:
-            return tuple(element(part) for part in parts)
-        except ValueError:
-            raise BadInputError(f"--set {key}={text}: {key} takes {element.__name__}s") from None
-    if kind is bool:
-        return parse_bool(text, f"--set {key}")
-    try:
-        return kind(text)
-    except ValueError:
-        raise BadInputError(f"--set {key}={text}: {key} takes a {kind.__name__}") from None
-
-
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` pairs as typed RunConfig fields; unknown keys name the close ones."""
     fields = [f.name for f in dataclasses.fields(RunConfig) if f.name not in GRID_AXES]
     overrides = {}
     for key, text in parse_key_values(pairs, option="--set").items():
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f": did you mean '{close[0]}'?" if close else ""
-            axes = " (streams, inits and seeds are grid axes)" if key in GRID_AXES else ""
-            raise BadInputError(f"--set {key} is not a run setting{hint}{axes}")
-        overrides[key] = _coerce(key, text)
+            hint = did_you_mean(key, fields, n=1)
+            axes = "(streams, inits and seeds are grid axes)" if key in GRID_AXES else ""
+            raise BadInputError(f"--set {key} is not a run setting: {hint}{axes}".rstrip(": "))
+        overrides[key] = parse_setting(key, text, f"--set {key}")
     return overrides
 
 

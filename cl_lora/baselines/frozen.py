@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from baselines.registry import register
-from cl_lora.strategy import LoRAStrategy
+from cl_lora.baselines.registry import register
 
 
 @register(
@@ -22,7 +21,7 @@ from cl_lora.strategy import LoRAStrategy
         "(use seq-lora or seq-ft as the reference instead)"
     },
 )
-class FrozenBackbone(LoRAStrategy):
+class FrozenBackbone:
     """Linear probing per task: no adapter, every encoder parameter frozen."""
 
     def prepare_encoder(self, model: torch.nn.Module, generator: torch.Generator) -> int:

@@ -1,5 +1,6 @@
 """What a run trains, resolved and validated from its config: the suite's own method (a fresh
-LoRA per task with ``--init``, optionally with ``--plugin`` s) or a ``--baseline``.
+LoRA per task with ``--init``, optionally with ``--plugin`` s) or a ``--baseline``; and the
+strategy that trains it (:meth:`Method.build_strategy`).
 
 Rules (all bad input, one line, before any work):
 
@@ -16,18 +17,25 @@ Rules (all bad input, one line, before any work):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from avalanche.core import SupervisedPlugin
 
-from baselines.registry import SEQUENTIAL_MATRIX, get, get_plugin, split_plugin_args
 from cl_lora import inits
+from cl_lora.backbones import Backbone
+from cl_lora.baselines import BASELINES, SEQUENTIAL_MATRIX
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError
 from cl_lora.inits import InitMethod
+from cl_lora.lora import LoRASettings
+from cl_lora.plugins import PLUGINS, split_plugin_args
+from cl_lora.problems import Problem
 from cl_lora.results import method_label
-from cl_lora.strategy import LoRAStrategy
+from cl_lora.strategy import LoRAStrategy, make_evaluator
+from cl_lora.streams import Stream
 
 DEFAULT_INIT = "lora"
 
@@ -47,16 +55,58 @@ class Method:
     def check_problem(self, problem: str) -> None:
         """Bad input when the baseline has no meaning for the stream's ``problem`` kind."""
         if self.config.baseline is not None:
-            get(self.config.baseline).check_problem(problem)
+            BASELINES.get(self.config.baseline).check_problem(problem)
+
+    def build_strategy(
+        self,
+        problem: Problem,
+        stream: Stream,
+        device: torch.device | str,
+        *,
+        lr: float | None = None,
+        plugins: Sequence[SupervisedPlugin] = (),
+        evaluator: SupervisedPlugin | None = None,
+        verbose: bool = False,
+    ) -> LoRAStrategy:
+        """The strategy that trains ``stream``: the method's strategy class with the config's
+        LoRA shape and recipe (at rate ``lr`` when given, e.g. a searched one), the method's
+        plugins and then ``plugins``. The one way a strategy is built: runs, the learning-rate
+        search, tests and benchmarks all call it."""
+        config = self.config
+        targets, lora = adapters(config, problem.backbone)
+        return self.strategy(
+            problem=problem,
+            backbone=problem.backbone,
+            stream=stream,
+            init=self.init or inits.get(DEFAULT_INIT),  # baselines without one never call it
+            init_args=config.init_args,
+            lora=lora,
+            target_modules=targets,
+            lr=config.lr if lr is None else lr,
+            head_lr=config.head_lr,
+            weight_decay=config.weight_decay,
+            warmup_ratio=config.warmup_ratio,
+            seed=config.seed,
+            precision=config.precision,
+            calib_sources=config.calib,
+            calib_size=config.calib_size,
+            train_mb_size=config.batch_size,
+            train_epochs=config.epochs,
+            eval_mb_size=config.eval_batch_size,
+            device=device,
+            plugins=[*self.plugins(), *plugins],
+            evaluator=evaluator or make_evaluator(verbose),
+            **self.strategy_args,
+        )
 
     def plugins(self) -> list[SupervisedPlugin]:
         """Fresh plugin instances (they hold per-run state)."""
-        return [get_plugin(name).build(args) for name, args in self.plugin_args.items()]
+        return [PLUGINS.get(name).build(args) for name, args in self.plugin_args.items()]
 
     def record(self) -> dict[str, Any]:
         """The ``method`` block of ``result.json``: what a leaderboard groups runs by."""
         config = self.config
-        baseline = get(config.baseline) if config.baseline else None
+        baseline = BASELINES.get(config.baseline) if config.baseline else None
         return {
             "name": method_label(config.to_dict()),
             "baseline": config.baseline,
@@ -64,7 +114,7 @@ class Method:
             "args": dict(config.baseline_args),
             "init": config.init,
             "plugins": [
-                {"name": name, "description": get_plugin(name).description, "args": args}
+                {"name": name, "description": PLUGINS.get(name).description, "args": args}
                 for name, args in self.plugin_args.items()
             ],
             "matrix": baseline.matrix if baseline else SEQUENTIAL_MATRIX,
@@ -88,7 +138,7 @@ def resolve(config: RunConfig) -> Method:
         )
         return Method(config, LoRAStrategy, {}, init, plugin_args)
 
-    baseline = get(config.baseline)
+    baseline = BASELINES.get(config.baseline)
     if config.plugins:
         raise BadInputError(
             f"--plugin {'/'.join(config.plugins)} pairs with the suite's re-initialized LoRA, "
@@ -120,3 +170,34 @@ def resolve(config: RunConfig) -> Method:
         config = dataclasses.replace(config, init=None, init_args={})
     config = dataclasses.replace(config, baseline_args=args)
     return Method(config, baseline.strategy, args, init, {})
+
+
+def _targets(config: RunConfig, default: list[str]) -> list[str]:
+    """The user's ``--targets`` (module-name suffixes) or the backbone's default layers."""
+    if config.targets is None:
+        return default
+    chosen = [name for name in default if any(name.endswith(t) for t in config.targets)]
+    if not chosen:
+        raise BadInputError(
+            f"--targets {','.join(config.targets)} matches no linear layer of the backbone: "
+            f"use suffixes such as query,value or dense"
+        )
+    return chosen
+
+
+def adapters(config: RunConfig, backbone: Backbone) -> tuple[list[str], LoRASettings]:
+    """The layers LoRA adapts and its shape, checked against ``backbone``."""
+    targets = _targets(config, backbone.target_modules)
+    _check_rank(config.rank, backbone.encoder, targets)
+    return targets, LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
+
+
+def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None:
+    """Fail before any work when a target layer is too small for ``rank``."""
+    modules = dict(encoder.named_modules())
+    smallest = min(min(modules[name].weight.shape) for name in targets)
+    if rank > smallest:
+        raise BadInputError(
+            f"rank {rank} does not fit the smallest adapted layer ({smallest} wide): "
+            f"choose --rank between 1 and {smallest}"
+        )

@@ -42,15 +42,16 @@ is not implemented -- the cap makes it unnecessary for the design. The statistic
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from baselines.registry import register
-from cl_lora.backbones import ContinualClassifier
-from cl_lora.inits import Argument as Arg
+from cl_lora.arguments import Argument as Arg
+from cl_lora.baselines.registry import register
 from cl_lora.inits import InitMethod, LoRAFactors
-from cl_lora.strategy import LoRAStrategy
+
+if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche or PEFT
+    from cl_lora.backbones import ContinualClassifier
 
 
 def _top_eigenvectors(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,7 +172,7 @@ class InfLoRAInit(InitMethod):
         ),
     },
 )
-class InterferenceFreeLoRA(LoRAStrategy):
+class InterferenceFreeLoRA:
     """Merge + fresh LoRA per task, with InfLoRA's design and its subspace memory ``basis``."""
 
     checkpointed = ("basis",)

@@ -27,16 +27,15 @@ layer's earlier ``A_i`` for the penalty.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from peft import PeftModel
 
-from baselines.registry import register
-from cl_lora.backbones import ContinualClassifier
-from cl_lora.inits import Argument
-from cl_lora.lora import ADAPTER, lora_layers
-from cl_lora.strategy import LoRAStrategy
+from cl_lora.arguments import Argument
+from cl_lora.baselines.registry import register
+
+if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche or PEFT
+    from cl_lora.backbones import ContinualClassifier
 
 PENALTIES = ("abs", "squared")
 
@@ -72,7 +71,7 @@ def orthogonality_penalty(
         ),
     },
 )
-class OrthogonalLoRA(LoRAStrategy):
+class OrthogonalLoRA:
     """The suite's merge + fresh LoRA per task, plus O-LoRA's penalty on the new ``A``."""
 
     checkpointed = ("earlier_A",)
@@ -85,6 +84,8 @@ class OrthogonalLoRA(LoRAStrategy):
         self.earlier_A: dict[str, torch.Tensor] = {}
 
     def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+        from peft import PeftModel
+
         if isinstance(model.encoder, PeftModel):  # keep the finished task's A before merging
             for name, a in self._current_A(model).items():
                 a = a.detach().clone()
@@ -94,6 +95,8 @@ class OrthogonalLoRA(LoRAStrategy):
 
     @staticmethod
     def _current_A(model: ContinualClassifier) -> dict[str, torch.Tensor]:
+        from cl_lora.lora import ADAPTER, lora_layers
+
         return {
             name: layer.lora_A[ADAPTER].weight for name, layer in lora_layers(model.encoder).items()
         }

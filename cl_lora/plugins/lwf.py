@@ -18,13 +18,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from avalanche.training.plugins import LwFPlugin
-
-from baselines.registry import register_plugin
-from cl_lora.inits import Argument
+from cl_lora.arguments import Argument
+from cl_lora.plugins.registry import register_plugin
 
 
-class TeacherEvalLwF(LwFPlugin):
+@register_plugin(
+    "lwf",
+    "Learning without Forgetting: distill the previous model's heads (Li & Hoiem; Avalanche)",
+    extends="avalanche.training.plugins:LwFPlugin",
+    arguments={
+        "alpha": Argument(float, 1.0, "weight of the distillation loss"),
+        "temperature": Argument(float, 2.0, "softmax temperature of the distillation"),
+    },
+)
+class TeacherEvalLwF:
     """Avalanche's LwF with a deterministic (eval-mode) teacher."""
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
@@ -33,18 +40,3 @@ class TeacherEvalLwF(LwFPlugin):
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         super().after_training_exp(strategy, **kwargs)
         self.lwf.prev_model.eval()
-
-
-def make_lwf(alpha: float, temperature: float) -> TeacherEvalLwF:
-    return TeacherEvalLwF(alpha=alpha, temperature=temperature)
-
-
-register_plugin(
-    "lwf",
-    "Learning without Forgetting: distill the previous model's heads (Li & Hoiem; Avalanche)",
-    make_lwf,
-    {
-        "alpha": Argument(float, 1.0, "weight of the distillation loss"),
-        "temperature": Argument(float, 2.0, "softmax temperature of the distillation"),
-    },
-)

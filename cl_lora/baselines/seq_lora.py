@@ -8,19 +8,23 @@ optimizer per task, as in every cl-lora run).
 
 from __future__ import annotations
 
-import torch
-from peft import PeftModel
+from typing import TYPE_CHECKING
 
-from baselines.registry import register
-from cl_lora.backbones import ContinualClassifier
-from cl_lora.strategy import LoRAStrategy
+import torch
+
+from cl_lora.baselines.registry import register
+
+if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche or PEFT
+    from cl_lora.backbones import ContinualClassifier
 
 
 @register("seq-lora", "one LoRA trained on every task in turn, never merged or re-initialized")
-class SequentialLoRA(LoRAStrategy):
+class SequentialLoRA:
     """Attaches a LoRA before the first task only; later tasks keep training it."""
 
     def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
+        from peft import PeftModel
+
         if isinstance(model.encoder, PeftModel):  # the adapter of the first task: keep it
             return sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
         return super().prepare_encoder(model, generator)

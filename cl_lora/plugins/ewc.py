@@ -23,23 +23,26 @@ non-adapted weights, finished per-task heads) cost nothing: their difference sta
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from avalanche.training.plugins import EWCPlugin
-from avalanche.training.utils import ParamData
 from torch.utils.data import DataLoader
 
-from baselines.registry import register_plugin
-from cl_lora.backbones import ContinualClassifier
+from cl_lora.arguments import Argument
 from cl_lora.errors import BadInputError
-from cl_lora.inits import Argument
-from cl_lora.lora import ADAPTER, lora_layers
+from cl_lora.plugins.registry import register_plugin
+
+if TYPE_CHECKING:  # types only: registering a plugin must not load Avalanche or PEFT
+    from avalanche.training.utils import ParamData
+
+    from cl_lora.backbones import ContinualClassifier
 
 
 def effective_weights(model: ContinualClassifier) -> dict[str, torch.Tensor]:
     """Each adapted layer's ``W_base + s B A`` (by layer name) and every head parameter
     (``heads.<key>.<param>``), differentiable in the adapter and the heads."""
+    from cl_lora.lora import ADAPTER, lora_layers
+
     weights = {
         name: layer.get_base_layer().weight + layer.get_delta_weight(ADAPTER)
         for name, layer in lora_layers(model.encoder).items()
@@ -48,8 +51,26 @@ def effective_weights(model: ContinualClassifier) -> dict[str, torch.Tensor]:
     return weights
 
 
-class MergedLoRAEWC(EWCPlugin):
-    """EWC whose parameters are the merged dense weights of the adapted layers (see module)."""
+@register_plugin(
+    "ewc",
+    "EWC on the merged weights of the adapted layers (Kirkpatrick et al. 2017; Avalanche)",
+    extends="avalanche.training.plugins:EWCPlugin",
+    arguments={
+        "ewc_lambda": Argument(float, 1e4, "weight of the EWC penalty"),
+        "mode": Argument(str, "separate", "separate (one penalty per task) or online"),
+        "decay_factor": Argument(float, 0.9, "online mode: decay of the old importance"),
+    },
+)
+class MergedLoRAEWC:
+    """EWC whose parameters are the merged dense weights of the adapted layers (see module),
+    in ``separate`` mode (a penalty per finished task, Avalanche's default) or ``online`` mode
+    (one running importance, decayed by ``decay_factor``)."""
+
+    def __init__(self, ewc_lambda: float, mode: str, decay_factor: float) -> None:
+        if mode not in ("separate", "online"):
+            raise BadInputError(f"--plugin-arg mode={mode!r}: EWC's mode is separate or online")
+        online_decay = decay_factor if mode == "online" else None
+        super().__init__(ewc_lambda, mode=mode, decay_factor=online_decay)
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
         done = strategy.clock.train_exp_counter
@@ -67,6 +88,8 @@ class MergedLoRAEWC(EWCPlugin):
             strategy.loss += self.ewc_lambda * torch.stack(terms).sum()
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        from avalanche.training.utils import ParamData
+
         done = strategy.clock.train_exp_counter
         self.update_importances(self.fisher(strategy), done)
         with torch.no_grad():
@@ -80,6 +103,10 @@ class MergedLoRAEWC(EWCPlugin):
     @staticmethod
     def fisher(strategy: Any) -> dict[str, ParamData]:
         """Diagonal empirical Fisher of the effective weights on the task's training data."""
+        from avalanche.training.utils import ParamData
+
+        from cl_lora.lora import lora_layers
+
         model = strategy.model
         bases = {
             name: layer.get_base_layer().weight
@@ -115,25 +142,3 @@ class MergedLoRAEWC(EWCPlugin):
             k: ParamData(f"imp_{k}", init_tensor=s / count, device=s.device)
             for k, s in sums.items()
         }
-
-
-def make_ewc(ewc_lambda: float, mode: str, decay_factor: float) -> MergedLoRAEWC:
-    """EWC in ``separate`` mode (a penalty per finished task, Avalanche's default) or ``online``
-    mode (one running importance, decayed by ``decay_factor``)."""
-    if mode not in ("separate", "online"):
-        raise BadInputError(f"--plugin-arg mode={mode!r}: EWC's mode is separate or online")
-    return MergedLoRAEWC(
-        ewc_lambda, mode=mode, decay_factor=decay_factor if mode == "online" else None
-    )
-
-
-register_plugin(
-    "ewc",
-    "EWC on the merged weights of the adapted layers (Kirkpatrick et al. 2017; Avalanche)",
-    make_ewc,
-    {
-        "ewc_lambda": Argument(float, 1e4, "weight of the EWC penalty"),
-        "mode": Argument(str, "separate", "separate (one penalty per task) or online"),
-        "decay_factor": Argument(float, 0.9, "online mode: decay of the old importance"),
-    },
-)

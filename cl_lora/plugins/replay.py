@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
-from avalanche.training.plugins import ReplayPlugin
-
-from baselines.registry import register_plugin
-from cl_lora.inits import Argument
+from cl_lora.arguments import Argument
+from cl_lora.plugins.registry import register_plugin
 
 
-class TokenizingReplay(ReplayPlugin):
+@register_plugin(
+    "replay",
+    "experience replay from a balanced memory of earlier tasks' examples (Avalanche)",
+    extends="avalanche.training.plugins:ReplayPlugin",
+    arguments={"mem_size": Argument(int, 200, "examples kept in memory over all earlier tasks")},
+)
+class TokenizingReplay:
     """Avalanche's replay, batching through the strategy's (tokenizing) collate."""
 
     def before_training_exp(
@@ -32,6 +35,8 @@ class TokenizingReplay(ReplayPlugin):
         drop_last: bool = False,
         **kwargs: Any,
     ) -> None:
+        from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
+
         if len(self.storage_policy.buffer) == 0:  # first task: nothing to replay yet
             return
         strategy.dataloader = ReplayDataLoader(
@@ -51,15 +56,3 @@ class TokenizingReplay(ReplayPlugin):
         """Add the finished task's examples to the memory (the buffer's current API; the stock
         plugin calls its deprecated ``update``)."""
         self.storage_policy.post_adapt(strategy, strategy.experience)
-
-
-def make_replay(mem_size: int) -> TokenizingReplay:
-    return TokenizingReplay(mem_size=mem_size)
-
-
-register_plugin(
-    "replay",
-    "experience replay from a balanced memory of earlier tasks' examples (Avalanche)",
-    make_replay,
-    {"mem_size": Argument(int, 200, "examples kept in memory over all earlier tasks")},
-)

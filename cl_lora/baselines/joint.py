@@ -14,15 +14,14 @@ before training (``b``) are still measured.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from avalanche.benchmarks.utils import concat_datasets
 
-from baselines.registry import register
-from cl_lora.backbones import ContinualClassifier
-from cl_lora.strategy import LoRAStrategy
-from cl_lora.strategy.experiences import to_benchmark
+from cl_lora.baselines.registry import register
+
+if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche or PEFT
+    from cl_lora.backbones import ContinualClassifier
 
 JOINT_MATRIX = (
     "one training phase on all tasks, after the last task: only the last row R[T-1] is "
@@ -35,7 +34,7 @@ JOINT_MATRIX = (
     "one LoRA trained on the union of all tasks (upper bound; last row of R only)",
     matrix=JOINT_MATRIX,
 )
-class JointTraining(LoRAStrategy):
+class JointTraining:
     """Defers training to the last task, then trains on every task's data at once."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -64,6 +63,10 @@ class JointTraining(LoRAStrategy):
     def train_dataset_adaptation(self, **kwargs: Any) -> None:
         """The union of every task's training set (from the stream, so a resumed run that
         skips the earlier tasks still sees all of them)."""
+        from avalanche.benchmarks.utils import concat_datasets
+
+        from cl_lora.strategy.experiences import to_benchmark
+
         union = concat_datasets([exp.dataset for exp in to_benchmark(self.stream).train_stream])
         self.adapted_dataset = union.train()
 

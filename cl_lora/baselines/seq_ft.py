@@ -10,14 +10,15 @@ is the adapter rate and does not apply. Heads train at ``--head-lr`` as everywhe
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from baselines.registry import register
-from cl_lora.backbones import ContinualClassifier
-from cl_lora.inits import Argument
-from cl_lora.strategy import LoRAStrategy
+from cl_lora.arguments import Argument
+from cl_lora.baselines.registry import register
+
+if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche or PEFT
+    from cl_lora.backbones import ContinualClassifier
 
 
 @register(
@@ -26,7 +27,7 @@ from cl_lora.strategy import LoRAStrategy
     uses_init=False,
     arguments={"encoder_lr": Argument(float, 5e-5, "learning rate of the encoder's weights")},
 )
-class SequentialFineTuning(LoRAStrategy):
+class SequentialFineTuning:
     """All encoder weights train on each task in turn (AdamW, the suite's schedule)."""
 
     def __init__(self, *, encoder_lr: float, **kwargs: Any) -> None:
