@@ -518,7 +518,7 @@ CORDA_SUBSTITUTE = "attrs is not installed: dataclasses.dataclass stood in for a
 def peft_corda_module() -> tuple[types.ModuleType, str]:
     """PEFT's CorDA module and a note. It imports ``attr`` (attrs, no dependency of peft) for
     one plain dataclass; where attrs is missing, ``dataclasses.dataclass`` stands in (as in
-    tests/test_inits_more.py), only while the module is imported."""
+    tests/test_init_methods.py), only while the module is imported."""
     name = "peft.tuners.lora.corda"
     if importlib.util.find_spec("attr") is not None:
         return importlib.import_module(name), ""

@@ -6,6 +6,7 @@ from functools import partial
 
 import pandas as pd
 import pytest
+import torch
 
 from cl_lora.backbones import Backbone, linear_layer_names
 from cl_lora.backbones.text import mean_pool, packaged_minilm_path, tokenize
@@ -141,3 +142,42 @@ def tiny_vit_backbone(knowledge: str | None = None) -> Backbone:
 
     model = tiny_vit(num_classes=10 if knowledge else 0)
     return vit_backbone(model, {"name": "tiny-vit"}, keep_head_as=knowledge)
+
+
+# ---- init tests: a real weight and statistics with known structure ---------------------------
+@pytest.fixture(scope="session")
+def weight() -> torch.Tensor:
+    """A real 1536 x 384 MLP weight of all-MiniLM-L6-v2 (init tests)."""
+    from cl_lora.backbones import load_text_backbone
+
+    backbone = load_text_backbone()
+    return backbone.encoder.encoder.layer[0].intermediate.dense.weight.detach().clone()
+
+
+def low_rank_inputs(tokens: int, spread: torch.Tensor, noise: float, seed: int = 0) -> torch.Tensor:
+    """384-wide activations on a ``len(spread)``-dimensional subspace (standard deviation
+    ``spread[i]`` along its ``i``-th axis) plus small isotropic noise, so that ``X^T X`` has
+    ``384 - len(spread)`` eigenvalues of the size of the noise: a real null space."""
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.linalg.qr(torch.randn(384, len(spread), generator=g))[0].T
+    X = (torch.randn(tokens, len(spread), generator=g) * spread) @ basis
+    return X + noise * torch.randn(tokens, 384, generator=g)
+
+
+def decaying_gradient(out: int, inp: int, seed: int = 1) -> torch.Tensor:
+    """A gradient-like matrix with a clearly decaying spectrum (distinct top singular values)."""
+    g = torch.Generator().manual_seed(seed)
+    U = torch.linalg.qr(torch.randn(out, 48, generator=g))[0]
+    V = torch.linalg.qr(torch.randn(inp, 48, generator=g))[0]
+    return U @ torch.diag(torch.logspace(0, -3, 48)) @ V.T
+
+
+@pytest.fixture(scope="session")
+def calibration() -> torch.Tensor:
+    """Calibration inputs with a real null space (init tests)."""
+    return low_rank_inputs(1200, spread=torch.linspace(3.0, 0.5, 300), noise=1e-3)
+
+
+@pytest.fixture(scope="session")
+def stats(calibration: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"input_cov": calibration.T @ calibration, "grad": decaying_gradient(1536, 384)}

@@ -25,7 +25,7 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def backbone():
+def minilm():
     return load_text_backbone()
 
 
@@ -35,16 +35,16 @@ def stream():
     return streams.build("offline-text", options)
 
 
-def classifier(backbone) -> ContinualClassifier:
-    model = ContinualClassifier(copy.deepcopy(backbone), shared_head=False)
+def classifier(minilm) -> ContinualClassifier:
+    model = ContinualClassifier(copy.deepcopy(minilm), shared_head=False)
     model.add_head(0, 2)
     return model.eval()
 
 
-def test_one_covariance_per_distinct_input(backbone) -> None:
-    model = classifier(backbone)
-    inputs = backbone.collate(ROWS)
-    collector = collect_input_covariances(model, backbone.target_modules, [inputs])
+def test_one_covariance_per_distinct_input(minilm) -> None:
+    model = classifier(minilm)
+    inputs = minilm.collate(ROWS)
+    collector = collect_input_covariances(model, minilm.target_modules, [inputs])
     covs = collector.covariances()
     layer = "encoder.layer.0.attention.self."
     assert covs[layer + "query"] is covs[layer + "key"] is covs[layer + "value"]
@@ -56,9 +56,9 @@ def test_one_covariance_per_distinct_input(backbone) -> None:
     torch.testing.assert_close(covs[layer + "query"], X.T @ X, rtol=1e-4, atol=1e-3)
 
 
-def test_gradients_match_autograd_and_leave_the_model_as_it_was(backbone) -> None:
-    model = classifier(backbone)
-    inputs, labels = backbone.collate(ROWS[:2]), torch.tensor([0, 1])
+def test_gradients_match_autograd_and_leave_the_model_as_it_was(minilm) -> None:
+    model = classifier(minilm)
+    inputs, labels = minilm.collate(ROWS[:2]), torch.tensor([0, 1])
     name = "encoder.layer.1.intermediate.dense"
     flags = [p.requires_grad for p in model.parameters()]
     grads = collect_gradients(model, cross_entropy_on(0), [name], [(inputs, labels)])
@@ -69,16 +69,16 @@ def test_gradients_match_autograd_and_leave_the_model_as_it_was(backbone) -> Non
     torch.testing.assert_close(grads[name], weight.grad)
 
 
-def test_warmup_leaves_no_trace(backbone) -> None:
-    model = classifier(backbone)
-    inputs, labels = backbone.collate(ROWS[:2]), torch.tensor([0, 1])
+def test_warmup_leaves_no_trace(minilm) -> None:
+    model = classifier(minilm)
+    inputs, labels = minilm.collate(ROWS[:2]), torch.tensor([0, 1])
     before = model(inputs, 0)
     deltas = warmup_deltas(
         model,
         model.head_of(0),
         cross_entropy_on(0),
         SETTINGS,
-        backbone.target_modules,
+        minilm.target_modules,
         [(inputs, labels)],
         3,
         1e-2,
@@ -89,16 +89,16 @@ def test_warmup_leaves_no_trace(backbone) -> None:
     torch.testing.assert_close(model.eval()(inputs, 0), before)
 
 
-def calibrator(method, stream, backbone, sources=None) -> Calibrator:
+def calibrator(method, stream, minilm, sources=None) -> Calibrator:
     return Calibrator(
         init=method,
         init_args={"warmup_steps": 2} if "warmup_steps" in method.arguments else {},
         sources=sources or method.calibration,
         size=8,
         stream=stream,
-        problem=Classification(backbone, stream),
+        problem=Classification(minilm, stream),
         lora=SETTINGS,
-        target_modules=backbone.target_modules,
+        target_modules=minilm.target_modules,
         batch_size=4,
         train_batch_size=2,
         lr=1e-3,
@@ -107,17 +107,17 @@ def calibrator(method, stream, backbone, sources=None) -> Calibrator:
 
 
 @pytest.mark.parametrize("name", inits.available())
-def test_every_method_keeps_the_real_model_unchanged_at_init(name, backbone, stream) -> None:
+def test_every_method_keeps_the_real_model_unchanged_at_init(name, minilm, stream) -> None:
     """Residual identity and function preserved, with the statistics calibration collects."""
     method = inits.get(name)
-    model = classifier(backbone)
-    inputs = backbone.collate(ROWS)
+    model = classifier(minilm)
+    inputs = minilm.collate(ROWS)
     before = model(inputs, 0)
-    cal = calibrator(method, stream, backbone)
+    cal = calibrator(method, stream, minilm)
     generator = torch.Generator().manual_seed(0)
     stats = cal.collect(model, 0, generator)
     assert all(set(layer) == set(method.needs) for layer in stats.values())
-    attach_lora(model, SETTINGS, backbone.target_modules, method, cal.init_args, stats, generator)
+    attach_lora(model, SETTINGS, minilm.target_modules, method, cal.init_args, stats, generator)
     torch.testing.assert_close(model(inputs, 0), before, atol=2e-4, rtol=2e-4)
     declared = {"A", "B"} - {FROZEN.get(name)}
     for layer in lora_layers(model.encoder).values():
@@ -128,10 +128,10 @@ def test_every_method_keeps_the_real_model_unchanged_at_init(name, backbone, str
         assert {factor for factor, on in trains.items() if on} == declared
 
 
-def test_lora_null_reads_almost_nothing_of_its_calibration_inputs(backbone, stream) -> None:
+def test_lora_null_reads_almost_nothing_of_its_calibration_inputs(minilm, stream) -> None:
     method = inits.get("lora-null")
-    model = classifier(backbone)
-    cal = calibrator(method, stream, backbone)
+    model = classifier(minilm)
+    cal = calibrator(method, stream, minilm)
     stats = cal.collect(model, 0, torch.Generator())
     name = "encoder.layer.2.intermediate.dense"
     factors = method(model.encoder.get_submodule(name).weight, rank=4, scale=2.0, stats=stats[name])
@@ -145,9 +145,9 @@ def test_lora_null_reads_almost_nothing_of_its_calibration_inputs(backbone, stre
     assert cal.reports[0]["input_cov_examples"] == {"probe": 8}
 
 
-def test_memory_calibration_reads_earlier_tasks(backbone, stream) -> None:
-    cal = calibrator(inits.get("lora-null"), stream, backbone, sources=("probe", "memory"))
-    model = classifier(backbone)
+def test_memory_calibration_reads_earlier_tasks(minilm, stream) -> None:
+    cal = calibrator(inits.get("lora-null"), stream, minilm, sources=("probe", "memory"))
+    model = classifier(minilm)
     model.add_head(2, 6)
     cal.collect(model, 2, torch.Generator())
     assert cal.reports[0]["input_cov_examples"] == {"probe": 8, "memory": 8}

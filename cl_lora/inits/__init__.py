@@ -8,13 +8,14 @@ methods through the ``cl_lora.inits`` entry-point group.
 from cl_lora.arguments import Argument
 from cl_lora.inits import (  # noqa: F401  (built-ins register on import)
     corda,
-    data_driven,
-    minor_frozen,
-    nullspace,
-    qr,
-    svd,
-    task_directions,
-    zero_start,
+    eva,
+    intermediate,
+    lora,
+    lora_dash,
+    lora_ga,
+    lora_null,
+    mica,
+    olora,
 )
 from cl_lora.inits.base import InitMethod, LoRAFactors
 from cl_lora.inits.registry import ENTRY_POINT_GROUP, INITS, register

@@ -19,7 +19,7 @@ import torch
 
 from cl_lora.errors import BadInputError
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.nullspace import input_covariance
+from cl_lora.inits.factors import input_covariance
 from cl_lora.inits.registry import register
 
 #: First damping, relative to the mean eigenvalue ``tr(C) / n`` (CorDA's and PEFT's value).

@@ -17,7 +17,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from cl_lora.inits.task_directions import change_rates
+from cl_lora.inits.lora_dash import change_rates
 from cl_lora.lora import ADAPTER, lora_layers
 
 

@@ -16,9 +16,9 @@ import torch
 
 from cl_lora.arguments import Argument
 from cl_lora.inits.base import InitMethod, LoRAFactors
+from cl_lora.inits.factors import factors_from_svd
+from cl_lora.inits.lora import KaimingLoRA
 from cl_lora.inits.registry import register
-from cl_lora.inits.svd import factors_from_svd
-from cl_lora.inits.zero_start import KaimingLoRA
 
 
 def change_rates(

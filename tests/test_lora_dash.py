@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from cl_lora import inits
-from cl_lora.inits.task_directions import change_rates
+from cl_lora.inits.lora_dash import change_rates
 
 
 def test_lora_init_picks_the_directions_with_the_largest_change_rate() -> None:

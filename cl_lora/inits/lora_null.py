@@ -13,24 +13,8 @@ import torch
 
 from cl_lora.arguments import Argument
 from cl_lora.inits.base import InitMethod, LoRAFactors
+from cl_lora.inits.factors import input_covariance
 from cl_lora.inits.registry import register
-
-
-def input_covariance(stats: Mapping[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
-    """``stats["input_cov"]`` (``C = X^T X``, ``in x in``) as a symmetric float64 matrix.
-
-    Float64 because the methods that read it resolve its smallest eigenvalues or invert it,
-    where float32 round-off is of the size of the quantities themselves.
-    """
-    cov = stats["input_cov"]
-    in_features = weight.shape[1]
-    if cov.shape != (in_features, in_features):
-        raise ValueError(
-            f"input_cov has shape {tuple(cov.shape)} but this layer takes {in_features} inputs: "
-            f"it must be {in_features}x{in_features}"
-        )
-    cov = cov.detach().to(device=weight.device, dtype=torch.float64)
-    return (cov + cov.T) / 2
 
 
 def null_space_factors(

@@ -15,27 +15,8 @@ import torch
 from cl_lora.arguments import Argument
 from cl_lora.errors import BadInputError
 from cl_lora.inits.base import InitMethod, LoRAFactors
+from cl_lora.inits.factors import window_factors
 from cl_lora.inits.registry import register
-
-
-def factors_from_svd(
-    weight: torch.Tensor,
-    svd: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    components: slice | torch.Tensor,
-    scale: float,
-) -> LoRAFactors:
-    """LoRA factors holding the chosen singular ``components`` of ``weight = U diag(S) Vh``."""
-    U, S, Vh = svd
-    root = torch.sqrt(S[components] / scale)
-    B = U[:, components] * root
-    A = root[:, None] * Vh[components]
-    return LoRAFactors(A=A, B=B, residual=weight - scale * B @ A)
-
-
-def window_factors(weight: torch.Tensor, start: int, rank: int, scale: float) -> LoRAFactors:
-    """LoRA factors holding singular components ``start .. start+rank-1`` of ``weight``."""
-    svd = torch.linalg.svd(weight, full_matrices=False)
-    return factors_from_svd(weight, svd, slice(start, start + rank), scale)
 
 
 class SpectrumWindow(InitMethod):
