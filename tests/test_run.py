@@ -143,3 +143,15 @@ def test_every_training_setting_is_reachable_from_the_command_line() -> None:
     config = config_from_args(build_parser().parse_args(argv))
     assert (config.weight_decay, config.warmup_ratio, config.eval_batch_size) == (0.01, 0.2, 8)
     assert config.lr_search == (1e-4, 1e-3) and config.order == 2
+
+
+def test_progress_is_written_once_per_update_when_output_is_a_log(capsys, caplog, tmp_path) -> None:
+    """Without --quiet and with the output redirected (not a terminal), no progress bars are
+    redrawn into the log: each task's progress is one line, once."""
+    caplog.set_level("INFO", logger="cl_lora")
+    argv = [arg for arg in TINY if arg != "--quiet"]
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
+    assert [line.split("]")[0] for line in progress] == [f"[{i}/5" for i in range(1, 6)]

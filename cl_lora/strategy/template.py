@@ -14,6 +14,7 @@ stores each batch's predicted label ids in ``mb_output`` (the scorer reads them)
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -264,7 +265,11 @@ class LoRAStrategy(SupervisedTemplate):
 
 
 def make_evaluator(verbose: bool) -> EvaluationPlugin:
-    """Avalanche's interactive progress bars, or silence (without its no-logger warning)."""
+    """Avalanche's interactive progress bars when ``verbose`` and the output is a terminal,
+    else silence (without its no-logger warning). Redirected to a file, a bar would write each
+    update two or three times (tqdm redraws with carriage returns); the run's own one-line
+    progress per task is then the log."""
+    bars = verbose and sys.stdout.isatty()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
-        return EvaluationPlugin(loggers=[InteractiveLogger()] if verbose else [])
+        return EvaluationPlugin(loggers=[InteractiveLogger()] if bars else [])
