@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py: a smoke run with tiny settings (numbers, not timing, are checked)."""
+"""The benchmark scripts: smoke runs with tiny settings (numbers, not timing, are checked)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import throughput
+from benchmarks import startup, throughput
 from cl_lora.errors import BadInputError
 
 
@@ -40,3 +40,14 @@ def test_throughput_smoke(model: str, tmp_path: Path, capsys: pytest.CaptureFixt
 def test_throughput_bad_input(argv: list[str]) -> None:
     with pytest.raises(BadInputError):
         throughput.main(argv)
+
+
+def test_startup_times_each_command_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "startup.json"
+    result = startup.main(["--repeats", "1", "--json", str(out)])
+    assert set(result["median_s"]) == {"import torch", "run --help", "run --list"}
+    assert result["ratio_to_torch"]["import torch"] == pytest.approx(1.0)
+    assert all(len(values) == 1 and values[0] > 0 for values in result["seconds"].values())
+    assert json.loads(out.read_text()) == result
+    with pytest.raises(BadInputError):
+        startup.main(["--repeats", "0"])

@@ -41,7 +41,7 @@ _NOT_SETUP = _METHOD_FIELDS | {"stream", "scenario", "backbone", "seed", "device
 _NOT_SETUP |= {"gradient_checkpointing"}  # recomputes activations: the same training
 _REQUIRED = ("config", "stream", "tasks", "matrix", "seed", "backbone", "timings")
 _ABSENT = object()
-_EXTRA = ["matrix", "tasks", "retention", "init", "init_args", "setup"]  # for plots and setups
+_EXTRA = ["matrix", "tasks", "retention", "init", "init_args", "lr", "setup"]  # plots, setups
 
 
 @dataclass
@@ -113,6 +113,7 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "retention": None if curve is None else np.array(curve, dtype=float),
         "init": config.get("init"),
         "init_args": config.get("init_args") or {},
+        "lr": config.get("lr"),
         "fingerprint": result["backbone"].get("fingerprint"),
         "setup": {
             key: value

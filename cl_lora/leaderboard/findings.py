@@ -1,0 +1,188 @@
+"""The research's claims tested on run folders (``results/FINDINGS.md``): for each claim a
+table, paired statistics over shared seeds, one figure, and a verdict by a rule fixed before the
+runs were read.
+
+    python -m cl_lora.leaderboard.findings intermediate results/findings-runs/intermediate-vision \\
+        --out results/findings
+
+``intermediate`` (Quercia et al.): forgetting of the pretraining task is U-shaped in the window
+position ``f``, and intermediate windows are more robust to high learning rates. Rule, per
+learning rate: the U holds when the pretrained-probe drop at both ends (``f=0`` and ``f=1``)
+exceeds the drop at ``f=0.5``, each paired 95% interval above 0; it fails when either end is
+below the middle with its interval below 0. Robustness holds when the drop's growth from the
+lowest to the highest rate is larger at both ends than at ``f=0.5`` (paired intervals above 0).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from cl_lora.cli import OneLineParser
+from cl_lora.errors import BadInputError
+from cl_lora.leaderboard.aggregate import interval
+from cl_lora.leaderboard.collect import collect_runs
+
+MIDDLE, ENDS = 0.5, (0.0, 1.0)
+METRICS = {"retention_drop": "pretrained-probe drop", "forgetting": "task forgetting"}
+
+
+def intermediate_grid(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: ``window`` (``f`` of an ``intermediate`` run, ``lora`` for plain LoRA),
+    ``lr``, ``seed`` and the metrics."""
+    is_window = (runs["init"] == "intermediate") & runs["init_args"].map(
+        lambda args: args.get("start") is None
+    )
+    window = runs["init_args"].map(lambda args: args.get("f"))
+    grid = runs.assign(window=window.where(is_window, runs["init"]))
+    grid = grid[is_window | (runs["init"] == "lora")]
+    return grid[["window", "lr", "seed", "acc", "learning_acc", *METRICS]].reset_index(drop=True)
+
+
+def paired(grid: pd.DataFrame, metric: str, a: object, b: object, lr: float) -> tuple:
+    """Mean and 95% half-width of ``metric(a) - metric(b)`` at ``lr`` over the seeds both have."""
+    at = grid[grid["lr"] == lr].pivot_table(index="seed", columns="window", values=metric)
+    if not {a, b} <= set(at.columns):
+        return math.nan, math.nan, 0
+    both = at[[a, b]].dropna()
+    mean, _, n, half = interval((both[a] - both[b]).to_numpy())
+    return mean, half, n
+
+
+def _growth(grid: pd.DataFrame, low: float, high: float) -> pd.DataFrame:
+    """Per seed and window, the probe drop at ``high`` minus the drop at ``low``."""
+    wide = grid.pivot_table(index=["seed", "window"], columns="lr", values="retention_drop")
+    return (wide[high] - wide[low]).rename("retention_drop").reset_index().assign(lr=high)
+
+
+def _cell(mean: float, half: float, signed: bool = True) -> str:
+    """``mean ± half`` (a difference with its sign), ``-`` when there is nothing to show."""
+    if not np.isfinite(mean):
+        return "-"
+    value = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return f"{value} ± {half:.3f}" if np.isfinite(half) else value
+
+
+def _holds(mean: float, half: float) -> bool | None:
+    """True: interval above 0; False: below 0; None: it contains 0."""
+    if not (np.isfinite(mean) and np.isfinite(half)):
+        return None
+    return True if mean - half > 0 else False if mean + half < 0 else None
+
+
+def _verdict(results: Sequence[bool | None]) -> str:
+    if results and all(result is True for result in results):
+        return "supported"
+    if any(result is False for result in results):
+        return "not supported"
+    return "inconclusive"
+
+
+def intermediate_report(grid: pd.DataFrame) -> tuple[str, str]:
+    """The markdown tables and the one-line verdicts of the intermediate-components claim."""
+    rates = sorted(grid["lr"].unique())
+    windows = sorted(
+        grid["window"].unique(),
+        key=lambda w: (isinstance(w, str), w if not isinstance(w, str) else 0),
+    )
+    lines = ["| lr | window | seeds | learning acc | ACC | probe drop | task forgetting |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for lr in rates:
+        for window in windows:
+            rows = grid[(grid["lr"] == lr) & (grid["window"] == window)]
+            if rows.empty:
+                continue
+            cells = [
+                _cell(*interval(rows[m].to_numpy())[::3], signed=False)
+                for m in ("learning_acc", "acc", *METRICS)
+            ]
+            name = f"f={window:g}" if not isinstance(window, str) else window
+            lines.append(f"| {lr:g} | {name} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| lr | drop(f=0) - drop(f=0.5) | drop(f=1) - drop(f=0.5) | U |",
+        "|---|---|---|---|",
+    ]
+    u_results = []
+    for lr in rates:
+        ends = [paired(grid, "retention_drop", end, MIDDLE, lr) for end in ENDS]
+        holds = [_holds(mean, half) for mean, half, _ in ends]
+        u = True if all(h is True for h in holds) else False if False in holds else None
+        u_results.append(u)
+        lines.append(
+            f"| {lr:g} | {_cell(*ends[0][:2])} | {_cell(*ends[1][:2])} | "
+            f"{ {True: 'yes', False: 'no', None: 'unclear'}[u] } |"
+        )
+    verdicts = [f"U-shape in f (every rate): {_verdict(u_results)}"]
+    if len(rates) >= 2:
+        growth = _growth(grid, rates[0], rates[-1])
+        ends = [paired(growth, "retention_drop", end, MIDDLE, rates[-1]) for end in ENDS]
+        lines += [
+            "",
+            f"Growth of the probe drop from lr {rates[0]:g} to {rates[-1]:g}, end minus middle: "
+            f"f=0 {_cell(*ends[0][:2])}, f=1 {_cell(*ends[1][:2])}",
+        ]
+        robust = [_holds(mean, half) for mean, half, _ in ends]
+        verdicts.append(f"intermediate windows more robust to high rates: {_verdict(robust)}")
+    return "\n".join(lines), "; ".join(verdicts)
+
+
+def plot_intermediate(grid: pd.DataFrame) -> Figure:
+    """Probe drop and task forgetting against ``f``, one line per learning rate, plain LoRA
+    as a dashed line of the same colour."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    windows = grid[grid["window"].map(lambda w: not isinstance(w, str))]
+    for ax, (metric, label) in zip(fig.subplots(1, 2), METRICS.items(), strict=True):
+        for index, (lr, rows) in enumerate(windows.groupby("lr")):
+            stats = [
+                (f, *interval(group[metric].to_numpy())) for f, group in rows.groupby("window")
+            ]
+            f, mean, _, _, half = (np.array(col, dtype=float) for col in zip(*stats, strict=True))
+            color = f"C{index}"
+            ax.errorbar(f, mean, yerr=np.nan_to_num(half), marker="o", capsize=3, color=color,
+                        label=f"intermediate, lr {lr:g}")  # fmt: skip
+            lora = grid[(grid["window"] == "lora") & (grid["lr"] == lr)][metric]
+            if len(lora):
+                ax.axhline(lora.mean(), color=color, ls="--", lw=0.8, label=f"lora, lr {lr:g}")
+        ax.set_xlabel("window position f (0 = principal, 1 = minor components)")
+        ax.set_ylabel(f"{label}, mean ± 95% CI")
+        ax.legend(fontsize=7)
+    fig.suptitle("intermediate components: forgetting against the window position", fontsize=10)
+    return fig
+
+
+FINDINGS = {"intermediate": (intermediate_grid, intermediate_report, plot_intermediate)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = OneLineParser(prog="python -m cl_lora.leaderboard.findings", description=__doc__)
+    parser.add_argument("finding", choices=sorted(FINDINGS))
+    parser.add_argument("runs", type=Path, help="folder of the finding's runs")
+    parser.add_argument("--out", type=Path, default=Path("results/findings"))
+    try:
+        args = parser.parse_args(argv)
+        table = collect_runs(args.runs).table
+        if table.empty:
+            raise BadInputError(f"no usable result.json under {args.runs}: run the sweep first")
+        to_grid, report, plot = FINDINGS[args.finding]
+        grid = to_grid(table)
+        markdown, verdict = report(grid)
+        args.out.mkdir(parents=True, exist_ok=True)
+        figure = args.out / f"{args.finding}.png"
+        plot(grid).savefig(figure, dpi=130)
+    except BadInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(markdown)
+    print(f"\nverdict: {verdict}\nfigure: {figure}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

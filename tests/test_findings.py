@@ -1,0 +1,55 @@
+"""The findings' statistics and verdict rules on constructed grids with a known answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cl_lora.leaderboard.findings import intermediate_report, main, plot_intermediate
+
+F = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def grid(drop_of_f, growth: float = 0.0, seeds: int = 5) -> pd.DataFrame:
+    """Runs at two rates; the probe drop is ``drop_of_f(f)`` plus seed noise, and at the higher
+    rate it grows by ``growth * |f - 0.5|`` (more at the ends when ``growth`` > 0)."""
+    noise = np.random.default_rng(0).normal(0, 0.005, size=(2, len(F) + 1, seeds))
+    rows = []
+    for i, lr in enumerate((1e-3, 1e-2)):
+        for j, window in enumerate([*F, "lora"]):
+            base = drop_of_f(0.0 if window == "lora" else window)
+            extra = i * growth * abs((0.0 if window == "lora" else window) - 0.5)
+            for seed in range(seeds):
+                drop = base + extra + noise[i, j, seed]
+                rows.append(dict(window=window, lr=lr, seed=seed, acc=0.9, learning_acc=0.9,
+                                 retention_drop=drop, forgetting=drop / 2))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_a_clear_u_is_supported_and_robustness_is_read_from_the_growth() -> None:
+    table, verdict = intermediate_report(grid(lambda f: 0.4 * (f - 0.5) ** 2 + 0.02, growth=0.5))
+    assert "U-shape in f (every rate): supported" in verdict
+    assert "more robust to high rates: supported" in verdict
+    assert "| 0.001 | f=0.5 | 5 |" in table and "| 0.01 | lora | 5 |" in table
+
+
+def test_an_inverted_u_is_not_supported_and_a_flat_line_is_inconclusive() -> None:
+    _, verdict = intermediate_report(grid(lambda f: 0.3 - 0.4 * (f - 0.5) ** 2))
+    assert "U-shape in f (every rate): not supported" in verdict
+    _, verdict = intermediate_report(grid(lambda f: 0.1, growth=0.0))
+    assert "U-shape in f (every rate): inconclusive" in verdict
+
+
+def test_the_figure_has_one_line_per_rate_and_lora_references() -> None:
+    figure = plot_intermediate(grid(lambda f: f))
+    drop_axis = figure.axes[0]
+    assert len(drop_axis.containers) == 2  # one errorbar line per learning rate
+    assert len(drop_axis.lines) >= 2 + 2  # their lines plus one dashed lora line per rate
+
+
+def test_an_empty_folder_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    assert main(["intermediate", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no usable result.json") and "\n" not in err
