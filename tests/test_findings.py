@@ -53,3 +53,21 @@ def test_an_empty_folder_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["intermediate", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no usable result.json") and "\n" not in err
+
+
+def test_versus_lora_reads_the_paired_accuracy_difference() -> None:
+    from cl_lora.leaderboard.findings import plot_versus_lora, versus_lora_report
+
+    noise = np.random.default_rng(1).normal(0, 0.002, size=15)
+    rows = [
+        dict(window=method, lr=1e-3, seed=seed, acc=0.8 + gain + noise[5 * i + seed],
+             learning_acc=0.9, forgetting=0.05)
+        for i, (method, gain) in enumerate((("lora", 0.0), ("better", 0.05), ("worse", -0.05)))
+        for seed in range(5)
+    ]  # fmt: skip
+    grid = pd.DataFrame(rows)
+    table, verdict = versus_lora_report(grid)
+    assert "better better than lora: supported" in verdict
+    assert "worse better than lora: not supported" in verdict
+    assert "| better | 5 | 0.001 |" in table and "+0.050" in table
+    assert len(plot_versus_lora(grid).axes) == 2

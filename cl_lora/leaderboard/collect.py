@@ -113,7 +113,7 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "retention": None if curve is None else np.array(curve, dtype=float),
         "init": config.get("init"),
         "init_args": config.get("init_args") or {},
-        "lr": config.get("lr"),
+        "lr": (result.get("lr_search") or {}).get("chosen", config.get("lr")),  # as trained
         "fingerprint": result["backbone"].get("fingerprint"),
         "setup": {
             key: value

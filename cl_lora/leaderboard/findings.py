@@ -5,6 +5,9 @@ runs were read.
     python -m cl_lora.leaderboard.findings intermediate results/findings-runs/intermediate-vision \\
         --out results/findings
 
+``versus-lora`` (e.g. Si et al.'s LoRA-Dash, LoRA-Init and LoRA-TSD): each method's task
+accuracy against plain LoRA on the same seeds (rule: :func:`versus_lora_report`).
+
 ``intermediate`` (Quercia et al.): forgetting of the pretraining task is U-shaped in the window
 position ``f``, and intermediate windows are more robust to high learning rates. Rule, per
 learning rate: the U holds when the pretrained-probe drop at both ends (``f=0`` and ``f=1``)
@@ -157,7 +160,61 @@ def plot_intermediate(grid: pd.DataFrame) -> Figure:
     return fig
 
 
-FINDINGS = {"intermediate": (intermediate_grid, intermediate_report, plot_intermediate)}
+def method_grid(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: ``window`` is the init with its arguments (``lora-dash(t=20)``),
+    ``lr`` the rate it trained at (the searched one, when searched)."""
+    grid = runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
+    return grid[["window", "lr", "seed", "acc", "learning_acc", "forgetting"]]
+
+
+def versus_lora_report(grid: pd.DataFrame) -> tuple[str, str]:
+    """Task accuracy of each method against plain ``lora`` on the same seeds. Rule: a method
+    beats LoRA when its paired ACC difference has a 95% interval above 0 (below 0: it does
+    not); learning accuracy (each task right after training it) is reported beside it."""
+    lines = ["| method | seeds | lr chosen | learning acc | ACC | forgetting | ACC - lora ACC |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    wide = grid.pivot_table(index="seed", columns="window", values="acc")
+    verdicts = []
+    for method, rows in grid.groupby("window", sort=True):
+        cells = [
+            _cell(*interval(rows[m].to_numpy())[::3], signed=False)
+            for m in ("learning_acc", "acc", "forgetting")
+        ]
+        rates = ", ".join(f"{lr:g}" for lr in sorted(rows["lr"].unique()))
+        diff = "-"
+        if method != "lora" and "lora" in wide:
+            both = wide[[method, "lora"]].dropna()
+            mean, _, _, half = interval((both[method] - both["lora"]).to_numpy())
+            diff = _cell(mean, half)
+            holds = _holds(mean, half)
+            verdict = {True: "supported", False: "not supported", None: "inconclusive"}[holds]
+            verdicts.append(f"{method} better than lora: {verdict}")
+        lines.append(f"| {method} | {len(rows)} | {rates} | " + " | ".join(cells) + f" | {diff} |")
+    return "\n".join(lines), "; ".join(verdicts)
+
+
+def plot_versus_lora(grid: pd.DataFrame) -> Figure:
+    """ACC and learning accuracy per method, every seed as a dot and the mean ± 95% CI."""
+    fig = Figure(figsize=(9, 4), layout="constrained")
+    methods = sorted(grid["window"].unique(), key=lambda m: (m != "lora", m))
+    for ax, (metric, label) in zip(
+        fig.subplots(1, 2), (("acc", "ACC"), ("learning_acc", "learning accuracy")), strict=True
+    ):
+        for x, method in enumerate(methods):
+            values = grid[grid["window"] == method][metric].to_numpy(dtype=float)
+            mean, _, _, half = interval(values)
+            ax.scatter(np.full(len(values), x), values, s=12, color="grey", alpha=0.6)
+            ax.errorbar([x], [mean], yerr=[np.nan_to_num(half)], fmt="o", capsize=4, color="C0")
+        ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+        ax.set_ylabel(f"{label}, seeds and mean ± 95% CI")
+    fig.suptitle("LoRA-Dash / LoRA-Init / LoRA-TSD against LoRA (learning rate searched)")
+    return fig
+
+
+FINDINGS = {
+    "intermediate": (intermediate_grid, intermediate_report, plot_intermediate),
+    "versus-lora": (method_grid, versus_lora_report, plot_versus_lora),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
