@@ -287,7 +287,10 @@ ADDED_SETTINGS: dict[str, Any] = {
 
 #: Init arguments added after the first published runs, with the default that leaves a method as
 #: it was: left out of run ids and method names at that default, so earlier runs keep both.
-ADDED_ARGUMENTS: dict[str, Any] = {"normalize": False}  # lora-null's reference scaling
+ADDED_ARGUMENTS: dict[str, Any] = {
+    "normalize": False,  # lora-null's reference scaling
+    "niter": 0,  # pissa's randomized SVD
+}
 
 
 def without_added_arguments(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -44,4 +44,25 @@ else
   echo "skipping cl-benchmark: no O-LoRA CL_Benchmark folder at $OLORA_DATA (set OLORA_DATA)"
 fi
 
+# The findings of results/FINDINGS.md (each sweep run alone on one core: OMP_NUM_THREADS=1).
+FINDINGS=results/findings-runs
+# (a) intermediate components on offline-vision, task-incremental, 1024 training / 200 test
+# images per task, 2 epochs: f in 0..1 and plain lora at three learning rates, 5 seeds.
+F_WINDOWS="intermediate:f=0 intermediate:f=0.1 intermediate:f=0.25 intermediate:f=0.5
+  intermediate:f=0.75 intermediate:f=0.9 intermediate:f=1 lora"
+for lr in 1e-3 3e-3 1e-2; do
+  python -m cl_lora.sweep --streams offline-vision --inits $F_WINDOWS --seeds 0 1 2 3 4 \
+    --set scenario=task --set lr=$lr --set max_train_per_task=1024 --set max_test_per_task=200 \
+    --set epochs=2 --max-parallel 1 --output-dir "$FINDINGS/intermediate-vision"
+done
+python -m cl_lora.leaderboard.findings intermediate "$FINDINGS/intermediate-vision" --out results/findings
+# (c) LoRA-Dash / LoRA-Init / LoRA-TSD against LoRA on offline-text, 512 training / 200 test
+# examples per task, 2 epochs (64 steps per task; Dash adds its directions at t=20), 32 tokens,
+# each method's learning rate searched among 2.5e-4, 5e-4, 1e-3, 5 seeds.
+python -m cl_lora.sweep --streams offline-text --inits lora lora-dash:t=20 lora-init lora-tsd:t=20 \
+  --seeds 0 1 2 3 4 --set max_train_per_task=512 --set max_test_per_task=200 --set epochs=2 \
+  --set max_length=32 --set lr_search=2.5e-4,5e-4,1e-3 --max-parallel 1 \
+  --output-dir "$FINDINGS/dash-text"
+python -m cl_lora.leaderboard.findings versus-lora "$FINDINGS/dash-text" --out results/findings
+
 python -m cl_lora.leaderboard results/benchmark-runs --out results --format md csv html --compare

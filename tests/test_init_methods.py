@@ -271,6 +271,29 @@ def test_pissa_equals_peft(weight: torch.Tensor) -> None:
     torch.testing.assert_close(ours.residual, residual, atol=1e-4, rtol=1e-4)
 
 
+def test_randomized_pissa_matches_peft_and_converges_to_the_full_svd(weight: torch.Tensor) -> None:
+    """``niter`` is PEFT's ``pissa_niter_<n>``. On MiniLM's flat spectrum (singular values 6.60
+    and 6.53 at the window's edge) 4 iterations find a window of 98.7% of the exact one's norm,
+    in ours and in PEFT's alike, but not the exact directions; 64 iterations find those."""
+
+    def norm_ratio(x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(x.norm() / y.norm())
+
+    exact = inits.get("pissa")(weight, rank=RANK, scale=SCALE)
+    exact_delta = exact.B @ exact.A
+    torch.manual_seed(0)
+    A, B, _ = peft_init(OneLinear(weight), init_lora_weights="pissa_niter_4")
+    ours = inits.get("pissa")(weight, rank=RANK, scale=SCALE, niter=4)
+    assert norm_ratio(ours.B @ ours.A, exact_delta) > 0.98
+    assert norm_ratio(B @ A, exact_delta) > 0.98
+    torch.testing.assert_close(ours.residual + SCALE * ours.B @ ours.A, weight, atol=1e-4, rtol=0)
+    torch.manual_seed(0)
+    converged = inits.get("pissa")(weight, rank=RANK, scale=SCALE, niter=64)
+    assert norm_ratio(converged.B @ converged.A - exact_delta, exact_delta) < 0.05
+    with pytest.raises(BadInputError, match="niter=-1 is negative"):
+        inits.get("pissa")(weight, rank=RANK, scale=SCALE, niter=-1)
+
+
 def test_lora_starts_at_zero_with_kaiming_a(weight: torch.Tensor) -> None:
     factors = inits.get("lora")(weight, rank=8, scale=2.0, generator=torch.Generator())
     assert torch.equal(factors.B, torch.zeros_like(factors.B))

@@ -15,7 +15,7 @@ import torch
 from cl_lora.arguments import Argument
 from cl_lora.errors import BadInputError
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.factors import window_factors
+from cl_lora.inits.factors import factors_from_svd, window_factors
 from cl_lora.inits.registry import register
 
 
@@ -42,10 +42,37 @@ class SpectrumWindow(InitMethod):
 
 @register("pissa", "PiSSA: train the r principal singular components, freeze the rest")
 class PiSSA(SpectrumWindow):
-    """Meng et al. 2024: window ``[0, r)``."""
+    """Meng et al. 2024: window ``[0, r)``.
 
-    def start(self, k: int, rank: int) -> int:
+    ``niter > 0`` finds the window with a randomized SVD (``torch.svd_lowrank`` with ``q = r``
+    and ``niter`` subspace iterations), as PEFT's ``init_lora_weights="pissa_niter_<n>"`` does:
+    on large layers much faster than the full SVD, and the same factors up to the randomized
+    SVD's error. It draws from torch's global generator, as PEFT's does.
+    """
+
+    arguments = {
+        "niter": Argument(int, 0, "0: full SVD; n > 0: randomized SVD with n iterations (PEFT)")
+    }
+
+    def start(self, k: int, rank: int, **args: object) -> int:
         return 0
+
+    def factors(
+        self,
+        weight: torch.Tensor,
+        *,
+        rank: int,
+        scale: float,
+        stats: Mapping[str, torch.Tensor],
+        generator: torch.Generator | None,
+        niter: int,
+    ) -> LoRAFactors:
+        if niter < 0:
+            raise BadInputError(f"pissa niter={niter} is negative: use 0 (full SVD) or more")
+        if niter == 0:
+            return window_factors(weight, 0, rank, scale)
+        U, S, V = torch.svd_lowrank(weight, q=rank, niter=niter)
+        return factors_from_svd(weight, (U, S, V.T), slice(0, rank), scale)
 
 
 @register("milora", "MiLoRA: train the r minor singular components, freeze the rest")
