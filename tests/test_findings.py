@@ -71,3 +71,23 @@ def test_versus_lora_reads_the_paired_accuracy_difference() -> None:
     assert "worse better than lora: not supported" in verdict
     assert "| better | 5 | 0.001 |" in table and "+0.050" in table
     assert len(plot_versus_lora(grid).axes) == 2
+
+
+def test_knowledge_compares_every_method_with_lora_null() -> None:
+    from cl_lora.leaderboard.findings import knowledge_report, plot_knowledge
+
+    noise = np.random.default_rng(2).normal(0, 0.01, size=(3, 5))
+    drops = {"lora": 0.5, "lora-null": 0.1, "pissa": 0.9}
+    rows = [
+        dict(window=method, lr=1e-3, seed=seed, acc=0.8, learning_acc=0.8, retention_drop=0.0,
+             loglik_drop=drop + noise[i, seed])
+        for i, (method, drop) in enumerate(drops.items())
+        for seed in range(5)
+    ]  # fmt: skip
+    grid = pd.DataFrame(rows)
+    table, verdict = knowledge_report(grid)
+    assert verdict == "LoRA-Null keeps the most knowledge: supported"
+    assert "| pissa | 5 |" in table and "+0.79" in table
+    grid.loc[grid["window"] == "lora", "loglik_drop"] -= 0.6  # lora now keeps more
+    assert knowledge_report(grid)[1].endswith("not supported")
+    assert len(plot_knowledge(grid).axes) == 1

@@ -41,7 +41,7 @@ _NOT_SETUP = _METHOD_FIELDS | {"stream", "scenario", "backbone", "seed", "device
 _NOT_SETUP |= {"gradient_checkpointing"}  # recomputes activations: the same training
 _REQUIRED = ("config", "stream", "tasks", "matrix", "seed", "backbone", "timings")
 _ABSENT = object()
-_EXTRA = ["matrix", "tasks", "retention", "init", "init_args", "lr", "setup"]  # plots, setups
+_EXTRA = ["matrix", "tasks", "retention", "loglik_drop", "init", "init_args", "lr", "setup"]
 
 
 @dataclass
@@ -111,6 +111,7 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "matrix": matrix,
         "tasks": tasks,
         "retention": None if curve is None else np.array(curve, dtype=float),
+        "loglik_drop": (retention.get("gold_loglik") or {}).get("drop"),  # language models
         "init": config.get("init"),
         "init_args": config.get("init_args") or {},
         "lr": (result.get("lr_search") or {}).get("chosen", config.get("lr")),  # as trained

@@ -5,6 +5,9 @@ runs were read.
     python -m cl_lora.leaderboard.findings intermediate results/findings-runs/intermediate-vision \\
         --out results/findings
 
+``knowledge`` (Tang et al.'s LoRA-Null): knowledge kept by a language model, LoRA-Null
+against every other method (rule: :func:`knowledge_report`).
+
 ``versus-lora`` (e.g. Si et al.'s LoRA-Dash, LoRA-Init and LoRA-TSD): each method's task
 accuracy against plain LoRA on the same seeds (rule: :func:`versus_lora_report`).
 
@@ -211,7 +214,65 @@ def plot_versus_lora(grid: pd.DataFrame) -> Figure:
     return fig
 
 
+KNOWLEDGE_REFERENCE = "lora-null"
+
+
+def knowledge_grid(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: ``window`` the method, task ``acc``, and the knowledge probe's drops
+    (``retention_drop``: exact match; ``loglik_drop``: gold-answer log-likelihood per token)."""
+    grid = runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
+    return grid[["window", "lr", "seed", "acc", "learning_acc", "retention_drop", "loglik_drop"]]
+
+
+def knowledge_report(grid: pd.DataFrame) -> tuple[str, str]:
+    """LoRA-Null against every other method on the same seeds. Rule: it keeps more knowledge
+    than a method when that method's log-likelihood drop minus LoRA-Null's has a 95% interval
+    above 0 (below 0: it keeps less); the claim holds when that is so for every other method.
+    The task ACC difference is shown beside it ("at comparable task accuracy")."""
+    lines = [
+        "| method | seeds | ACC | NQ exact-match drop | gold log-lik drop | "
+        "drop - lora-null's drop | ACC - lora-null's ACC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    results = []
+    for method, rows in grid.groupby("window", sort=True):
+        cells = [
+            _cell(*interval(rows[m].to_numpy(dtype=float))[::3], signed=False)
+            for m in ("acc", "retention_drop", "loglik_drop")
+        ]
+        diffs = ["-", "-"]
+        if method != KNOWLEDGE_REFERENCE:
+            pairs = [
+                paired(grid.assign(lr=0.0), metric, method, KNOWLEDGE_REFERENCE, 0.0)
+                for metric in ("loglik_drop", "acc")
+            ]
+            diffs = [_cell(mean, half) for mean, half, _ in pairs]
+            results.append(_holds(*pairs[0][:2]))
+        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells + diffs) + " |")
+    return "\n".join(lines), f"LoRA-Null keeps the most knowledge: {_verdict(results)}"
+
+
+def plot_knowledge(grid: pd.DataFrame) -> Figure:
+    """Gold-answer log-likelihood drop against task ACC, one point per method (mean ± 95% CI
+    both ways) and every seed as a faint dot."""
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for index, (method, rows) in enumerate(grid.groupby("window", sort=True)):
+        acc, _, _, acc_half = interval(rows["acc"].to_numpy(dtype=float))
+        drop, _, _, drop_half = interval(rows["loglik_drop"].to_numpy(dtype=float))
+        color = f"C{index}"
+        ax.scatter(rows["acc"], rows["loglik_drop"], s=10, color=color, alpha=0.4)
+        ax.errorbar([acc], [drop], xerr=[np.nan_to_num(acc_half)], yerr=[np.nan_to_num(drop_half)],
+                    fmt="o", capsize=3, color=color, label=method)  # fmt: skip
+    ax.set_xlabel("task ACC after the last task")
+    ax.set_ylabel("NQ-open gold log-likelihood drop (nats/token; lower keeps more)")
+    ax.legend(fontsize=8)
+    fig.suptitle("pretrained knowledge kept against task accuracy", fontsize=10)
+    return fig
+
+
 FINDINGS = {
+    "knowledge": (knowledge_grid, knowledge_report, plot_knowledge),
     "intermediate": (intermediate_grid, intermediate_report, plot_intermediate),
     "versus-lora": (method_grid, versus_lora_report, plot_versus_lora),
 }
