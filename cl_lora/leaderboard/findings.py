@@ -142,7 +142,7 @@ def intermediate_report(grid: pd.DataFrame) -> tuple[str, str]:
 def plot_intermediate(grid: pd.DataFrame) -> Figure:
     """Probe drop and task forgetting against ``f``, one line per learning rate, plain LoRA
     as a dashed line of the same colour."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4.8), layout="constrained")
     windows = grid[grid["window"].map(lambda w: not isinstance(w, str))]
     for ax, (metric, label) in zip(fig.subplots(1, 2), METRICS.items(), strict=True):
         for index, (lr, rows) in enumerate(windows.groupby("lr")):
@@ -158,7 +158,8 @@ def plot_intermediate(grid: pd.DataFrame) -> Figure:
                 ax.axhline(lora.mean(), color=color, ls="--", lw=0.8, label=f"lora, lr {lr:g}")
         ax.set_xlabel("window position f (0 = principal, 1 = minor components)")
         ax.set_ylabel(f"{label}, mean ± 95% CI")
-        ax.legend(fontsize=7)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     fig.suptitle("intermediate components: forgetting against the window position", fontsize=10)
     return fig
 
