@@ -91,3 +91,15 @@ def test_knowledge_compares_every_method_with_lora_null() -> None:
     grid.loc[grid["window"] == "lora", "loglik_drop"] -= 0.6  # lora now keeps more
     assert knowledge_report(grid)[1].endswith("not supported")
     assert len(plot_knowledge(grid).axes) == 1
+
+
+def test_a_folder_of_several_streams_asks_for_one(tmp_path: Path, capsys, monkeypatch) -> None:
+    from cl_lora.leaderboard import findings
+
+    table = grid(lambda f: 0.1).assign(
+        stream=["a", "b"] * 30, init="intermediate", method="m", init_args=[{"f": 0.5}] * 60
+    )
+    monkeypatch.setattr(findings, "collect_runs", lambda path: type("R", (), {"table": table}))
+    assert main(["intermediate", str(tmp_path), "--out", str(tmp_path)]) == 2
+    assert "holds runs of 2 streams (a, b" in capsys.readouterr().err
+    assert main(["intermediate", str(tmp_path), "--stream", "a", "--out", str(tmp_path)]) == 0

@@ -48,7 +48,7 @@ def intermediate_grid(runs: pd.DataFrame) -> pd.DataFrame:
     window = runs["init_args"].map(lambda args: args.get("f"))
     grid = runs.assign(window=window.where(is_window, runs["init"]))
     grid = grid[is_window | (runs["init"] == "lora")]
-    return grid[["window", "lr", "seed", "acc", "learning_acc", *METRICS]].reset_index(drop=True)
+    return grid[["stream", "window", "lr", "seed", "acc", "learning_acc", *METRICS]]
 
 
 def paired(grid: pd.DataFrame, metric: str, a: object, b: object, lr: float) -> tuple:
@@ -168,7 +168,7 @@ def method_grid(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: ``window`` is the init with its arguments (``lora-dash(t=20)``),
     ``lr`` the rate it trained at (the searched one, when searched)."""
     grid = runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
-    return grid[["window", "lr", "seed", "acc", "learning_acc", "forgetting"]]
+    return grid[["stream", "window", "lr", "seed", "acc", "learning_acc", "forgetting"]]
 
 
 def versus_lora_report(grid: pd.DataFrame) -> tuple[str, str]:
@@ -221,8 +221,10 @@ KNOWLEDGE_REFERENCE = "lora-null"
 def knowledge_grid(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: ``window`` the method, task ``acc``, and the knowledge probe's drops
     (``retention_drop``: exact match; ``loglik_drop``: gold-answer log-likelihood per token)."""
+    runs = runs[runs["loglik_drop"].notna()]  # language-model runs: they score the probe
     grid = runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
-    return grid[["window", "lr", "seed", "acc", "learning_acc", "retention_drop", "loglik_drop"]]
+    columns = ["stream", "window", "lr", "seed", "acc", "learning_acc", "retention_drop"]
+    return grid[[*columns, "loglik_drop"]]
 
 
 def knowledge_report(grid: pd.DataFrame) -> tuple[str, str]:
@@ -284,13 +286,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("finding", choices=sorted(FINDINGS))
     parser.add_argument("runs", type=Path, help="folder of the finding's runs")
     parser.add_argument("--out", type=Path, default=Path("results/findings"))
+    parser.add_argument(
+        "--stream", help="only this stream's runs (needed when the folder has several)"
+    )
     try:
         args = parser.parse_args(argv)
         table = collect_runs(args.runs).table
         if table.empty:
             raise BadInputError(f"no usable result.json under {args.runs}: run the sweep first")
+        if args.stream is not None:
+            table = table[table["stream"] == args.stream]
         to_grid, report, plot = FINDINGS[args.finding]
         grid = to_grid(table)
+        streams = sorted(grid["stream"].unique())
+        if len(streams) != 1:
+            raise BadInputError(
+                f"{args.runs} holds runs of {len(streams)} streams ({', '.join(streams) or 'none'}"
+                f" fit '{args.finding}'): pass --stream NAME"
+            )
         markdown, verdict = report(grid)
         args.out.mkdir(parents=True, exist_ok=True)
         figure = args.out / f"{args.finding}.png"
