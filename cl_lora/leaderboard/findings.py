@@ -268,9 +268,9 @@ def plot_knowledge(grid: pd.DataFrame) -> Figure:
         ax.errorbar([acc], [drop], xerr=[np.nan_to_num(acc_half)], yerr=[np.nan_to_num(drop_half)],
                     fmt="o", capsize=3, color=color, label=method)  # fmt: skip
     ax.set_xlabel("task ACC after the last task")
-    ax.set_ylabel("NQ-open gold log-likelihood drop (nats/token; lower keeps more)")
+    ax.set_ylabel("NQ-open gold-answer log-lik drop (nats/token)")
     ax.legend(fontsize=8)
-    fig.suptitle("pretrained knowledge kept against task accuracy", fontsize=10)
+    fig.suptitle("pretrained knowledge lost (lower keeps more) against task accuracy", fontsize=10)
     return fig
 
 
