@@ -209,9 +209,9 @@ def plot_versus_lora(grid: pd.DataFrame) -> Figure:
             mean, _, _, half = interval(values)
             ax.scatter(np.full(len(values), x), values, s=12, color="grey", alpha=0.6)
             ax.errorbar([x], [mean], yerr=[np.nan_to_num(half)], fmt="o", capsize=4, color="C0")
-        ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
-        ax.set_ylabel(f"{label}, seeds and mean ± 95% CI")
-    fig.suptitle("LoRA-Dash / LoRA-Init / LoRA-TSD against LoRA (learning rate searched)")
+        ax.set_xticks(range(len(methods)), methods, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+    fig.suptitle("each method against lora (grey: seeds; blue: mean ± 95% CI)", fontsize=10)
     return fig
 
 
