@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from typing import Any
 
 from cl_lora.cli import parse_key_values
@@ -24,8 +23,6 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
         flag = flag_of(spec.name)
         group = groups[meta["group"]]
         help_text = meta["help"].replace("%", "%%")  # argparse formats help with %
-        declared = declared_type(spec.name)[0]
-        kind = typing.get_origin(declared) or declared
         if spec.name in _DICTS:
             group.add_argument(
                 flag, dest=spec.name, action="append", default=[], metavar="KEY=VALUE",
@@ -35,7 +32,7 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
             group.add_argument(
                 flag, dest=spec.name, action="append", default=[], help=f"{help_text}; repeatable"
             )
-        elif kind is bool:
+        elif declared_type(spec.name)[0] is bool:
             group.add_argument(flag, dest=spec.name, action="store_true", help=help_text)
         else:
             default = spec.default

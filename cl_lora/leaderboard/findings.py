@@ -51,9 +51,11 @@ def intermediate_grid(runs: pd.DataFrame) -> pd.DataFrame:
     return grid[["stream", "window", "lr", "seed", "acc", "learning_acc", *METRICS]]
 
 
-def paired(grid: pd.DataFrame, metric: str, a: object, b: object, lr: float) -> tuple:
-    """Mean and 95% half-width of ``metric(a) - metric(b)`` at ``lr`` over the seeds both have."""
-    at = grid[grid["lr"] == lr].pivot_table(index="seed", columns="window", values=metric)
+def paired(grid: pd.DataFrame, metric: str, a: object, b: object, lr: float | None = None) -> tuple:
+    """Mean, 95% half-width and count of ``metric(a) - metric(b)`` over the seeds both have
+    (at rate ``lr``; ``None``: whatever rate each trained at)."""
+    rows = grid if lr is None else grid[grid["lr"] == lr]
+    at = rows.pivot_table(index="seed", columns="window", values=metric)
     if not {a, b} <= set(at.columns):
         return math.nan, math.nan, 0
     both = at[[a, b]].dropna()
@@ -164,11 +166,16 @@ def plot_intermediate(grid: pd.DataFrame) -> Figure:
     return fig
 
 
+def _by_method(runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with ``window`` = the method with its arguments (``lora-dash(t=20)``), without
+    the leaderboard's ``[setting=...]`` suffix."""
+    return runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
+
+
 def method_grid(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: ``window`` is the init with its arguments (``lora-dash(t=20)``),
-    ``lr`` the rate it trained at (the searched one, when searched)."""
-    grid = runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
-    return grid[["stream", "window", "lr", "seed", "acc", "learning_acc", "forgetting"]]
+    """One row per run: ``window`` the method, ``lr`` the rate it trained at (the searched one,
+    when searched)."""
+    return _by_method(runs)[["stream", "window", "lr", "seed", "acc", "learning_acc", "forgetting"]]
 
 
 def versus_lora_report(grid: pd.DataFrame) -> tuple[str, str]:
@@ -177,7 +184,6 @@ def versus_lora_report(grid: pd.DataFrame) -> tuple[str, str]:
     not); learning accuracy (each task right after training it) is reported beside it."""
     lines = ["| method | seeds | lr chosen | learning acc | ACC | forgetting | ACC - lora ACC |"]
     lines.append("|---|---|---|---|---|---|---|")
-    wide = grid.pivot_table(index="seed", columns="window", values="acc")
     verdicts = []
     for method, rows in grid.groupby("window", sort=True):
         cells = [
@@ -186,13 +192,10 @@ def versus_lora_report(grid: pd.DataFrame) -> tuple[str, str]:
         ]
         rates = ", ".join(f"{lr:g}" for lr in sorted(rows["lr"].unique()))
         diff = "-"
-        if method != "lora" and "lora" in wide:
-            both = wide[[method, "lora"]].dropna()
-            mean, _, _, half = interval((both[method] - both["lora"]).to_numpy())
+        if method != "lora":
+            mean, half, _ = paired(grid, "acc", method, "lora")
             diff = _cell(mean, half)
-            holds = _holds(mean, half)
-            verdict = {True: "supported", False: "not supported", None: "inconclusive"}[holds]
-            verdicts.append(f"{method} better than lora: {verdict}")
+            verdicts.append(f"{method} better than lora: {_verdict([_holds(mean, half)])}")
         lines.append(f"| {method} | {len(rows)} | {rates} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(lines), "; ".join(verdicts)
 
@@ -221,8 +224,7 @@ KNOWLEDGE_REFERENCE = "lora-null"
 def knowledge_grid(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: ``window`` the method, task ``acc``, and the knowledge probe's drops
     (``retention_drop``: exact match; ``loglik_drop``: gold-answer log-likelihood per token)."""
-    runs = runs[runs["loglik_drop"].notna()]  # language-model runs: they score the probe
-    grid = runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
+    grid = _by_method(runs[runs["loglik_drop"].notna()])  # language models score the probe
     columns = ["stream", "window", "lr", "seed", "acc", "learning_acc", "retention_drop"]
     return grid[[*columns, "loglik_drop"]]
 
@@ -246,7 +248,7 @@ def knowledge_report(grid: pd.DataFrame) -> tuple[str, str]:
         diffs = ["-", "-"]
         if method != KNOWLEDGE_REFERENCE:
             pairs = [
-                paired(grid.assign(lr=0.0), metric, method, KNOWLEDGE_REFERENCE, 0.0)
+                paired(grid, metric, method, KNOWLEDGE_REFERENCE)
                 for metric in ("loglik_drop", "acc")
             ]
             diffs = [_cell(mean, half) for mean, half, _ in pairs]
