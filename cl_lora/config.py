@@ -146,7 +146,8 @@ class RunConfig:
     tasks: tuple[str, ...] | None = setting(
         None,
         "data",
-        "your own task sequence from the stream's pool, comma-separated (cl-benchmark, long-15)",
+        "your own task sequence, comma-separated: from the pool of cl-benchmark/long-15, or a "
+        "subsequence of any other stream's tasks (e.g. one task, for a single-task fine-tune)",
         added=True,
     )
     device: str = setting("auto", "runtime", "auto, cpu, cuda or cuda:N")

@@ -74,6 +74,26 @@ def test_caps_lower_and_raise_sizes() -> None:
         streams.StreamOptions(max_test_per_task=0)
 
 
+def test_tasks_pick_a_subsequence_of_any_stream(offline_text: streams.Stream) -> None:
+    picked = streams.build(
+        "offline-text", streams.StreamOptions(tasks=("trec-question", "sms-spam"))
+    )
+    assert picked.name == "offline-text:trec-question,sms-spam"  # never mixed with the whole
+    assert [task.name for task in picked.tasks] == ["trec-question", "sms-spam"]
+    whole = {task.name: task for task in offline_text.tasks}
+    for task in picked.tasks:  # the same data the whole stream has
+        assert task.train.to_dict() == whole[task.name].train.to_dict()
+    assert (picked.scenario, picked.backbone) == (offline_text.scenario, offline_text.backbone)
+    for tasks, message in [
+        (("trec-questoin",), "did you mean 'trec-question'\\? its tasks are movie-sentiment"),
+        (("sms-spam", "sms-spam"), "names a task twice"),
+    ]:
+        with pytest.raises(BadInputError, match=message):
+            streams.build("offline-text", streams.StreamOptions(tasks=tasks))
+    with pytest.raises(BadInputError, match="class-incremental.*pass --scenario task"):
+        streams.build("offline-vision", streams.StreamOptions(tasks=("dog-cat",)))
+
+
 def test_offline_domains_share_one_label_space() -> None:
     stream = streams.build("offline-domains")
     assert (stream.scenario, stream.shared_head) == ("domain", True)
