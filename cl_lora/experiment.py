@@ -34,7 +34,7 @@ from cl_lora.strategy import StreamOutcome, run_stream
 from cl_lora.strategy.lm_eval_probe import check_knowledge, parse_knowledge
 from cl_lora.strategy.retention import knowledge_probe_for
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.safetensors"
 log = logging.getLogger("cl_lora")
 
 
@@ -305,6 +305,7 @@ def run_experiment(
     result["determinism"] = {
         **_determinism(config, device),
         "resumed_after_task": outcome.resumed_after,
+        "checkpoint_bytes": outcome.checkpoint_bytes,  # after each task
     }
     write_run(run_dir, result)
     checkpoint.unlink(missing_ok=True)  # result.json now marks the run finished

@@ -1,12 +1,18 @@
 """The LoRA life cycle of one task, on PEFT's layers: attach a fresh adapter initialized by a
-method, then merge it into the backbone when the task is done (or drop it, after a warm-up)."""
+method, then merge it into the backbone when the task is done (or drop it, after a warm-up).
+
+Every change these functions make to a base weight is a function of the weight before it and of
+low-rank factors (the init's residual ``W - s B_0 A_0``; PEFT's merge ``W + s B A``), so a
+:class:`~cl_lora.deltas.LoRAHistory` passed to them can record the factors and rebuild the
+weights bit for bit from the pretrained ones (what a checkpoint stores instead of the model).
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -15,6 +21,9 @@ from torch import nn
 
 from cl_lora.backbones import ContinualClassifier
 from cl_lora.inits import InitMethod
+
+if TYPE_CHECKING:
+    from cl_lora.deltas import LoRAHistory
 
 ADAPTER = "default"
 
@@ -38,6 +47,37 @@ def lora_layers(encoder: nn.Module) -> dict[str, LoraLayer]:
     }
 
 
+def lora_config(settings: LoRASettings, target_modules: Sequence[str]) -> LoraConfig:
+    """PEFT's configuration of every task's adapter."""
+    return LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.alpha,
+        use_rslora=settings.rslora,
+        lora_dropout=settings.dropout,
+        target_modules=list(target_modules),
+    )
+
+
+def wrap_lora(model: ContinualClassifier, config: LoraConfig) -> None:
+    """Wrap ``model.encoder`` in a PEFT model with a fresh adapter (PEFT's default init)."""
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: noise
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
+        model.encoder = get_peft_model(model.encoder, config)
+
+
+@torch.no_grad()
+def set_factors(layer: LoraLayer, A: torch.Tensor, B: torch.Tensor) -> None:
+    """Give ``layer`` the adapter ``A, B`` and make its base weight ``W - s B A`` (computed
+    from the factors as the layer holds them, so a replay from ``W`` gives the same bits).
+    With a zero factor (plain LoRA's ``B = 0``) the base weight stays ``W`` untouched."""
+    lora_A, lora_B = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
+    lora_A.copy_(A)
+    lora_B.copy_(B)
+    if lora_A.any() and lora_B.any():
+        base = layer.get_base_layer().weight
+        base.copy_(base - layer.scaling[ADAPTER] * lora_B @ lora_A)
+
+
 def attach_lora(
     model: ContinualClassifier,
     settings: LoRASettings,
@@ -46,45 +86,41 @@ def attach_lora(
     init_args: Mapping[str, Any],
     stats: Mapping[str, Mapping[str, torch.Tensor]],
     generator: torch.Generator,
+    history: LoRAHistory | None = None,
 ) -> int:
     """Wrap ``model.encoder`` in a fresh LoRA and initialize every adapted layer with ``init``.
 
-    The layer's frozen base weight becomes the method's residual. ``stats`` maps a layer name to
-    the statistics the method declared. Returns the number of trainable encoder parameters.
+    The layer's frozen base weight becomes ``W - s B_0 A_0`` (the method's residual, recomputed
+    from the factors in the layer's dtype). ``stats`` maps a layer name to the statistics the
+    method declared. ``history`` (optional) records the factors. Returns the number of
+    trainable encoder parameters.
     """
-    config = LoraConfig(
-        r=settings.rank,
-        lora_alpha=settings.alpha,
-        use_rslora=settings.rslora,
-        lora_dropout=settings.dropout,
-        target_modules=list(target_modules),
-    )
-    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5: noise
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated")
-        model.encoder = get_peft_model(model.encoder, config)
+    wrap_lora(model, lora_config(settings, target_modules))
+    if history is not None:
+        history.begin()
     for name, layer in lora_layers(model.encoder).items():
-        base = layer.get_base_layer()
-        lora_A, lora_B = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
         factors = init(
-            base.weight,
+            layer.get_base_layer().weight,
             rank=settings.rank,
             scale=layer.scaling[ADAPTER],
             stats=stats.get(name, {}),
             generator=generator,
             **init_args,
         )
-        with torch.no_grad():
-            base.weight.copy_(factors.residual)
-            lora_A.copy_(factors.A)
-            lora_B.copy_(factors.B)
-        lora_A.requires_grad_("A" in factors.trainable)
-        lora_B.requires_grad_("B" in factors.trainable)
+        set_factors(layer, factors.A, factors.B)
+        layer.lora_A[ADAPTER].weight.requires_grad_("A" in factors.trainable)
+        layer.lora_B[ADAPTER].weight.requires_grad_("B" in factors.trainable)
+        if history is not None:
+            history.record_init(name, layer)
     return sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
 
 
-def merge_lora(model: ContinualClassifier) -> None:
-    """Fold the current adapter into the backbone's weights and drop the PEFT wrapper."""
+def merge_lora(model: ContinualClassifier, history: LoRAHistory | None = None) -> None:
+    """Fold the current adapter into the backbone's weights and drop the PEFT wrapper
+    (``history``, optional, records the adapter's final factors first)."""
     if isinstance(model.encoder, PeftModel):
+        if history is not None:
+            history.record_merge(model.encoder)
         model.encoder = model.encoder.merge_and_unload()
 
 

@@ -15,7 +15,10 @@ from cl_lora.streams.base import to_dataset
 
 
 def tiny_backbone() -> Backbone:
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: the real code path, in milliseconds."""
+    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: the real code path, in milliseconds.
+
+    Its random weights are the same on every call and leave the global RNG alone, as loading a
+    pretrained checkpoint would (a resumed run rebuilds its model from them)."""
     from transformers import AutoTokenizer, BertConfig, BertModel  # after cl_lora's shim
 
     tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
@@ -26,7 +29,9 @@ def tiny_backbone() -> Backbone:
         num_attention_heads=2,
         intermediate_size=64,
     )
-    encoder = BertModel(config, add_pooling_layer=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        encoder = BertModel(config, add_pooling_layer=False)
     return Backbone(
         encoder=encoder,
         collate=partial(tokenize, tokenizer, 16),

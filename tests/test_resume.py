@@ -50,7 +50,7 @@ def test_resumed_stream_matches_an_unbroken_one_with_plugin_state(tmp_path) -> N
         if task == 0:
             raise Interrupted
 
-    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint = tmp_path / "checkpoint.safetensors"
     torch.manual_seed(0)
     with pytest.raises(Interrupted):
         run_stream(_counting_strategy(), checkpoint=checkpoint, on_task_end=stop_after_first)
@@ -77,7 +77,7 @@ def test_baselines_resume_with_their_memory_of_earlier_tasks(baseline, attribute
         if task == 1:  # the memory then holds task 0, which the model no longer shows
             raise Interrupted
 
-    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint = tmp_path / "checkpoint.safetensors"
     torch.manual_seed(0)
     with pytest.raises(Interrupted):
         run_stream(build(), checkpoint=checkpoint, on_task_end=stop_after_second)
@@ -115,7 +115,7 @@ def test_run_killed_after_its_second_task_resumes_to_the_same_result(tmp_path) -
     process.wait(timeout=120)
     assert process.returncode == -signal.SIGKILL
     assert not list(broken_dir.rglob("result.json"))
-    (checkpoint,) = broken_dir.rglob("checkpoint.pt")
+    (checkpoint,) = broken_dir.rglob("checkpoint.safetensors")
 
     resumed = _run_cli([*TINY, "--output-dir", str(broken_dir), "--resume"])
     log = resumed.stderr.read()
@@ -157,7 +157,7 @@ def test_nan_after_a_finished_task_keeps_its_checkpoint(monkeypatch, capsys, tmp
     err = capsys.readouterr().err.strip()
     assert "loss became nan on task 1 (sms-spam)" in err and "checkpointed in" in err
     assert "\n" not in err
-    assert list(tmp_path.rglob("checkpoint.pt"))
+    assert list(tmp_path.rglob("checkpoint.safetensors"))
     assert not list(tmp_path.rglob("result.json"))
 
 
@@ -179,7 +179,7 @@ def test_out_of_memory_is_one_line_naming_the_task_and_the_fix(tmp_path, monkeyp
         return train(self, experience, **kwargs)
 
     monkeypatch.setattr(LoRAStrategy, "train", train_until_memory_runs_out)
-    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint = tmp_path / "checkpoint.safetensors"
     with pytest.raises(RunFailure) as failure:
         run_stream(strategy, checkpoint=checkpoint)
     message = str(failure.value)

@@ -264,7 +264,7 @@ def test_a_language_model_run_resumes_to_the_same_weights_and_knowledge_curve(tm
 
     torch.manual_seed(0)
     _, unbroken_probe, unbroken_weights = run()
-    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint = tmp_path / "checkpoint.safetensors"
     torch.manual_seed(0)
     with pytest.raises(Interrupted):
         run(checkpoint, stop_after_first)

@@ -100,6 +100,30 @@ class MergedLoRAEWC:
         if done > 0 and not self.keep_importance_data:
             del self.saved_params[done - 1]
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Anchors and importances per finished task, as named tensors."""
+        return {
+            part: {
+                task: {key: (value.name, value.data) for key, value in params.items()}
+                for task, params in getattr(self, part).items()
+            }
+            for part in ("saved_params", "importances")
+        }
+
+    def restore_checkpoint_state(
+        self, state: dict[str, Any], strategy: Any, experiences: Any
+    ) -> None:
+        from avalanche.training.utils import ParamData
+
+        for part, tasks in state.items():
+            target = getattr(self, part)
+            target.clear()
+            for task, params in tasks.items():
+                target[task] = {
+                    key: ParamData(name, init_tensor=data, device=data.device)
+                    for key, (name, data) in params.items()
+                }
+
     @staticmethod
     def fisher(strategy: Any) -> dict[str, ParamData]:
         """Diagonal empirical Fisher of the effective weights on the task's training data."""

@@ -16,6 +16,7 @@ so its soft labels are not dropout noise.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from cl_lora.arguments import Argument
@@ -40,3 +41,21 @@ class TeacherEvalLwF:
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
         super().after_training_exp(strategy, **kwargs)
         self.lwf.prev_model.eval()
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The teacher is not stored: after a task it is a copy of the model as the task left
+        it, which is what the checkpoint's model is."""
+        return {
+            "expcount": self.lwf.expcount,
+            "prev_classes_by_task": dict(self.lwf.prev_classes_by_task),
+            "has_teacher": self.lwf.prev_model is not None,
+        }
+
+    def restore_checkpoint_state(
+        self, state: dict[str, Any], strategy: Any, experiences: Any
+    ) -> None:
+        self.lwf.expcount = state["expcount"]
+        self.lwf.prev_classes_by_task.clear()
+        self.lwf.prev_classes_by_task.update(state["prev_classes_by_task"])
+        if state["has_teacher"]:
+            self.lwf.prev_model = copy.deepcopy(strategy.model).eval()

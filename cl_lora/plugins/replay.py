@@ -12,6 +12,7 @@ working.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cl_lora.arguments import Argument
@@ -56,3 +57,33 @@ class TokenizingReplay:
         """Add the finished task's examples to the memory (the buffer's current API; the stock
         plugin calls its deprecated ``update``)."""
         self.storage_policy.post_adapt(strategy, strategy.experience)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The memory as row numbers of each task's training split (one group per task, in
+        the order the buffer holds them) with the reservoir's sampling weights."""
+        policy = self.storage_policy
+        return {
+            "num_exps": policy._num_exps,
+            "groups": {
+                task: {
+                    "max_size": group.max_size,
+                    "rows": list(group.buffer.rows),
+                    "weights": group._buffer_weights,
+                }
+                for task, group in policy.buffer_groups.items()
+            },
+        }
+
+    def restore_checkpoint_state(
+        self, state: dict[str, Any], strategy: Any, experiences: Sequence[Any]
+    ) -> None:
+        from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+        policy = self.storage_policy
+        policy._num_exps = state["num_exps"]
+        policy.buffer_groups.clear()
+        for task, saved in state["groups"].items():
+            group = ReservoirSamplingBuffer(saved["max_size"])
+            group.buffer = experiences[task].dataset.subset(saved["rows"])
+            group._buffer_weights = saved["weights"].cpu()
+            policy.buffer_groups[task] = group

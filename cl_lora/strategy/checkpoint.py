@@ -1,35 +1,48 @@
 """Checkpoints that let a run continue after its last finished task, as if never stopped.
 
-A checkpoint holds everything the remaining tasks depend on: the model object itself (merged
-backbone, live adapter, every head -- pickled whole, so strategies that keep several adapters
-resume too), the state of the strategy's learning plugins (replay buffers, EWC importances,
-Avalanche's clock), the strategy's own per-task bookkeeping, the loop's outcome so far, and
-every random-number generator, and the retention probe's head (fitted on the pretrained
-model, which a resumed run no longer has). Optimizers are rebuilt for each task, so none is saved.
+A checkpoint holds what changed since the pretrained model, not the model: the LoRA history
+(each task's initial and final factors and folded terms, :mod:`cl_lora.deltas`), replayed on the
+pretrained weights at resume; whole tensors only for encoder weights that train directly
+(sequential fine-tuning) and for the small parts outside the encoder (heads, bookkeeping
+buffers). Around it: the state of the strategy's learning plugins (replay memory as row ids, EWC
+importances, Avalanche's clock), the strategy's per-task bookkeeping, the loop's outcome so far,
+the retention probe's fitted head, and every random-number generator. Optimizers are rebuilt
+for each task, so none is saved.
 
-Avalanche's own ``save_checkpoint`` pickles the whole strategy with dill; that fails on our
-strategy (it reaches globals dill cannot pickle) and would copy every dataset into each file,
-so we save just the parts above.
+The file is a safetensors file with JSON metadata (:mod:`cl_lora.safe_state`): loading it reads
+numbers and never executes anything, and a changed or truncated file fails with one line.
+Avalanche's own ``save_checkpoint`` pickles the whole strategy with dill (which also copies every
+dataset into each file), so we save just the parts above.
+
+A plugin is saved through its ``checkpoint_state()`` / ``restore_checkpoint_state(state,
+strategy, experiences)`` when it has them, else through its attributes, which must then be plain
+data and tensors.
 """
 
 from __future__ import annotations
 
-import os
 import random
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from avalanche.training.plugins import EvaluationPlugin
+from torch import nn
 
+from cl_lora.deltas import replay
+from cl_lora.errors import BadInputError
+from cl_lora.safe_state import DamagedStateError, load_state, save_state
 from cl_lora.strategy.outcome import StreamOutcome
 from cl_lora.strategy.plugins import TaskScorePlugin
 from cl_lora.strategy.retention import RetentionProbe
 from cl_lora.strategy.template import LoRAStrategy
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STATELESS = (EvaluationPlugin, TaskScorePlugin)  # loggers and per-eval scratch: not saved
+_LORA_FACTORS = ("lora_A", "lora_B")
 
 
 def rng_states() -> dict[str, Any]:
@@ -43,55 +56,138 @@ def rng_states() -> dict[str, Any]:
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())
     if states["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([state.cpu() for state in states["cuda"]])
     np.random.set_state(states["numpy"])
     random.setstate(states["random"])
 
 
+# -- the model: what changed since the pretrained one ---------------------------------------------
+def _trained_encoder_tensors(encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """Encoder weights that train directly (not LoRA factors) and every encoder buffer."""
+    tensors = {
+        name: param
+        for name, param in encoder.named_parameters()
+        if param.requires_grad and not any(part in name for part in _LORA_FACTORS)
+    }
+    return tensors | dict(encoder.named_buffers())
+
+
+def model_state(strategy: LoRAStrategy) -> dict[str, Any]:
+    model = strategy.model
+    outside = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+    return {
+        "pretrained": strategy.backbone.source.get("fingerprint"),
+        "lora_history": strategy.history.state(model.encoder),
+        "encoder": _trained_encoder_tensors(model.encoder),
+        "outside_encoder": outside,
+        "heads": {key: list(head.weight.shape) for key, head in model.heads.items()},
+        "frozen": [
+            n
+            for n, p in model.named_parameters()
+            if not n.startswith("encoder.") and not p.requires_grad
+        ],  # fmt: skip
+        "known_task_labels": getattr(model, "known_train_tasks_labels", None),
+    }
+
+
+def restore_model(strategy: LoRAStrategy, state: dict[str, Any]) -> None:
+    """Rebuild the checkpointed model on ``strategy``'s freshly loaded pretrained one."""
+    model = strategy.model
+    pretrained = strategy.backbone.source.get("fingerprint")
+    if None not in (pretrained, state["pretrained"]) and pretrained != state["pretrained"]:
+        raise BadInputError(
+            f"the checkpoint was written on other pretrained weights (fingerprint "
+            f"{state['pretrained']}, now {pretrained}): delete it to restart the run"
+        )
+    replay(model, state["lora_history"], strategy.lora, strategy.target_modules)
+    strategy.history.restore(state["lora_history"])
+    current = _trained_encoder_tensors(model.encoder)
+    with torch.no_grad():
+        for name, tensor in state["encoder"].items():
+            current[name].copy_(tensor)
+    for key, (out_features, in_features) in state["heads"].items():
+        model.heads[key] = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
+    for name, tensor in state["outside_encoder"].items():
+        if "." not in name and not hasattr(model, name):  # a buffer made on first use
+            model.register_buffer(name, tensor.clone())
+    model.load_state_dict(state["outside_encoder"], strict=False)
+    for name, param in model.named_parameters():
+        if name in state["frozen"]:
+            param.requires_grad_(False)
+    if state["known_task_labels"] is not None:
+        model.known_train_tasks_labels = set(state["known_task_labels"])
+    model.to(strategy.device)
+
+
+# -- plugins ----------------------------------------------------------------------------------
+def plugin_state(plugin: Any) -> Any:
+    if isinstance(plugin, _STATELESS):
+        return None
+    if hasattr(plugin, "checkpoint_state"):
+        return plugin.checkpoint_state()
+    return dict(vars(plugin))
+
+
+def restore_plugin(plugin: Any, state: Any, strategy: LoRAStrategy, experiences: Sequence) -> None:
+    if state is None:
+        return
+    if hasattr(plugin, "restore_checkpoint_state"):
+        plugin.restore_checkpoint_state(state, strategy, experiences)
+    else:
+        vars(plugin).update(state)
+
+
+# -- the whole checkpoint ---------------------------------------------------------------------
 def save_checkpoint(
     path: Path,
     strategy: LoRAStrategy,
     outcome: StreamOutcome,
     finished_task: int,
     probe: RetentionProbe | None = None,
-) -> None:
-    """Write the checkpoint after ``finished_task``, replacing the previous one atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(
+) -> int:
+    """Write the checkpoint after ``finished_task``, replacing the previous one atomically;
+    returns its size in bytes. ``TypeError`` when a plugin's state is not plain data and
+    tensors (nothing is written then)."""
+    return save_state(
+        path,
         {
             "format_version": FORMAT_VERSION,
             "finished_task": finished_task,
-            "model": strategy.model,
-            "plugins": [None if isinstance(p, _STATELESS) else vars(p) for p in strategy.plugins],
+            "model": model_state(strategy),
+            "plugins": [plugin_state(plugin) for plugin in strategy.plugins],
             "strategy": strategy.checkpoint_state(),
-            "outcome": outcome,
+            "outcome": asdict(outcome),
             "probe": probe.checkpoint_state() if probe is not None else None,
             "rng": rng_states(),
         },
-        tmp,
     )
-    os.replace(tmp, path)
 
 
 def load_checkpoint(
-    path: Path, strategy: LoRAStrategy, probe: RetentionProbe | None = None
+    path: Path,
+    strategy: LoRAStrategy,
+    experiences: Sequence,
+    probe: RetentionProbe | None = None,
 ) -> tuple[StreamOutcome, int]:
-    """Restore ``strategy`` and ``probe`` (built from the same config) to the checkpoint's
-    state; the probe keeps the head fitted on the pretrained model.
+    """Restore ``strategy`` (built from the same config, pretrained model) and ``probe`` to the
+    checkpoint's state; ``experiences`` are the stream's training experiences (a replay memory
+    is stored as rows of them). The probe keeps the head fitted on the pretrained model.
 
     Returns the outcome so far and the index of the last finished task.
     """
-    state = torch.load(path, map_location=strategy.device, weights_only=False)
+    try:
+        state = load_state(path, strategy.device)
+    except DamagedStateError as error:
+        raise BadInputError(f"{error}: delete it to restart the run from its first task") from None
     if state.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} was written by another cl_lora version; delete it to restart")
-    strategy.model = state["model"]
-    for live, saved in zip(strategy.plugins, state["plugins"], strict=True):
-        if saved is not None:
-            vars(live).update(saved)
+        raise BadInputError(f"{path} was written by another cl_lora version; delete it to restart")
+    restore_model(strategy, state["model"])
+    for plugin, saved in zip(strategy.plugins, state["plugins"], strict=True):
+        restore_plugin(plugin, saved, strategy, experiences)
     strategy.restore_checkpoint_state(state["strategy"])
     if probe is not None:
         probe.restore_checkpoint_state(state["probe"])
     set_rng_states(state["rng"])
-    return state["outcome"], state["finished_task"]
+    return StreamOutcome(**state["outcome"]), state["finished_task"]

@@ -17,6 +17,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
+from cl_lora.deltas import fold_outer
 from cl_lora.inits.lora_dash import change_rates
 from cl_lora.lora import ADAPTER, lora_layers
 
@@ -32,9 +33,6 @@ class DashDirections(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.to(self.v.dtype) @ self.v.T) * self.d) @ self.u.T
-
-    def delta(self) -> torch.Tensor:
-        return (self.u * self.d) @ self.v
 
 
 class DashPlugin(SupervisedPlugin):
@@ -80,12 +78,15 @@ class DashPlugin(SupervisedPlugin):
         scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Fold each term into its layer's frozen weight and remove the hooks."""
+        """Fold each term into its layer's frozen weight (recorded in the strategy's history,
+        so a checkpoint can replay it) and remove the hooks."""
         layers = lora_layers(strategy.model.encoder)
-        with torch.no_grad():
-            for name, term in self.terms.items():
-                weight = layers[name].get_base_layer().weight
-                weight += term.delta().to(weight.dtype)
+        history = getattr(strategy, "history", None)
+        for name, term in self.terms.items():
+            left = (term.u * term.d).detach()
+            fold_outer(layers[name].get_base_layer().weight, left, term.v)
+            if history is not None:
+                history.record_fold(name, left, term.v)
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

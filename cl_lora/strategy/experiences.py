@@ -2,7 +2,9 @@
 
 Each task becomes one train and one test experience whose items are ``(example, label, task)``;
 the example stays a raw row (text, or an image) so that the backbone's collate function owns all
-preprocessing.
+preprocessing. Each item also carries its row number in the task's split (the ``rows`` data
+attribute, not part of the item), which survives Avalanche's subsets and concatenations: a
+replay memory is checkpointed as those numbers.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def _experience_dataset(rows: Any, task_id: int) -> TaskAwareSupervisedClassific
         data_attributes=[
             DataAttribute(examples.labels, "targets"),
             TaskLabels([task_id] * len(examples)),
+            DataAttribute(list(range(len(examples))), "rows"),
         ],
     )
 

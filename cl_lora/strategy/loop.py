@@ -52,6 +52,23 @@ def _out_of_memory(strategy: LoRAStrategy, task: int, phase: str) -> str:
     )
 
 
+def _checkpointed(
+    path: Path,
+    strategy: LoRAStrategy,
+    outcome: StreamOutcome,
+    task: int,
+    probe: RetentionProbe | None,
+) -> Path | None:
+    """Write the checkpoint after ``task``; ``None`` (no more checkpoints) when some state
+    cannot be stored: the run goes on, it just cannot be resumed."""
+    try:
+        outcome.checkpoint_bytes.append(save_checkpoint(path, strategy, outcome, task, probe))
+    except TypeError as error:
+        log.warning("no checkpoints for this run (it cannot be resumed): %s", error)
+        return None
+    return path
+
+
 def _evaluate(strategy: LoRAStrategy, test_stream) -> dict[int, dict]:
     """Scores of every task that has a head (per-task heads exist only once trained)."""
     ready = [exp for exp in test_stream if strategy.model.has_head(exp.current_experience)]
@@ -78,7 +95,7 @@ def run_stream(
     benchmark = to_benchmark(stream)
     first = 0
     if resume and checkpoint is not None and checkpoint.exists():
-        outcome, finished = load_checkpoint(checkpoint, strategy, probe)
+        outcome, finished = load_checkpoint(checkpoint, strategy, benchmark.train_stream, probe)
         outcome.resumed_after = finished
         first = finished + 1
         log.info("resuming after task %d of %d from %s", first, len(stream.tasks), checkpoint)
@@ -111,7 +128,7 @@ def run_stream(
                 outcome.retention.append(probe.score(strategy.model))
         outcome.timings["eval_s"].append(time.perf_counter() - start)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, strategy, outcome, i, probe)
+            checkpoint = _checkpointed(checkpoint, strategy, outcome, i, probe)
         if on_task_end is not None:
             on_task_end(i, outcome)
     return outcome

@@ -11,7 +11,8 @@ import numpy as np
 class StreamOutcome:
     """Everything the loop measured; ``matrix[i, j]`` is task j's score after training task i.
 
-    ``retention`` is the knowledge probe's score before the first task and after each task.
+    ``retention`` is the knowledge probe's score before the first task and after each task;
+    ``checkpoint_bytes`` the size of the checkpoint written after each task (when written).
     """
 
     matrix: np.ndarray
@@ -20,6 +21,7 @@ class StreamOutcome:
     timings: dict[str, list[float]] = field(default_factory=dict)
     trainable_params: list[int] = field(default_factory=list)
     retention: list[float] = field(default_factory=list)
+    checkpoint_bytes: list[int] = field(default_factory=list)
     resumed_after: int | None = None  # the checkpointed task this run continued after
 
     @classmethod

@@ -148,11 +148,21 @@ class RetentionProbe:
         return self.task.score(predictions, labels)["score"]
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """The fitted head: a resumed run cannot refit it (its model is no longer pretrained)."""
-        return {"head": self.head, "fit_examples": self.fit_examples}
+        """The fitted head's weights: a resumed run cannot refit it (its model is no longer
+        pretrained). A pretrained head comes with the backbone and is not stored."""
+        fitted = self.head_source == "fitted" and self.head is not None
+        return {
+            "head": self.head.state_dict() if fitted else None,
+            "fit_examples": self.fit_examples,
+        }
 
     def restore_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.head, self.fit_examples = state["head"], state["fit_examples"]
+        if state["head"] is not None:
+            out_features, in_features = state["head"]["weight"].shape
+            head = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
+            head.load_state_dict(state["head"])
+            self.head = head.requires_grad_(False)
+        self.fit_examples = state["fit_examples"]
 
     def record(self, curve: Sequence[float]) -> dict[str, Any]:
         """The result file's ``retention`` entry: what was probed, how, and the curve."""

@@ -27,6 +27,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
 
 from cl_lora.backbones import Backbone
+from cl_lora.deltas import LoRAHistory
 from cl_lora.errors import RunFailure
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings, attach_lora, merge_lora
@@ -98,6 +99,7 @@ class LoRAStrategy(SupervisedTemplate):
         self.trainable_params: dict[int, int] = {}
         self.init_seconds: dict[int, float] = {}
         self.heads: torch.nn.Module = torch.nn.ModuleList()  # the heads the current task trains
+        self.history = LoRAHistory()  # every adapter's factors: what a checkpoint replays
         self.calibrator = Calibrator(
             init=init,
             init_args=self.init_args,
@@ -164,7 +166,7 @@ class LoRAStrategy(SupervisedTemplate):
         The suite's life cycle: fold the last adapter into the backbone and attach a fresh LoRA
         initialized by the init method.
         """
-        merge_lora(model)
+        merge_lora(model, self.history)
         return attach_lora(
             model,
             self.lora,
@@ -173,6 +175,7 @@ class LoRAStrategy(SupervisedTemplate):
             self.init_args,
             stats=self.init_stats(model, generator),
             generator=generator,
+            history=self.history,
         )
 
     def init_stats(

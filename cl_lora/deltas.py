@@ -1,0 +1,123 @@
+"""What a run changed in its backbone, as low-rank steps that rebuild it from the pretrained one.
+
+A cl-lora run changes an adapted layer's base weight in three ways, all through
+:mod:`cl_lora.lora` or a method's fold: the init moves ``s B_0 A_0`` out of it
+(``W <- W - s B_0 A_0``), a method may fold extra low-rank terms into it (LoRA-Dash:
+``W <- W + (u d) v``), and the end of the task merges the trained adapter into it
+(PEFT's ``W <- W + s B A``). :class:`LoRAHistory` records the factors of each step, one episode
+per attached adapter, and :func:`replay` applies them again in the same order through the same
+calls, so the rebuilt weights equal the original ones bit for bit (same device, same kernels).
+A checkpoint of a rank-8 run then holds a few factors per layer and task instead of the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft.tuners.lora import LoraLayer
+
+from cl_lora.lora import (
+    ADAPTER,
+    LoRASettings,
+    lora_config,
+    lora_layers,
+    merge_lora,
+    set_factors,
+    wrap_lora,
+)
+
+
+@torch.no_grad()
+def fold_outer(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``weight += left @ right`` in the weight's dtype: a low-rank term folded for good."""
+    weight += (left @ right).to(weight.dtype)
+
+
+def _factors(layer: LoraLayer) -> dict[str, torch.Tensor]:
+    return {
+        "A": layer.lora_A[ADAPTER].weight.detach().clone(),
+        "B": layer.lora_B[ADAPTER].weight.detach().clone(),
+    }
+
+
+class LoRAHistory:
+    """Per attached adapter (an *episode*): each layer's initial factors and which of them
+    train, the low-rank terms folded into its base weight, and its factors when merged.
+
+    The episode whose adapter is still attached has no final factors: :meth:`state` reads them
+    from the live model.
+    """
+
+    def __init__(self) -> None:
+        self.episodes: list[dict[str, Any]] = []
+
+    def begin(self) -> None:
+        """A fresh adapter was attached."""
+        self.episodes.append({"init": {}, "trainable": {}, "folds": {}, "final": None})
+
+    def record_init(self, name: str, layer: LoraLayer) -> None:
+        """``layer`` holds its initial factors (and its base weight ``W - s B_0 A_0``); a
+        zero factor left the weight as it was, so nothing needs replaying (``None``)."""
+        episode = self.episodes[-1]
+        initial = _factors(layer)
+        episode["init"][name] = initial if all(f.any() for f in initial.values()) else None
+        parts = {"A": layer.lora_A[ADAPTER].weight, "B": layer.lora_B[ADAPTER].weight}
+        episode["trainable"][name] = [part for part, p in parts.items() if p.requires_grad]
+
+    def record_fold(self, name: str, left: torch.Tensor, right: torch.Tensor) -> None:
+        """``left @ right`` was folded into layer ``name``'s base weight (:func:`fold_outer`)."""
+        folds = self.episodes[-1]["folds"].setdefault(name, [])
+        folds.append((left.detach().clone(), right.detach().clone()))
+
+    def record_merge(self, encoder: torch.nn.Module) -> None:
+        """The live adapter is about to be merged: keep its final factors."""
+        self.episodes[-1]["final"] = {
+            name: _factors(layer) for name, layer in lora_layers(encoder).items()
+        }
+
+    def state(self, encoder: torch.nn.Module) -> list[dict[str, Any]]:
+        """Every episode as plain data and tensors; the live one with the model's factors."""
+        episodes = [dict(episode) for episode in self.episodes]
+        if episodes and episodes[-1]["final"] is None:
+            live = {name: _factors(layer) for name, layer in lora_layers(encoder).items()}
+            episodes[-1] = {**episodes[-1], "final": live, "live": True}
+        return episodes
+
+    def restore(self, episodes: list[dict[str, Any]]) -> None:
+        """Take back the episodes :meth:`state` returned (after :func:`replay`)."""
+        self.episodes = []
+        for episode in episodes:
+            kept = {key: value for key, value in episode.items() if key != "live"}
+            if episode.get("live"):
+                kept["final"] = None
+            self.episodes.append(kept)
+
+
+def replay(
+    model: torch.nn.Module,
+    episodes: list[dict[str, Any]],
+    settings: LoRASettings,
+    target_modules: list[str],
+) -> None:
+    """Apply ``episodes`` (from :meth:`LoRAHistory.state`) to ``model``, whose encoder holds
+    the pretrained weights: attach, set the factors, fold, merge -- in the original order.
+    The live episode stays attached, with its trained factors and trainable flags."""
+    config = lora_config(settings, target_modules)
+    for episode in episodes:
+        wrap_lora(model, config)
+        for name, layer in lora_layers(model.encoder).items():
+            initial = episode["init"][name]
+            if initial is not None:
+                set_factors(layer, initial["A"], initial["B"])
+            for left, right in episode["folds"].get(name, []):
+                fold_outer(layer.get_base_layer().weight, left, right)
+            final = episode["final"][name]
+            with torch.no_grad():
+                layer.lora_A[ADAPTER].weight.copy_(final["A"])
+                layer.lora_B[ADAPTER].weight.copy_(final["B"])
+            trainable = episode["trainable"][name]
+            layer.lora_A[ADAPTER].weight.requires_grad_("A" in trainable)
+            layer.lora_B[ADAPTER].weight.requires_grad_("B" in trainable)
+        if not episode.get("live"):
+            merge_lora(model)

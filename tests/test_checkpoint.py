@@ -1,0 +1,146 @@
+"""Checkpoints as low-rank deltas: a resumed run rebuilds its model from the pretrained weights
+and the recorded factors, bit for bit, and a checkpoint file is numbers only."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_strategy, make_toy_stream, tiny_backbone
+
+from cl_lora.config import RunConfig
+from cl_lora.errors import BadInputError
+from cl_lora.experiment import CHECKPOINT, resolve_config, run_id_of
+from cl_lora.plugins import PLUGINS
+from cl_lora.run import main
+from cl_lora.strategy import run_stream
+from cl_lora.strategy.checkpoint import load_checkpoint
+from cl_lora.strategy.experiences import to_benchmark
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _stop_after(task: int):
+    def stop(finished: int, _outcome) -> None:
+        if finished == task:
+            raise Interrupted
+
+    return stop
+
+
+def _weights(strategy) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in strategy.model.state_dict().items()}
+
+
+def _unbroken_and_resumed(build, checkpoint: Path, stop_after: int = 0):
+    """``(unbroken, resumed)`` strategies and outcomes of the same run, the second one stopped
+    after task ``stop_after`` and resumed in a fresh strategy with another global RNG state."""
+    torch.manual_seed(0)
+    unbroken = build()
+    expected = run_stream(unbroken)
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted):
+        run_stream(build(), checkpoint=checkpoint, on_task_end=_stop_after(stop_after))
+    torch.manual_seed(123)
+    resumed = build()
+    got = run_stream(resumed, checkpoint=checkpoint, resume=True)
+    return (unbroken, expected), (resumed, got)
+
+
+@pytest.mark.parametrize(
+    ("init", "init_args", "baseline", "plugin"),
+    [
+        ("pissa", None, None, "replay"),  # moves s B0 A0 out of W; replay memory as rows
+        ("lora-dash", {"t": 2, "s": 2}, None, "ewc"),  # folds u d v^T into W; EWC importances
+        ("lora-null", None, None, None),  # factors from a float64 decomposition
+        ("lora", None, "seq-ft", None),  # no LoRA: the trained encoder is stored whole
+    ],
+)
+def test_resume_rebuilds_the_model_bit_for_bit(init, init_args, baseline, plugin, tmp_path) -> None:
+    stream = make_toy_stream(tasks=3)
+
+    def build():
+        plugins = [PLUGINS.get(plugin).build({})] if plugin else None
+        return make_strategy(
+            tiny_backbone(), stream, init, init_args, plugins=plugins, baseline=baseline
+        )
+
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    (unbroken, expected), (resumed, got) = _unbroken_and_resumed(build, checkpoint, stop_after=1)
+    assert got.resumed_after == 1
+    np.testing.assert_array_equal(got.matrix, expected.matrix)
+    want, have = _weights(unbroken), _weights(resumed)
+    assert want.keys() == have.keys()
+    assert [k for k in want if not torch.equal(want[k], have[k])] == []
+
+
+def test_a_checkpoint_holds_factors_not_the_model(tmp_path) -> None:
+    """A LoRA run's checkpoint grows by about one adapter per task; sequential fine-tuning's
+    holds the whole encoder."""
+    stream = make_toy_stream(tasks=2)
+    sizes = {}
+    for init, baseline in (("pissa", None), ("lora", "seq-ft")):
+        torch.manual_seed(0)
+        strategy = make_strategy(tiny_backbone(), stream, init, baseline=baseline)
+        checkpoint = tmp_path / f"{init}.safetensors"
+        sizes[init] = run_stream(strategy, checkpoint=checkpoint).checkpoint_bytes
+    encoder = tiny_backbone().encoder
+    model_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    assert len(sizes["pissa"]) == 2 and sizes["pissa"][0] < 0.1 * model_bytes
+    assert sizes["pissa"][1] > sizes["pissa"][0]  # task 2 adds its factors
+    assert sizes["lora"][0] > model_bytes  # every encoder weight trains: all are stored
+
+
+def _checkpoint_after_first_task(tmp_path: Path) -> Path:
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    with pytest.raises(Interrupted):
+        run_stream(
+            make_strategy(tiny_backbone(), make_toy_stream(tasks=2)),
+            checkpoint=checkpoint,
+            on_task_end=_stop_after(0),
+        )
+    return checkpoint
+
+
+def _load(checkpoint: Path) -> None:
+    strategy = make_strategy(tiny_backbone(), make_toy_stream(tasks=2))
+    load_checkpoint(checkpoint, strategy, to_benchmark(strategy.stream).train_stream)
+
+
+def test_truncated_or_changed_checkpoints_fail_with_one_line(tmp_path) -> None:
+    checkpoint = _checkpoint_after_first_task(tmp_path)
+    data = checkpoint.read_bytes()
+    changed = bytearray(data)
+    changed[-5] ^= 0x01  # one bit of one stored number
+    for content, message in [
+        (data[: len(data) // 2], "cannot be read"),
+        (bytes(changed), "does not match its checksum"),
+    ]:
+        checkpoint.write_bytes(content)
+        with pytest.raises(BadInputError, match=message) as error:
+            _load(checkpoint)
+        assert "\n" not in str(error.value) and "delete it" in str(error.value)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_pickle_in_the_run_folder_is_never_executed(tmp_path, capsys) -> None:
+    """Resuming reads numbers only: a pickle put where the checkpoint is does not run."""
+    config = RunConfig(max_train_per_task=24, max_test_per_task=12, epochs=1)
+    run_dir = tmp_path / run_id_of(resolve_config(config))
+    run_dir.mkdir()
+    payload = _Payload()
+    payload.marker = str(tmp_path / "executed")
+    (run_dir / CHECKPOINT).write_bytes(pickle.dumps(payload))
+    argv = ["--max-train-per-task", "24", "--max-test-per-task", "12", "--epochs", "1"]
+    assert main([*argv, "--quiet", "--output-dir", str(tmp_path), "--resume"]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "executed").exists()
