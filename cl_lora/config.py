@@ -12,6 +12,7 @@ config land in the same folder.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -43,6 +44,22 @@ _FLAGS = {
     "plugins": "--plugin",
     "plugin_args": "--plugin-arg",
 }
+
+
+_BYTE_UNITS = {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"8GB"`` -> bytes (binary units: KB, MB, GB, TB; a bare number is bytes)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B?)\s*", text.upper())
+    size = (
+        int(float(match.group(1)) * _BYTE_UNITS[match.group(2).rstrip("B") + "B"]) if match else 0
+    )
+    if size <= 0:
+        raise BadInputError(
+            f"--calib-max-memory {text!r}: give a positive size such as 8GB or 512MB"
+        )
+    return size
 
 
 def setting(
@@ -108,6 +125,13 @@ class RunConfig:
         "method's own)",
     )
     calib_size: int = setting(256, "calibration", "examples per calibration source")
+    calib_max_memory: str | None = setting(
+        None,
+        "calibration",
+        "memory the input covariances may hold at once, e.g. 8GB or 512MB (default: half the "
+        "free memory of the run's device); layers beyond it are collected in further passes",
+        added=True,
+    )
     rank: int = setting(8, "lora", "LoRA rank r")
     alpha: float = setting(16.0, "lora", "LoRA alpha (scale alpha/r)")
     rslora: bool = setting(False, "lora", "scale alpha/sqrt(r) (rsLoRA)")
@@ -183,6 +207,8 @@ class RunConfig:
             len(self.lr_search) < 2 or any(lr <= 0 for lr in self.lr_search)
         ):
             raise BadInputError("--lr-search takes two or more positive rates, e.g. 1e-4,5e-4,1e-3")
+        if self.calib_max_memory is not None:
+            parse_bytes(self.calib_max_memory)
         if self.calib is not None and (
             not self.calib or any(source not in CALIBRATION_SOURCES for source in self.calib)
         ):

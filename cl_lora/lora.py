@@ -9,6 +9,7 @@ weights bit for bit from the pretrained ones (what a checkpoint stores instead o
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -78,6 +79,75 @@ def set_factors(layer: LoraLayer, A: torch.Tensor, B: torch.Tensor) -> None:
         base.copy_(base - layer.scaling[ADAPTER] * lora_B @ lora_A)
 
 
+@dataclass(frozen=True)
+class InitialAdapter:
+    """One layer's initial LoRA factors and which of them train (the init's residual is not
+    kept: :func:`set_factors` recomputes it from the factors)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    trainable: frozenset[str]
+
+
+def lora_scale(settings: LoRASettings) -> float:
+    """``s``: PEFT's scaling of the adapter, ``alpha / r`` (rsLoRA: ``alpha / sqrt(r)``)."""
+    return settings.alpha / (math.sqrt(settings.rank) if settings.rslora else settings.rank)
+
+
+def initial_adapters(
+    encoder: nn.Module,
+    settings: LoRASettings,
+    layer_names: Sequence[str],
+    init: InitMethod,
+    init_args: Mapping[str, Any],
+    stats: Mapping[str, Mapping[str, torch.Tensor]],
+    generator: torch.Generator,
+) -> dict[str, InitialAdapter]:
+    """``init``'s factors for the layers ``layer_names`` of the (unwrapped) ``encoder``, in
+    the encoder's module order; ``stats`` maps a layer name to the statistics the method
+    declared."""
+    chosen = set(layer_names)
+    adapters = {}
+    for name, module in encoder.named_modules():
+        if name not in chosen:
+            continue
+        factors = init(
+            module.weight,
+            rank=settings.rank,
+            scale=lora_scale(settings),
+            stats=stats.get(name, {}),
+            generator=generator,
+            **init_args,
+        )
+        adapters[name] = InitialAdapter(factors.A, factors.B, factors.trainable)
+    return adapters
+
+
+def attach_adapters(
+    model: ContinualClassifier,
+    settings: LoRASettings,
+    target_modules: Sequence[str],
+    adapters: Mapping[str, InitialAdapter],
+    history: LoRAHistory | None = None,
+) -> int:
+    """Wrap ``model.encoder`` in a fresh LoRA whose layers start from ``adapters`` (see
+    :func:`initial_adapters`); each base weight becomes ``W - s B_0 A_0``. ``history``
+    (optional) records the factors. Returns the number of trainable encoder parameters."""
+    wrap_lora(model, lora_config(settings, target_modules))
+    if history is not None:
+        history.begin()
+    for name, layer in lora_layers(model.encoder).items():
+        if layer.scaling[ADAPTER] != lora_scale(settings):
+            raise RuntimeError(f"PEFT scales {name} by {layer.scaling[ADAPTER]}, not s")
+        adapter = adapters[name]
+        set_factors(layer, adapter.A, adapter.B)
+        layer.lora_A[ADAPTER].weight.requires_grad_("A" in adapter.trainable)
+        layer.lora_B[ADAPTER].weight.requires_grad_("B" in adapter.trainable)
+        if history is not None:
+            history.record_init(name, layer)
+    return sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
+
+
 def attach_lora(
     model: ContinualClassifier,
     settings: LoRASettings,
@@ -88,31 +158,13 @@ def attach_lora(
     generator: torch.Generator,
     history: LoRAHistory | None = None,
 ) -> int:
-    """Wrap ``model.encoder`` in a fresh LoRA and initialize every adapted layer with ``init``.
-
-    The layer's frozen base weight becomes ``W - s B_0 A_0`` (the method's residual, recomputed
-    from the factors in the layer's dtype). ``stats`` maps a layer name to the statistics the
-    method declared. ``history`` (optional) records the factors. Returns the number of
-    trainable encoder parameters.
-    """
-    wrap_lora(model, lora_config(settings, target_modules))
-    if history is not None:
-        history.begin()
-    for name, layer in lora_layers(model.encoder).items():
-        factors = init(
-            layer.get_base_layer().weight,
-            rank=settings.rank,
-            scale=layer.scaling[ADAPTER],
-            stats=stats.get(name, {}),
-            generator=generator,
-            **init_args,
-        )
-        set_factors(layer, factors.A, factors.B)
-        layer.lora_A[ADAPTER].weight.requires_grad_("A" in factors.trainable)
-        layer.lora_B[ADAPTER].weight.requires_grad_("B" in factors.trainable)
-        if history is not None:
-            history.record_init(name, layer)
-    return sum(p.numel() for p in model.encoder.parameters() if p.requires_grad)
+    """Wrap ``model.encoder`` in a fresh LoRA initialized by ``init`` on every target layer
+    (:func:`initial_adapters`, then :func:`attach_adapters`); returns the number of trainable
+    encoder parameters."""
+    adapters = initial_adapters(
+        model.encoder, settings, target_modules, init, init_args, stats, generator
+    )
+    return attach_adapters(model, settings, target_modules, adapters, history)
 
 
 def merge_lora(model: ContinualClassifier, history: LoRAHistory | None = None) -> None:

@@ -27,7 +27,7 @@ from avalanche.core import SupervisedPlugin
 from cl_lora import inits
 from cl_lora.backbones import Backbone
 from cl_lora.baselines import BASELINES, SEQUENTIAL_MATRIX
-from cl_lora.config import RunConfig
+from cl_lora.config import RunConfig, parse_bytes
 from cl_lora.errors import BadInputError
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings
@@ -90,6 +90,9 @@ class Method:
             precision=config.precision,
             calib_sources=config.calib,
             calib_size=config.calib_size,
+            calib_max_memory=(
+                parse_bytes(config.calib_max_memory) if config.calib_max_memory else None
+            ),
             train_mb_size=config.batch_size,
             train_epochs=config.epochs,
             eval_mb_size=config.eval_batch_size,

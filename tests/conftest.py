@@ -94,10 +94,12 @@ def make_strategy(
     plugins: list | None = None,
     baseline: str | None = None,
     baseline_args: dict | None = None,
+    **settings,
 ):
     """The strategy a run of ``init`` (or ``baseline``) would build, through the same
     ``Method.build_strategy`` call, with a fast recipe (rank 2, batch 8, high learning rates),
-    silent; ``plugins`` are added after the method's own."""
+    silent; ``plugins`` are added after the method's own; ``settings`` are further
+    ``RunConfig`` fields."""
     from cl_lora.config import RunConfig
     from cl_lora.method import resolve
     from cl_lora.problems import build_problem
@@ -114,6 +116,7 @@ def make_strategy(
         batch_size=8,
         eval_batch_size=16,
         epochs=epochs,
+        **settings,
     )
     problem = build_problem(stream, backbone, max_length=64)
     return resolve(config).build_strategy(problem, stream, "cpu", plugins=plugins or ())

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
 from cl_lora import inits, streams
 from cl_lora.backbones import ContinualClassifier, load_text_backbone
 from cl_lora.calibration import collect_gradients, collect_input_covariances, warmup_deltas
+from cl_lora.calibration.covariance import covariance_passes
 from cl_lora.lora import LoRASettings, attach_lora, lora_layers
 from cl_lora.problems.classification import Classification, cross_entropy_on
 from cl_lora.strategy.calibrate import Calibrator
@@ -187,3 +189,40 @@ def test_lora_null_normalize_argument_parses_like_a_flag() -> None:
     assert lora_null.resolve_args({"normalize": "true"}) == {"normalize": True}
     with pytest.raises(BadInputError, match="use true or false"):
         lora_null.resolve_args({"normalize": "sometimes"})
+
+
+def test_covariance_passes_keep_siblings_together_within_the_budget(minilm) -> None:
+    names = minilm.target_modules  # per block: q k v (one parent), attention out, two MLP
+    width = minilm.encoder.get_submodule(names[0]).weight.shape[1]
+    one_matrix = 4 * width**2
+    assert covariance_passes(minilm.encoder, names, 10**12) == [list(names)]
+    passes = covariance_passes(minilm.encoder, names, 3 * one_matrix)  # fits q, k, v only
+    assert [name for group in passes for name in group] == list(names)  # order kept, all there
+    for group in passes:
+        parents = {name.rpartition(".")[0] for name in group}
+        held = sum(4 * minilm.encoder.get_submodule(n).weight.shape[1] ** 2 for n in group)
+        assert held <= 3 * one_matrix or len(parents) == 1  # over budget only a lone parent
+    siblings = [n for n in names if n.rpartition(".")[0] == names[0].rpartition(".")[0]]
+    assert any(set(siblings) <= set(group) for group in passes)  # q/k/v never split
+
+
+@pytest.mark.parametrize("init", ["lora-null", "corda-kpm"])
+def test_calibration_in_several_passes_gives_the_same_model(init) -> None:
+    """A memory budget that forces one pass per parent module changes nothing but the passes."""
+    from conftest import make_strategy, make_toy_stream, tiny_backbone
+
+    from cl_lora.strategy import run_stream
+
+    stream = make_toy_stream(tasks=2)
+    runs = {}
+    for budget in (None, "1KB"):
+        torch.manual_seed(0)
+        strategy = make_strategy(tiny_backbone(), stream, init, calib_max_memory=budget)
+        outcome = run_stream(strategy)
+        runs[budget] = (outcome.matrix, strategy.model.state_dict(), strategy.calibrator.reports)
+    (matrix, weights, reports), (split_matrix, split_weights, split_reports) = runs.values()
+    assert [r["passes"] for r in reports] == [1, 1]
+    assert [r["passes"] for r in split_reports] == [8, 8]  # 2 blocks x 4 parent modules
+    assert split_reports[0]["input_cov_bytes"] < reports[0]["input_cov_bytes"]
+    np.testing.assert_array_equal(split_matrix, matrix)
+    assert all(torch.equal(split_weights[k], weights[k]) for k in weights)

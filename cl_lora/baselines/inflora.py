@@ -42,6 +42,7 @@ is not implemented -- the cap makes it unnecessary for the design. The statistic
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -193,19 +194,19 @@ class InterferenceFreeLoRA:
         return extend_basis_official(basis, cov, threshold, max_dim)
 
     def init_stats(
-        self, model: ContinualClassifier, generator: torch.Generator
+        self, model: ContinualClassifier, generator: torch.Generator, layers: Sequence[str]
     ) -> dict[str, dict[str, torch.Tensor]]:
         """First grow the memory with the finished task's inputs (read through the merged model,
         which computes what the trained one did), then the new task's covariance."""
         if self.task_id > 0:
-            finished = self.calibrator.collect(model, self.task_id - 1, generator)
+            finished = self.calibrator.collect(model, self.task_id - 1, generator, layers)
             grown: dict[int, torch.Tensor] = {}  # layers that read one input share one update
             for name, layer_stats in finished.items():
                 cov = layer_stats["input_cov"]
                 if id(cov) not in grown:
                     grown[id(cov)] = self._grow(self.basis.get(name), cov)
                 self.basis[name] = grown[id(cov)]
-        stats = super().init_stats(model, generator)
+        stats = super().init_stats(model, generator, layers)
         for name, layer_stats in stats.items():
             if name in self.basis:
                 layer_stats["subspace"] = self.basis[name]

@@ -8,10 +8,17 @@ the matmuls and the memory of the duplicates. Padding tokens are left out via th
 they enter ``C``, as LoRA-Null's reference code does (HungerPWAY/LoRA-Null,
 ``adapterlib/act_aware_utils.py``: ``input / torch.max(input).abs()`` per calibration sequence),
 so every sequence weighs about the same whatever its activation scale.
+
+Memory: one float32 ``d_in x d_in`` matrix per distinct input, for every adapted layer at once
+(LLaMA-7B: ``3 x 4096^2 + 11008^2`` floats, 0.69 GB, per decoder layer). When that exceeds the
+run's budget, :func:`covariance_passes` splits the layers into passes over the same
+calibration data, each holding its layers' matrices only; every matrix sums the same inputs in
+the same order, so the statistics are the same whatever the number of passes.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -96,6 +103,39 @@ class CovarianceCollector:
         return sum(
             self.sums[g].numel() * self.sums[g].element_size() for g in self.group_of.values()
         )
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (CPU: the system's free memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def covariance_passes(encoder: nn.Module, names: Sequence[str], budget: int) -> list[list[str]]:
+    """``names`` (in module order) split into consecutive passes whose covariances fit in
+    ``budget`` bytes, counting one float32 ``d_in x d_in`` matrix per layer (an upper bound:
+    layers that share an input hold one). Layers under one parent module (q/k/v/o of an
+    attention block) stay in one pass, so an input they share is still collected once; a
+    parent larger than the budget is a pass of its own."""
+    modules = dict(encoder.named_modules())
+    families: list[list[str]] = []
+    for name in names:
+        parent = name.rpartition(".")[0]
+        if families and families[-1][0].rpartition(".")[0] == parent:
+            families[-1].append(name)
+        else:
+            families.append([name])
+    passes: list[list[str]] = []
+    held = 0
+    for family in families:
+        size = sum(4 * modules[name].weight.shape[1] ** 2 for name in family)
+        if not passes or held + size > budget:
+            passes.append([])
+            held = 0
+        passes[-1] += family
+        held += size
+    return passes
 
 
 def collect_input_covariances(

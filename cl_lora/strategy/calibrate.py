@@ -5,6 +5,11 @@ Input covariances read the chosen sources: ``probe`` (inputs standing for pretra
 outside the stream), ``task`` (the current task's training inputs) and ``memory`` (an even
 sample of earlier tasks' training inputs: the new LoRA then also avoids what the model learned
 in this stream). Gradients and warm-ups always use the current task, whose labels they need.
+
+Input covariances of all adapted layers may not fit in memory at once (a 7B model's need
+tens of GB): :meth:`Calibrator.layer_groups` then splits the layers into passes within
+``max_memory`` (default: half the device's free memory), and the strategy collects and
+initializes one group at a time (the statistics do not depend on the grouping).
 """
 
 from __future__ import annotations
@@ -18,11 +23,23 @@ from torch import nn
 
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration import collect_statistics
+from cl_lora.calibration.covariance import covariance_passes, free_memory
 from cl_lora.calibration.gradients import BatchLoss
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings
 from cl_lora.problems import Problem
 from cl_lora.streams import Stream, knowledge_probe
+
+
+class _Layers:
+    """A :class:`Calibrator` seen by the collectors as adapting only ``target_modules``."""
+
+    def __init__(self, calibrator: Calibrator, target_modules: list[str]) -> None:
+        self._calibrator = calibrator
+        self.target_modules = target_modules
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._calibrator, name)
 
 
 @dataclass
@@ -42,10 +59,12 @@ class Calibrator:
     train_batch_size: int  # warm-up steps, as in training
     lr: float
     device: torch.device
+    max_memory: int | None = None  # bytes of input covariances at once; None: half the free
 
     def __post_init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
         self._probe = None
+        self._first_layer: str | None = None  # of the first group: its report opens a task's
 
     def _probe_rows(self) -> list[dict[str, Any]]:
         if self._probe is None:
@@ -108,11 +127,37 @@ class Calibrator:
             )
         return batches
 
+    def layer_groups(self, encoder: nn.Module) -> list[list[str]]:
+        """The adapted layers (module order) in the groups whose statistics are collected
+        together: one group, unless input covariances exceed the memory budget."""
+        targets = set(self.target_modules)
+        names = [name for name, _ in encoder.named_modules() if name in targets]
+        self._first_layer = names[0]
+        if "input_cov" not in self.init.needs:
+            return [names]
+        budget = self.max_memory if self.max_memory is not None else free_memory(self.device) // 2
+        return covariance_passes(encoder, names, budget)
+
     def collect(
-        self, model: nn.Module, task_id: int, generator: torch.Generator
+        self,
+        model: nn.Module,
+        task_id: int,
+        generator: torch.Generator,
+        layers: Sequence[str] | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
-        """Per adapted layer, the statistics ``init.needs`` for task ``task_id``."""
-        stats, report = collect_statistics(self, self.init.needs, model, task_id, generator)
-        if self.init.needs:
-            self.reports.append({"task": task_id, **report})
+        """Per adapted layer (or per layer of ``layers``, one group of :meth:`layer_groups`),
+        the statistics ``init.needs`` for task ``task_id``. The report of a later group is
+        merged into its task's: the passes counted, the memory held at most."""
+        data = self if layers is None else _Layers(self, list(layers))
+        stats, report = collect_statistics(data, self.init.needs, model, task_id, generator)
+        if not self.init.needs:
+            return stats
+        if layers is None or layers[0] == self._first_layer:
+            self.reports.append({"task": task_id, "passes": 1, **report})
+        else:
+            merged = next(r for r in reversed(self.reports) if r["task"] == task_id)
+            merged["passes"] += 1
+            for key, value in report.items():
+                if key.endswith("_bytes"):
+                    merged[key] = max(merged[key], value)
         return stats

@@ -30,7 +30,7 @@ from cl_lora.backbones import Backbone
 from cl_lora.deltas import LoRAHistory
 from cl_lora.errors import RunFailure
 from cl_lora.inits import InitMethod
-from cl_lora.lora import LoRASettings, attach_lora, merge_lora
+from cl_lora.lora import LoRASettings, attach_adapters, initial_adapters, merge_lora
 from cl_lora.problems import Problem
 from cl_lora.strategy.calibrate import Calibrator
 from cl_lora.strategy.dash import TRAINING_PLUGINS
@@ -67,6 +67,7 @@ class LoRAStrategy(SupervisedTemplate):
         precision: str = "fp32",
         calib_sources: tuple[str, ...] | None = None,
         calib_size: int = 256,
+        calib_max_memory: int | None = None,
         **template_args: Any,
     ) -> None:
         model = problem.build_model()
@@ -113,6 +114,7 @@ class LoRAStrategy(SupervisedTemplate):
             train_batch_size=self.train_mb_size,
             lr=lr,
             device=self.device,
+            max_memory=calib_max_memory,
         )
 
     # -- resumable state --------------------------------------------------------------------
@@ -164,25 +166,25 @@ class LoRAStrategy(SupervisedTemplate):
         """Make the encoder ready for this task; returns its trainable parameter count.
 
         The suite's life cycle: fold the last adapter into the backbone and attach a fresh LoRA
-        initialized by the init method.
+        initialized by the init method -- its statistics collected and its factors computed
+        one group of layers at a time (one group unless they exceed the memory budget).
         """
         merge_lora(model, self.history)
-        return attach_lora(
-            model,
-            self.lora,
-            self.target_modules,
-            self.init,
-            self.init_args,
-            stats=self.init_stats(model, generator),
-            generator=generator,
-            history=self.history,
-        )
+        adapters = {}
+        for layers in self.calibrator.layer_groups(model.encoder):
+            stats = self.init_stats(model, generator, layers)
+            adapters |= initial_adapters(
+                model.encoder, self.lora, layers, self.init, self.init_args, stats, generator
+            )
+            del stats  # before the next group's
+        return attach_adapters(model, self.lora, self.target_modules, adapters, self.history)
 
     def init_stats(
-        self, model: torch.nn.Module, generator: torch.Generator
+        self, model: torch.nn.Module, generator: torch.Generator, layers: Sequence[str]
     ) -> dict[str, dict[str, torch.Tensor]]:
-        """Per adapted layer, the statistics the init method reads (collected on ``model``)."""
-        return self.calibrator.collect(model, self.task_id, generator)
+        """Per layer of ``layers``, the statistics the init method reads (collected on
+        ``model``)."""
+        return self.calibrator.collect(model, self.task_id, generator, layers)
 
     def check_model_and_optimizer(self, **kwargs: Any) -> None:
         self.model = self.model_adaptation()
