@@ -1,4 +1,5 @@
-"""The continual-learning loop: train each task, evaluate every task, fill the matrix ``R``."""
+"""The continual-learning loop: train each task, evaluate the tasks whose scores a metric reads,
+fill the matrix ``R``."""
 
 from __future__ import annotations
 
@@ -69,9 +70,16 @@ def _checkpointed(
     return path
 
 
-def _evaluate(strategy: LoRAStrategy, test_stream) -> dict[int, dict]:
-    """Scores of every task that has a head (per-task heads exist only once trained)."""
-    ready = [exp for exp in test_stream if strategy.model.has_head(exp.current_experience)]
+def _evaluate(strategy: LoRAStrategy, test_stream, upto: int) -> dict[int, dict]:
+    """Scores of the tasks ``0 .. upto`` that have a head (per-task heads exist only once
+    trained). After task ``i`` the loop asks for ``upto = i + 1``: the tasks trained so far,
+    whose scores can have changed, and the next one, the cell FWT reads; later tasks' scores
+    are read by no metric, so they are not computed."""
+    ready = [
+        exp
+        for exp in test_stream
+        if exp.current_experience <= upto and strategy.model.has_head(exp.current_experience)
+    ]
     strategy.eval(ready)
     return strategy.scorer.scores
 
@@ -83,7 +91,8 @@ def run_stream(
     resume: bool = False,
     probe: RetentionProbe | None = None,
 ) -> StreamOutcome:
-    """Train the stream's tasks in order and evaluate all of them after each one.
+    """Train the stream's tasks in order and evaluate, after each one, the tasks trained so far
+    and the next one (see :func:`_evaluate`).
 
     With ``checkpoint``, the state after every task is saved there; with ``resume`` too and a
     checkpoint present, training continues after its last finished task. ``b`` (scores before
@@ -105,7 +114,7 @@ def run_stream(
             outcome.retention.append(probe.start(strategy.model))
         if stream.shared_head:
             strategy.model.add_head(0, stream.tasks[0].num_labels)
-            for j, score in _evaluate(strategy, benchmark.test_stream).items():
+            for j, score in _evaluate(strategy, benchmark.test_stream, len(stream.tasks)).items():
                 outcome.before[j] = score["score"]
 
     for i, experience in enumerate(benchmark.train_stream):
@@ -121,7 +130,7 @@ def run_stream(
 
         start = time.perf_counter()
         with _failures_named(strategy, i, "evaluating after", kept):
-            for j, score in _evaluate(strategy, benchmark.test_stream).items():
+            for j, score in _evaluate(strategy, benchmark.test_stream, i + 1).items():
                 outcome.matrix[i, j] = score["score"]
                 outcome.scores[i][j] = score
             if probe is not None:
