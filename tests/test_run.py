@@ -89,12 +89,15 @@ def test_task_incremental_run_end_to_end(tmp_path, capsys) -> None:
     assert len(result["trainable_params"]) == 5 and result["environment"]["libraries"]["peft"]
 
 
-def test_domain_incremental_run_has_before_scores_and_full_matrix(tmp_path) -> None:
+def test_domain_incremental_run_has_before_scores_and_the_cells_metrics_read(tmp_path) -> None:
     calib = ["--init", "lora-null", "--calib", "probe,memory", "--calib-size", "8"]
     argv = ["--stream", "offline-domains", *calib, *TINY, "--output-dir", str(tmp_path)]
     assert main(argv) == 0
     result = _load(tmp_path)
-    assert all(v is not None for row in result["matrix"] for v in row)
+    matrix = result["matrix"]  # after task i: tasks 0..i+1 (the next one is FWT's cell)
+    assert all(
+        (v is not None) == (j <= i + 1) for i, row in enumerate(matrix) for j, v in enumerate(row)
+    )
     assert all(v is not None for v in result["before"])
     assert result["metrics"]["fwt"] is not None
     calibration = result["init"]["calibration"]
