@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: batches of labelled rows, printing, the JSON file, exit
-codes."""
+"""What the benchmark scripts share: batches of labelled rows, alternating timed calls, the
+command line, printing, the JSON file, exit codes."""
 
 from __future__ import annotations
 
@@ -7,15 +7,19 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from cl_lora.cli import OneLineParser
 from cl_lora.errors import BadInputError
 
 SettingsT = TypeVar("SettingsT")
+#: A warm-up call at least this long counts as a timed call: the one-time costs a warm-up removes
+#: (first-use allocations, library initialization, well under 0.1 s) are then under 1% of it.
+LONG_CALL_S = 5.0
 
 
 def settings_from_args(cls: type[SettingsT], args: argparse.Namespace) -> SettingsT:
@@ -36,6 +40,23 @@ def labelled_collate(
     return collate_fn
 
 
+def alternating_calls(
+    sides: Mapping[str, Callable[[], float]], repeats: int
+) -> dict[str, list[float]]:
+    """``repeats`` timed calls of each side, the sides taking turns call by call so that drift in
+    machine load hits all of them; a side's call returns the seconds it measured (so it can leave
+    its own preparation untimed). One warm-up call per side first, kept as its first timed call
+    when it takes :data:`LONG_CALL_S` or more."""
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for call in range(1 + repeats):  # call 0: the warm-up
+        for name, side in sides.items():
+            if len(seconds[name]) < repeats:
+                elapsed = side()
+                if call or elapsed >= LONG_CALL_S:
+                    seconds[name].append(elapsed)
+    return seconds
+
+
 def finish(result: dict[str, Any], table: str, json_path: Path | None) -> dict[str, Any]:
     """Print the table, write the numbers to ``json_path`` when given, return them."""
     print(table)
@@ -44,6 +65,28 @@ def finish(result: dict[str, Any], table: str, json_path: Path | None) -> dict[s
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"numbers: {json_path}")
     return result
+
+
+def benchmark_parser(module: str, doc: str) -> argparse.ArgumentParser:
+    """The command line of ``python -m benchmarks.<module>``: one-line errors, the first line of
+    ``doc`` as its description, and ``--json OUT`` (read by :func:`run_benchmark`)."""
+    parser = OneLineParser(prog=f"python -m benchmarks.{module}", description=doc.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    return parser
+
+
+def run_benchmark(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    settings_cls: type[SettingsT],
+    measure: Callable[[SettingsT], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """A benchmark's ``main``: parse ``argv`` into ``settings_cls``, measure, print the
+    ``report``, write ``--json`` when given; return the numbers."""
+    args = parser.parse_args(argv)
+    result = measure(settings_from_args(settings_cls, args))
+    return finish(result, report(result), args.json)
 
 
 def entry_point(main: Callable[[], Any]) -> None:

@@ -177,8 +177,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    torch.set_grad_enabled(False)
-    return run_benchmark(argv, _parser(), Settings, measure, table)
+    with torch.no_grad():  # a context, not a global switch: tests run benchmarks in one process
+        return run_benchmark(argv, _parser(), Settings, measure, table)
 
 
 if __name__ == "__main__":

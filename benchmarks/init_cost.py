@@ -48,7 +48,6 @@ import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import peft
@@ -59,13 +58,19 @@ from peft.tuners.lora.config import CordaConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from benchmarks._common import entry_point, finish, labelled_collate, settings_from_args
+from benchmarks._common import (
+    LONG_CALL_S,
+    benchmark_parser,
+    entry_point,
+    labelled_collate,
+    run_benchmark,
+)
 from cl_lora import inits, streams
 from cl_lora.backbones import Backbone, ContinualClassifier, load_text_backbone
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration import collect_input_covariances, collect_statistics
 from cl_lora.calibration.gradients import BatchLoss
-from cl_lora.cli import OneLineParser, require_at_least_one
+from cl_lora.cli import require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import resolve_config
@@ -87,8 +92,6 @@ MiB = 2**20
 #: PEFT's EVA cycles over its data until its incremental PCA converges; give up after this many
 #: passes over the calibration batches (reported, not hidden).
 EVA_MAX_PASSES = 10
-#: A warm-up call at least this long counts as a timed call (see the module docstring).
-LONG_CALL_S = 5.0
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -915,7 +918,7 @@ def report(result: dict[str, Any]) -> str:
 # -- CLI -------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
-    p = OneLineParser(prog="python -m benchmarks.init_cost", description=__doc__.splitlines()[0])
+    p = benchmark_parser("init_cost", __doc__)
     p.add_argument("--methods", nargs="+", default=[], help="init methods (default: all)")
     p.add_argument(
         "--repeats", type=int, default=defaults.repeats, help="timed calls per text method"
@@ -951,16 +954,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, measure, print the table, optionally write JSON; return the numbers."""
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(Settings, args)
-    result = measure(settings)
-    return finish(result, report(result), args.json)
+    return run_benchmark(argv, build_parser(), Settings, measure, report)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,10 +45,10 @@ from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import EvaluationPlugin
 from torch.utils.data import DataLoader
 
-from benchmarks._common import entry_point, finish, settings_from_args
+from benchmarks._common import benchmark_parser, entry_point, run_benchmark
 from cl_lora import inits, streams
 from cl_lora.backbones import FAMILIES, Backbone, LoadOptions
-from cl_lora.cli import OneLineParser, require_at_least_one
+from cl_lora.cli import require_at_least_one
 from cl_lora.config import RunConfig, resolve_device
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import resolve_config
@@ -477,7 +476,7 @@ def report(result: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
-    p = OneLineParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
+    p = benchmark_parser("throughput", __doc__)
     p.add_argument("--model", default=defaults.model, choices=sorted(MODELS))
     p.add_argument("--examples", type=int, default=defaults.examples, help="train examples")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -492,16 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default=defaults.precision, choices=("fp32", "bf16"))
-    p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, measure, print the table, optionally write JSON; return the numbers."""
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(Settings, args)
-    result = measure(settings)
-    return finish(result, report(result), args.json)
+    return run_benchmark(argv, build_parser(), Settings, measure, report)
 
 
 if __name__ == "__main__":

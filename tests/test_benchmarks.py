@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import startup, throughput
+from benchmarks import startup, svd_init, throughput
 from cl_lora.errors import BadInputError
 
 
@@ -51,3 +51,54 @@ def test_startup_times_each_command_side_by_side(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == result
     with pytest.raises(BadInputError):
         startup.main(["--repeats", "0"])
+
+
+def test_svd_init_times_ours_against_peft_per_shape_and_method(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "svd_init.json"
+    result = svd_init.main(["--shapes", "64x48", "--repeats", "1", "--json", str(out)])
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == set(svd_init.DEFAULT_METHODS)
+    for row in rows.values():
+        assert row["shape"] == "64x48" and len(row["ours_rounds"]) == len(row["peft_rounds"]) == 1
+        assert row["ours_s"] > 0 and row["peft_s"] > 0
+        assert row["ratio"] == pytest.approx(row["ours_s"] / row["peft_s"])
+    # Same method, deterministic: both sides wrote the same residual; elsewhere no comparison.
+    assert rows["olora"]["max_residual_difference"] == 0.0
+    assert rows["pissa"]["max_residual_difference"] < 1e-5
+    assert rows["pissa-niter"]["peft_init_lora_weights"] == "pissa_niter_4"
+    assert rows["milora"]["max_residual_difference"] is None  # PEFT's pissa stands in
+    assert result["llama_7b_block"] == {}  # only with all three LLaMA shapes
+    assert json.loads(out.read_text()) == result
+    printed = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(printed) if line.startswith("shape"))
+    header, table = printed[at], printed[at + 2 : at + 2 + len(rows)]  # under the rule
+    assert header.split()[3:6] == ["ours", "s", "PEFT"] and "ours/PEFT" in header
+    end = header.index("ours/PEFT") + len("ours/PEFT")  # the ratio column, right-aligned
+    for line, row in zip(table, result["rows"], strict=True):
+        assert line.startswith("64x48") and row["label"] in line
+        assert line[end - 11 : end].strip() == f"{row['ratio']:.2f}"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--shapes", "64by48"], ["--shapes", "64x4"], ["--methods", "dora"], ["--niter", "0"]],
+)
+def test_svd_init_bad_input(argv: list[str]) -> None:
+    with pytest.raises(BadInputError):
+        svd_init.main(argv)
+
+
+def test_calibration_memory_per_layer_and_under_a_budget(tmp_path: Path) -> None:
+    """A tiny LLaMA-shaped model: per-layer bytes are one matrix per distinct input, and a
+    budget of one layer's worth collects in one pass per layer holding one layer at a time."""
+    from benchmarks import calibration_memory
+
+    argv = ["--hidden", "32", "--intermediate", "48", "--heads", "4", "--sequences", "2"]
+    result = calibration_memory.main([*argv, "--tokens", "8", "--json", str(tmp_path / "c.json")])
+    assert result["bytes_per_layer"] == 4 * (3 * 32**2 + 48**2)  # qkv, o, gate/up, down
+    assert result["bytes_per_layer_one_per_module"] == 4 * (6 * 32**2 + 48**2)
+    budget = result["budget_one_layer"]
+    assert budget["passes"] == 2 and max(budget["bytes"]) == result["bytes_per_layer"]
+    assert result["init_one_layer_s"] > 0

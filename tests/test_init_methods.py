@@ -25,6 +25,7 @@ from torch import nn
 from cl_lora import inits
 from cl_lora.errors import BadInputError
 from cl_lora.inits.corda import damped_inverse
+from cl_lora.inits.factors import window_svd
 
 RANK, ALPHA = 8, 16.0
 SCALE = ALPHA / RANK
@@ -333,3 +334,24 @@ def test_methods_give_different_factors(weight: torch.Tensor) -> None:
     ]
     assert not torch.allclose(products[0], products[1])
     assert not torch.allclose(products[0], products[2])
+
+
+@pytest.mark.parametrize("shape", [(96, 32), (32, 96), (36, 32), (32, 36)])
+def test_window_svd_is_the_window_of_the_full_svd(shape: tuple[int, int]) -> None:
+    """On the CPU ``window_svd`` decomposes the tall orientation, QR first when it is at least 1.5
+    times taller than wide (96x32, 32x96); either way the window is that of the full SVD."""
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    U, S, Vh = torch.linalg.svd(weight.double(), full_matrices=False)
+    k = min(shape)
+    for window in (slice(0, 8), slice(12, 20), slice(k - 8, k)):
+        U_w, S_w, Vh_w = window_svd(weight, window)
+        assert U_w.shape == (shape[0], 8) and Vh_w.shape == (8, shape[1])
+        torch.testing.assert_close(S_w.double(), S, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(U_w.T @ U_w, torch.eye(8), atol=1e-5, rtol=0)
+        torch.testing.assert_close(Vh_w @ Vh_w.T, torch.eye(8), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            ((U_w * S_w[window]) @ Vh_w).double(),
+            (U[:, window] * S[window]) @ Vh[window],
+            atol=1e-4,  # float32 round-off, as torch.linalg.svd's own (36x32 takes that path)
+            rtol=0,
+        )

@@ -3,6 +3,11 @@
 ``W = U S V^T`` with singular values descending, ``k = min(out, in)``. The window ``[i, i+r)``
 becomes ``B = U_win sqrt(S_win / s)``, ``A = sqrt(S_win / s) V_win^T`` (so ``s B A`` is exactly
 the window's part of ``W``); the residual keeps the rest of the spectrum and both factors train.
+
+The exact SVD is ``factors.window_svd``: on the CPU a weight whose long side is at least 1.5
+times its short side is decomposed QR first, on its tall orientation, forming only the window's
+singular vectors where ``torch.linalg.svd`` (PEFT's call) forms them all: the same window to
+float round-off in less time (``benchmarks/svd_init.py``).
 """
 
 from __future__ import annotations

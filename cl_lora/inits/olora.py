@@ -32,4 +32,6 @@ class OLoRA(InitMethod):
         Q, R = torch.linalg.qr(weight)
         B = Q[:, :rank].contiguous()
         A = R[:rank].contiguous()
-        return LoRAFactors(A=A, B=B, residual=weight - scale * B @ A)
+        # PEFT's W - (s B) @ A bit for bit, written into the product: one out x in buffer, not two.
+        update = (scale * B) @ A
+        return LoRAFactors(A=A, B=B, residual=torch.sub(weight, update, out=update))
