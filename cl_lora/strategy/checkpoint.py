@@ -82,12 +82,11 @@ def model_state(strategy: LoRAStrategy) -> dict[str, Any]:
         "lora_history": strategy.history.state(model.encoder),
         "encoder": _trained_encoder_tensors(model.encoder),
         "outside_encoder": outside,
-        "heads": {key: list(head.weight.shape) for key, head in model.heads.items()},
         "frozen": [
             n
             for n, p in model.named_parameters()
             if not n.startswith("encoder.") and not p.requires_grad
-        ],  # fmt: skip
+        ],
         "known_task_labels": getattr(model, "known_train_tasks_labels", None),
     }
 
@@ -107,14 +106,18 @@ def restore_model(strategy: LoRAStrategy, state: dict[str, Any]) -> None:
     with torch.no_grad():
         for name, tensor in state["encoder"].items():
             current[name].copy_(tensor)
-    for key, (out_features, in_features) in state["heads"].items():
-        model.heads[key] = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
+    for name, tensor in state["outside_encoder"].items():  # heads.<key>.weight: out x in
+        if name.startswith("heads.") and name.endswith(".weight"):
+            out_features, in_features = tensor.shape
+            key = name.removeprefix("heads.").removesuffix(".weight")
+            model.heads[key] = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)
     for name, tensor in state["outside_encoder"].items():
         if "." not in name and not hasattr(model, name):  # a buffer made on first use
             model.register_buffer(name, tensor.clone())
     model.load_state_dict(state["outside_encoder"], strict=False)
+    frozen = set(state["frozen"])
     for name, param in model.named_parameters():
-        if name in state["frozen"]:
+        if name in frozen:
             param.requires_grad_(False)
     if state["known_task_labels"] is not None:
         model.known_train_tasks_labels = set(state["known_task_labels"])
