@@ -102,3 +102,37 @@ def test_calibration_memory_per_layer_and_under_a_budget(tmp_path: Path) -> None
     budget = result["budget_one_layer"]
     assert budget["passes"] == 2 and max(budget["bytes"]) == result["bytes_per_layer"]
     assert result["init_one_layer_s"] > 0
+
+
+def test_init_share_splits_real_runs_into_calibration_factors_and_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One tiny real run per method: a calibrated method reports its calibration time, plain
+    LoRA none, and the share is the init over the training."""
+    from benchmarks import init_share
+
+    out = tmp_path / "share.json"
+    argv = ["--streams", "offline-text", "--methods", "lora", "lora-null", "--epochs", "1"]
+    argv += ["--max-train-per-task", "8", "--max-test-per-task", "4", "--json", str(out)]
+    result = init_share.main(argv)
+    rows = {row["method"]: row for row in result["rows"]}
+    assert rows["lora"]["calibration_s"] == 0.0 and rows["lora-null"]["calibration_s"] > 0
+    assert rows["lora-null"]["calibration_examples"] == 256  # the probe, every example
+    for row in rows.values():
+        assert (row["task"], row["train_examples"], row["epochs"]) == ("movie-sentiment", 8, 1)
+        assert row["init_s"] == pytest.approx(row["calibration_s"] + row["factors_s"])
+        assert row["share"] == pytest.approx(row["init_s"] / row["train_s"])
+        assert row["examples_for_target"] == pytest.approx(8 * row["share"] / 0.02)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert "lora-null" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--methods", "dora"], ["--repeats", "0"], ["--task-index", "9"], ["--streams", "nope"]],
+)
+def test_init_share_bad_input(argv: list[str]) -> None:
+    from benchmarks import init_share
+
+    with pytest.raises(BadInputError):
+        init_share.main(argv)

@@ -226,3 +226,43 @@ def test_calibration_in_several_passes_gives_the_same_model(init) -> None:
     assert split_reports[0]["input_cov_bytes"] < reports[0]["input_cov_bytes"]
     np.testing.assert_array_equal(split_matrix, matrix)
     assert all(torch.equal(split_weights[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize(
+    ("init", "module", "function"),
+    [
+        ("lora-null", "cl_lora.inits.lora_null", "smallest_eigenvectors"),
+        ("corda-kpm", "cl_lora.inits.corda", "damped_inverse"),
+        ("eva", "cl_lora.inits.eva", "largest_eigenvectors"),
+    ],
+)
+def test_layers_that_share_an_input_decompose_it_once(
+    init, module, function, minilm, stream, monkeypatch
+) -> None:
+    """q/k/v read one covariance: one decomposition for the three, freed with the statistics."""
+    import gc
+    import importlib
+    import weakref
+
+    owner = importlib.import_module(module)
+    original = getattr(owner, function)
+    results: list[weakref.ref] = []
+
+    def counted(cov, *args):
+        value = original(cov, *args)
+        results.append(weakref.ref(value[0] if isinstance(value, tuple) else value))
+        return value
+
+    monkeypatch.setattr(owner, function, counted)
+    method = inits.get(init)
+    model = classifier(minilm)
+    cal = calibrator(method, stream, minilm, sources=("probe", "task"))
+    generator = torch.Generator().manual_seed(0)
+    stats = cal.collect(model, 0, generator)
+    distinct = {id(layer["input_cov"]) for layer in stats.values()}
+    attach_lora(model, SETTINGS, minilm.target_modules, method, cal.init_args, stats, generator)
+    assert len(stats) == 36 and len(distinct) == 24
+    assert len(results) == 24  # one per distinct input, not one per layer
+    del stats
+    gc.collect()
+    assert all(ref() is None for ref in results)  # nothing kept once the covariances are gone

@@ -2,7 +2,8 @@
 
 Layers that read the very same input tensor (q/k/v of one attention block; gate/up of a gated
 MLP) share one covariance: it is accumulated once and handed to each of them, which saves both
-the matmuls and the memory of the duplicates. Padding tokens are left out via the batch's mask.
+the matmuls and the memory of the duplicates (and the init methods then decompose it once, see
+:func:`cl_lora.inits.factors.decompose_input`). Padding tokens are left out via the batch's mask.
 
 ``normalize`` scales each sequence's inputs by the absolute value of its largest entry before
 they enter ``C``, as LoRA-Null's reference code does (HungerPWAY/LoRA-Null,

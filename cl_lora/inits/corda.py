@@ -19,7 +19,7 @@ import torch
 
 from cl_lora.errors import BadInputError
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.factors import input_covariance
+from cl_lora.inits.factors import decompose_input
 from cl_lora.inits.registry import register
 
 #: First damping, relative to the mean eigenvalue ``tr(C) / n`` (CorDA's and PEFT's value).
@@ -77,7 +77,7 @@ class CorDA(InitMethod):
         stats: Mapping[str, torch.Tensor],
         generator: torch.Generator | None,
     ) -> LoRAFactors:
-        damped, inverse = damped_inverse(input_covariance(stats, weight))
+        damped, inverse = decompose_input(stats, weight, damped_inverse)  # once per input
         U, S, Vh = torch.linalg.svd(weight.double() @ damped, full_matrices=False)
         window = self.window(len(S), rank)
         root = torch.sqrt(S[window] / scale)

@@ -8,8 +8,14 @@ from collections.abc import Mapping
 import torch
 
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.factors import input_covariance
+from cl_lora.inits.factors import decompose_input
 from cl_lora.inits.registry import register
+
+
+def largest_eigenvectors(cov: torch.Tensor, count: int) -> torch.Tensor:
+    """The eigenvectors of the ``count`` largest eigenvalues of the symmetric ``cov``, largest
+    first (``eigh`` sorts ascending)."""
+    return torch.linalg.eigh(cov)[1][:, -count:].flip(-1)
 
 
 @register("eva", "EVA: A = top-r right singular vectors of the task's input activations, B = 0")
@@ -37,7 +43,7 @@ class EVA(InitMethod):
         stats: Mapping[str, torch.Tensor],
         generator: torch.Generator | None,
     ) -> LoRAFactors:
-        _, eigenvectors = torch.linalg.eigh(input_covariance(stats, weight))
-        A = eigenvectors[:, -rank:].flip(-1).T.to(weight.dtype).contiguous()
+        top = decompose_input(stats, weight, largest_eigenvectors, rank)  # once per input
+        A = top.T.to(weight.dtype).contiguous()
         B = torch.zeros(weight.shape[0], rank, device=weight.device)
         return LoRAFactors(A=A, B=B, residual=weight.clone())

@@ -1,10 +1,12 @@
 """Building blocks several init methods share: LoRA factors from singular components of a
-weight, a window of a weight's singular components, and the input covariance a method reads
-from its statistics."""
+weight, a window of a weight's singular components, and decompositions of the input covariance
+a method reads from its statistics, shared by the layers that read the same input."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, TypeVar
 
 import torch
 
@@ -13,6 +15,8 @@ from cl_lora.inits.base import LoRAFactors
 #: On the CPU, :func:`window_svd` decomposes a weight QR first when its long side is at least this
 #: many times its short side (measured on 1024-wide weights: slower at 1.25, faster from 1.5 on).
 QR_FIRST_ASPECT = 1.5
+
+T = TypeVar("T")
 
 
 def factors_from_svd(
@@ -72,11 +76,23 @@ def window_factors(weight: torch.Tensor, start: int, rank: int, scale: float) ->
     return factors_from_svd(weight, (U, S[window], Vh), slice(None), scale)  # all: the window
 
 
-def input_covariance(stats: Mapping[str, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
-    """``stats["input_cov"]`` (``C = X^T X``, ``in x in``) as a symmetric float64 matrix.
+def decompose_input(
+    stats: Mapping[str, torch.Tensor],
+    weight: torch.Tensor,
+    decompose: Callable[..., T],
+    *args: Hashable,
+) -> T:
+    """``decompose(C, *args)`` of the layer's input covariance ``stats["input_cov"]``
+    (``C = X^T X``, ``in x in``), given as a symmetric float64 matrix on ``weight``'s device.
 
     Float64 because the methods that read it resolve its smallest eigenvalues or invert it,
     where float32 round-off is of the size of the quantities themselves.
+
+    Computed once per input: calibration hands the layers that read the same input (q/k/v,
+    gate/up) the very same covariance tensor, and they come one after another, so the last
+    result of each ``decompose`` is kept for as long as its covariance tensor lives (at a 7B
+    shape that saves 3 of 7 decompositions per decoder layer). The caller must not modify the
+    result in place.
     """
     cov = stats["input_cov"]
     in_features = weight.shape[1]
@@ -85,5 +101,22 @@ def input_covariance(stats: Mapping[str, torch.Tensor], weight: torch.Tensor) ->
             f"input_cov has shape {tuple(cov.shape)} but this layer takes {in_features} inputs: "
             f"it must be {in_features}x{in_features}"
         )
-    cov = cov.detach().to(device=weight.device, dtype=torch.float64)
-    return (cov + cov.T) / 2
+    key = (id(cov), cov._version, weight.device, args)
+    last = _LAST_DECOMPOSITION.get(decompose)
+    if last is not None and last[0] == key:
+        return last[1]
+    symmetric = cov.detach().to(device=weight.device, dtype=torch.float64)
+    value = decompose((symmetric + symmetric.T) / 2, *args)
+    _LAST_DECOMPOSITION[decompose] = (key, value)
+    weakref.finalize(cov, _forget_decomposition, decompose, key)  # id(cov) is then free again
+    return value
+
+
+#: Per decompose function, ``(key, value)`` of its last covariance (see :func:`decompose_input`).
+_LAST_DECOMPOSITION: dict[Callable[..., Any], tuple[tuple, Any]] = {}
+
+
+def _forget_decomposition(decompose: Callable[..., Any], key: tuple) -> None:
+    last = _LAST_DECOMPOSITION.get(decompose)
+    if last is not None and last[0] == key:
+        del _LAST_DECOMPOSITION[decompose]

@@ -13,7 +13,7 @@ import torch
 
 from cl_lora.arguments import Argument
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.factors import input_covariance
+from cl_lora.inits.factors import decompose_input
 from cl_lora.inits.registry import register
 
 
@@ -32,16 +32,16 @@ def smallest_eigenvectors(cov: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def null_space_factors(
-    weight: torch.Tensor, cov: torch.Tensor, rank: int, scale: float
+    weight: torch.Tensor, null: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B, A`` with ``s B A = W Q Q^T``, ``Q`` the ``rank`` least-excited input directions.
+    """``B, A`` with ``s B A = W Q Q^T``, ``Q`` (``null``, ``in x r``, float64) the ``r``
+    least-excited input directions: the eigenvectors of ``C`` with the ``r`` smallest
+    eigenvalues (:func:`smallest_eigenvectors`).
 
-    ``Q`` holds the eigenvectors of ``C`` with the ``rank`` smallest eigenvalues (``eigh`` sorts
-    ascending). ``W_p = W Q Q^T`` has rank at most ``r``, so its top-``r`` SVD is the thin SVD of
-    the ``out x r`` matrix ``W Q = U S V^T``: ``W_p = U S (Q V)^T``, split with ``sqrt(S / s)``
+    ``W_p = W Q Q^T`` has rank at most ``r``, so its top-``r`` SVD is the thin SVD of the
+    ``out x r`` matrix ``W Q = U S V^T``: ``W_p = U S (Q V)^T``, split with ``sqrt(S / s)``
     like PiSSA. The rows of ``A`` then lie in ``span(Q)``.
     """
-    null = smallest_eigenvectors(cov, rank)
     U, S, Vh = torch.linalg.svd(weight.double() @ null, full_matrices=False)
     root = torch.sqrt(S / scale)
     B = U * root
@@ -82,7 +82,8 @@ class LoRANull(InitMethod):
         generator: torch.Generator | None,
         normalize: bool = False,  # acts in calibration (the covariance), not here
     ) -> LoRAFactors:
-        B, A = null_space_factors(weight, input_covariance(stats, weight), rank, scale)
+        null = decompose_input(stats, weight, smallest_eigenvectors, rank)  # once per input
+        B, A = null_space_factors(weight, null, scale)
         return LoRAFactors(A=A, B=B, residual=weight - scale * B @ A, trainable=self.trainable)
 
 
