@@ -114,12 +114,16 @@ def one_run(settings: Settings, stream: str, task: str, method: str, out: Path) 
         "train_s": train_s - init_s,
         "train_examples": size,
         "epochs": result["config"]["epochs"],
-        "calibration_examples": sum(
-            sum(r.get(key, {}).values()) for r in reports for key in r if key.endswith("_examples")
-        ),
+        "calibration_examples": sum(map(_examples, reports)),
         "backbone": result["backbone"]["name"],
         "adapted_layers": len(result["lora"]["targets"]),
     }
+
+
+def _examples(report: dict[str, Any]) -> int:
+    """Examples a calibration report counts (per source, or one number)."""
+    counts = [value for key, value in report.items() if key.endswith("_examples")]
+    return sum(sum(c.values()) if isinstance(c, dict) else c for c in counts)
 
 
 def summarize_rounds(stream: str, method: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -112,12 +112,14 @@ def test_init_share_splits_real_runs_into_calibration_factors_and_training(
     from benchmarks import init_share
 
     out = tmp_path / "share.json"
-    argv = ["--streams", "offline-text", "--methods", "lora", "lora-null", "--epochs", "1"]
+    argv = ["--streams", "offline-text", "--methods", "lora", "lora-null", "lora-ga"]
+    argv += ["--epochs", "1"]
     argv += ["--max-train-per-task", "8", "--max-test-per-task", "4", "--json", str(out)]
     result = init_share.main(argv)
     rows = {row["method"]: row for row in result["rows"]}
     assert rows["lora"]["calibration_s"] == 0.0 and rows["lora-null"]["calibration_s"] > 0
     assert rows["lora-null"]["calibration_examples"] == 256  # the probe, every example
+    assert rows["lora-ga"]["calibration_examples"] == 8  # gradients on the (capped) task
     for row in rows.values():
         assert (row["task"], row["train_examples"], row["epochs"]) == ("movie-sentiment", 8, 1)
         assert row["init_s"] == pytest.approx(row["calibration_s"] + row["factors_s"])
