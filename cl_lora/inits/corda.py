@@ -7,7 +7,8 @@ decomposed together with the input covariance ``C``: ``W C = U S V^T``, hence
 ``B = U_r sqrt(S_r / s)``, ``A = sqrt(S_r / s) (V^T C^{-1})_r`` and the rest stays frozen in the
 residual ``W - s B A``. Same decomposition as PEFT's ``collect_eigens_for_layer`` and
 ``corda_init`` (reference code: github.com/iboing/CorDA), computed in float64, with ``C``
-normalized to a unit mean eigenvalue (see :func:`damped_inverse`).
+normalized to a unit mean eigenvalue (see :func:`damped_inverse`); only the window's singular
+vectors are formed (:func:`~cl_lora.inits.factors.window_svd`, as for PiSSA).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from cl_lora.errors import BadInputError
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.factors import decompose_input
+from cl_lora.inits.factors import decompose_input, window_svd
 from cl_lora.inits.registry import register
 
 #: First damping, relative to the mean eigenvalue ``tr(C) / n`` (CorDA's and PEFT's value).
@@ -78,11 +79,11 @@ class CorDA(InitMethod):
         generator: torch.Generator | None,
     ) -> LoRAFactors:
         damped, inverse = decompose_input(stats, weight, damped_inverse)  # once per input
-        U, S, Vh = torch.linalg.svd(weight.double() @ damped, full_matrices=False)
-        window = self.window(len(S), rank)
+        window = self.window(min(weight.shape), rank)
+        U, S, Vh = window_svd(weight.double() @ damped, window)  # U, Vh: the window's only
         root = torch.sqrt(S[window] / scale)
-        B = (U[:, window] * root).to(weight.dtype)
-        A = (root[:, None] * (Vh[window] @ inverse)).to(weight.dtype)
+        B = (U * root).to(weight.dtype)
+        A = (root[:, None] * (Vh @ inverse)).to(weight.dtype)
         return LoRAFactors(A=A, B=B, residual=weight - scale * B @ A)
 
 

@@ -8,14 +8,14 @@ from collections.abc import Mapping
 import torch
 
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.factors import decompose_input
+from cl_lora.inits.factors import decompose_input, eigenvectors_between
 from cl_lora.inits.registry import register
 
 
 def largest_eigenvectors(cov: torch.Tensor, count: int) -> torch.Tensor:
     """The eigenvectors of the ``count`` largest eigenvalues of the symmetric ``cov``, largest
-    first (``eigh`` sorts ascending)."""
-    return torch.linalg.eigh(cov)[1][:, -count:].flip(-1)
+    first."""
+    return eigenvectors_between(cov, len(cov) - count, len(cov)).flip(-1)
 
 
 @register("eva", "EVA: A = top-r right singular vectors of the task's input activations, B = 0")

@@ -76,6 +76,23 @@ def window_factors(weight: torch.Tensor, start: int, rank: int, scale: float) ->
     return factors_from_svd(weight, (U, S[window], Vh), slice(None), scale)  # all: the window
 
 
+def eigenvectors_between(cov: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Eigenvectors ``start .. stop-1`` of the symmetric ``cov`` in ascending eigenvalue order,
+    as the columns of an ``n x (stop - start)`` matrix.
+
+    On the CPU only those are computed (LAPACK's MRRR driver through SciPy's
+    ``eigh(subset_by_index=...)``): the same vectors as a full ``torch.linalg.eigh`` up to sign
+    and round-off, about 4x faster for 8 of a 2048-wide float64 matrix. Elsewhere, torch's full
+    ``eigh``.
+    """
+    if cov.device.type != "cpu":
+        return torch.linalg.eigh(cov)[1][:, start:stop]
+    from scipy.linalg import eigh  # on first use: registering inits must not load SciPy
+
+    _, vectors = eigh(cov.numpy(), subset_by_index=[start, stop - 1], driver="evr")
+    return torch.from_numpy(vectors).to(cov.dtype)
+
+
 def decompose_input(
     stats: Mapping[str, torch.Tensor],
     weight: torch.Tensor,

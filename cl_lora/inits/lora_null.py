@@ -13,22 +13,15 @@ import torch
 
 from cl_lora.arguments import Argument
 from cl_lora.inits.base import InitMethod, LoRAFactors
-from cl_lora.inits.factors import decompose_input
+from cl_lora.inits.factors import decompose_input, eigenvectors_between
 from cl_lora.inits.registry import register
 
 
 def smallest_eigenvectors(cov: torch.Tensor, count: int) -> torch.Tensor:
     """The eigenvectors of the ``count`` smallest eigenvalues of the symmetric ``cov``,
-    ascending. On the CPU only those are computed (LAPACK's MRRR driver through SciPy's
-    ``eigh(subset_by_index=...)``): the same vectors as a full ``torch.linalg.eigh`` up to sign
-    and round-off, about 4x faster on a 2048-wide float64 matrix. Elsewhere, torch's full
-    ``eigh`` (the reference code's decomposition)."""
-    if cov.device.type != "cpu":
-        return torch.linalg.eigh(cov)[1][:, :count]
-    from scipy.linalg import eigh  # on first use: registering inits must not load SciPy
-
-    _, vectors = eigh(cov.numpy(), subset_by_index=[0, count - 1], driver="evr")
-    return torch.from_numpy(vectors).to(cov.dtype)
+    ascending (the reference code takes them from a full ``eigh``; see
+    :func:`~cl_lora.inits.factors.eigenvectors_between` for how they are computed)."""
+    return eigenvectors_between(cov, 0, count)
 
 
 def null_space_factors(
