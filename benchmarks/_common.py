@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from cl_lora import inits
 from cl_lora.cli import OneLineParser
 from cl_lora.errors import BadInputError
 
@@ -26,6 +27,18 @@ def settings_from_args(cls: type[SettingsT], args: argparse.Namespace) -> Settin
     """The ``cls`` dataclass from the parsed options of the same names (lists become tuples)."""
     values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def init_method_names(methods: Sequence[str]) -> list[str]:
+    """``methods`` without repeats, or every registered init method when empty; an unknown name
+    is a one-line error listing the known ones."""
+    known = inits.available()
+    unknown = [name for name in methods if name not in known]
+    if unknown:
+        raise BadInputError(
+            f"unknown init method {', '.join(unknown)}: choose from {', '.join(known)}"
+        )
+    return list(dict.fromkeys(methods)) if methods else known
 
 
 def labelled_collate(

@@ -62,6 +62,7 @@ from benchmarks._common import (
     LONG_CALL_S,
     benchmark_parser,
     entry_point,
+    init_method_names,
     labelled_collate,
     run_benchmark,
 )
@@ -133,16 +134,11 @@ class Settings:
                     f"unknown timm model '{self.vit_model}': pass a timm ViT name such as "
                     f"{VIT_MODEL}, or --skip-vit"
                 )
-        known = inits.available()
-        unknown = [name for name in self.methods if name not in known]
-        if unknown:
-            raise BadInputError(
-                f"unknown init method {', '.join(unknown)}: choose from {', '.join(known)}"
-            )
+        init_method_names(self.methods)  # one-line error for an unknown name
 
     @property
     def method_names(self) -> list[str]:
-        return list(dict.fromkeys(self.methods)) if self.methods else inits.available()
+        return init_method_names(self.methods)
 
     @property
     def lora(self) -> LoRASettings:

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import benchmark_parser, entry_point, run_benchmark
-from cl_lora import inits, streams
+from benchmarks._common import benchmark_parser, entry_point, init_method_names, run_benchmark
+from cl_lora import streams
 from cl_lora.cli import require_at_least_one
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError
@@ -66,16 +66,11 @@ class Settings:
         require_at_least_one(self, ("epochs",))
         if self.task_index < 0:
             raise BadInputError("--task-index must not be negative")
-        known = inits.available()
-        unknown = [name for name in self.methods if name not in known]
-        if unknown:
-            raise BadInputError(
-                f"unknown init method {', '.join(unknown)}: choose from {', '.join(known)}"
-            )
+        init_method_names(self.methods)  # one-line error for an unknown name
 
     @property
     def method_names(self) -> list[str]:
-        return list(dict.fromkeys(self.methods)) if self.methods else inits.available()
+        return init_method_names(self.methods)
 
 
 def task_of(stream: str, index: int) -> str:
