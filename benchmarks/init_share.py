@@ -186,13 +186,25 @@ def report(result: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     p = benchmark_parser("init_share", __doc__)
-    p.add_argument("--streams", nargs="+", default=list(defaults.streams), help="streams")
+    p.add_argument(
+        "--streams",
+        nargs="+",
+        default=list(defaults.streams),
+        help="streams to measure (default: offline-text offline-instruct)",
+    )
     p.add_argument("--methods", nargs="+", default=[], help="init methods (default: all)")
-    p.add_argument("--task-index", type=int, default=defaults.task_index)
+    p.add_argument(
+        "--task-index", type=int, default=defaults.task_index, help="the task (default: first)"
+    )
     p.add_argument("--repeats", type=int, default=defaults.repeats, help="runs per method")
     p.add_argument("--max-train-per-task", type=int, default=None, help="cap (default: none)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the run's)")
-    p.add_argument("--max-test-per-task", type=int, default=defaults.max_test_per_task)
+    p.add_argument(
+        "--max-test-per-task",
+        type=int,
+        default=defaults.max_test_per_task,
+        help="test cap (evaluation is not measured)",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     return p
