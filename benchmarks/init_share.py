@@ -28,7 +28,6 @@ process, one after another; loading the model is outside every timed part.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -129,14 +128,13 @@ def summarize_rounds(stream: str, method: str, rounds: list[dict[str, Any]]) -> 
     row["rounds"] = [{k: r[k] for k in ("calibration_s", "factors_s", "train_s")} for r in rounds]
     row["share"] = row["init_s"] / row["train_s"]
     row["dominates"] = "calibration" if row["calibration_s"] > row["factors_s"] else "factors"
-    per_example = row["train_s"] / (row["train_examples"] * row["epochs"])
-    row["examples_for_target"] = row["init_s"] / (TARGET_SHARE * per_example * row["epochs"])
+    # training time grows with the examples per epoch, the init does not
+    row["examples_for_target"] = row["train_examples"] * row["share"] / TARGET_SHARE
     return row
 
 
 def measure(settings: Settings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every method on task ``task_index`` of every stream, ``repeats`` runs each."""
-    logging.getLogger("cl_lora").setLevel(logging.WARNING)  # the table, not the runs' chatter
     rows = []
     tasks = {stream: task_of(stream, settings.task_index) for stream in settings.streams}
     with tempfile.TemporaryDirectory(prefix="init-share-") as tmp:

@@ -95,11 +95,10 @@ class Calibrator:
         """``rows`` by token count, longest first (ties and inputs without an attention mask
         keep their order), so that each batch pads its rows to a similar length: on the
         offline-instruct probe 7,000 token positions instead of 9,300 for the same sums."""
+        if "attention_mask" not in self.problem.collate(rows[:1], None, training=True)[0]:
+            return rows  # e.g. images: nothing to sort, and no need to stack them all
         inputs, _ = self.problem.collate(rows, None, training=True)
-        mask = inputs.get("attention_mask")
-        if mask is None:
-            return rows
-        lengths = mask.sum(dim=1).tolist()
+        lengths = inputs["attention_mask"].sum(dim=1).tolist()
         return [rows[i] for i in sorted(range(len(rows)), key=lambda i: -lengths[i])]
 
     def input_rows(self, task_id: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
