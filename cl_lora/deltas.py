@@ -1,12 +1,12 @@
 """What a run changed in its backbone, as low-rank steps that rebuild it from the pretrained one.
 
-A cl-lora run changes an adapted layer's base weight in three ways, all through
-:mod:`cl_lora.lora` or a method's fold: the init moves ``s B_0 A_0`` out of it
-(``W <- W - s B_0 A_0``), a method may fold extra low-rank terms into it (LoRA-Dash:
-``W <- W + (u d) v``), and the end of the task merges the trained adapter into it
-(PEFT's ``W <- W + s B A``). :class:`LoRAHistory` records the factors of each step, one episode
-per attached adapter, and :func:`replay` applies them again in the same order through the same
-calls, so the rebuilt weights equal the original ones bit for bit (same device, same kernels).
+A cl-lora run changes an adapted layer's base weight only through :mod:`cl_lora.lora`: the init
+holds ``-s B_0 A_0`` as a pending term, a method may add further low-rank terms
+(LoRA-Dash: ``(u d) v``, :func:`~cl_lora.lora.add_fold`), and the end of the task merges
+``W <- W + s (B A - B_0 A_0) + folds``. :class:`LoRAHistory` records the factors of each step,
+one episode per attached adapter, and :func:`replay` applies them again in the same order
+through the same calls, so the rebuilt weights equal the original ones bit for bit (same
+device, same kernels).
 A checkpoint of a rank-8 run then holds a few factors per layer and task instead of the model.
 """
 
@@ -20,18 +20,13 @@ from peft.tuners.lora import LoraLayer
 from cl_lora.lora import (
     ADAPTER,
     LoRASettings,
+    add_fold,
     lora_config,
     lora_layers,
     merge_lora,
     set_factors,
     wrap_lora,
 )
-
-
-@torch.no_grad()
-def fold_outer(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
-    """``weight += left @ right`` in the weight's dtype: a low-rank term folded for good."""
-    weight += (left @ right).to(weight.dtype)
 
 
 def _factors(layer: LoraLayer) -> dict[str, torch.Tensor]:
@@ -57,8 +52,8 @@ class LoRAHistory:
         self.episodes.append({"init": {}, "trainable": {}, "folds": {}, "final": None})
 
     def record_init(self, name: str, layer: LoraLayer) -> None:
-        """``layer`` holds its initial factors (and its base weight ``W - s B_0 A_0``); a
-        zero factor left the weight as it was, so nothing needs replaying (``None``)."""
+        """``layer`` holds its initial factors (and ``-s B_0 A_0`` pending); a zero factor
+        holds nothing, so nothing needs replaying (``None``)."""
         episode = self.episodes[-1]
         initial = _factors(layer)
         episode["init"][name] = initial if all(f.any() for f in initial.values()) else None
@@ -66,7 +61,7 @@ class LoRAHistory:
         episode["trainable"][name] = [part for part, p in parts.items() if p.requires_grad]
 
     def record_fold(self, name: str, left: torch.Tensor, right: torch.Tensor) -> None:
-        """``left @ right`` was folded into layer ``name``'s base weight (:func:`fold_outer`)."""
+        """``left @ right`` was folded into layer ``name`` (:func:`~cl_lora.lora.add_fold`)."""
         folds = self.episodes[-1]["folds"].setdefault(name, [])
         folds.append((left.detach().clone(), right.detach().clone()))
 
@@ -111,7 +106,7 @@ def replay(
             if initial is not None:
                 set_factors(layer, initial["A"], initial["B"])
             for left, right in episode["folds"].get(name, []):
-                fold_outer(layer.get_base_layer().weight, left, right)
+                add_fold(layer, left, right)
             final = episode["final"][name]
             with torch.no_grad():
                 layer.lora_A[ADAPTER].weight.copy_(final["A"])

@@ -41,10 +41,10 @@ if TYPE_CHECKING:  # types only: registering a plugin must not load Avalanche or
 def effective_weights(model: ContinualClassifier) -> dict[str, torch.Tensor]:
     """Each adapted layer's ``W_base + s B A`` (by layer name) and every head parameter
     (``heads.<key>.<param>``), differentiable in the adapter and the heads."""
-    from cl_lora.lora import ADAPTER, lora_layers
+    from cl_lora.lora import adapter_delta, lora_layers
 
     weights = {
-        name: layer.get_base_layer().weight + layer.get_delta_weight(ADAPTER)
+        name: layer.get_base_layer().weight + adapter_delta(layer)
         for name, layer in lora_layers(model.encoder).items()
     }
     weights |= {f"heads.{name}": p for name, p in model.heads.named_parameters()}

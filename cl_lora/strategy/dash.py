@@ -5,8 +5,9 @@ After ``t`` optimizer steps of a task, each adapted layer's top-``s`` task-speci
 (the singular pairs ``u_i, v_i`` of its frozen weight whose change rate under the LoRA update so
 far is largest) get one trainable scalar each: the layer computes
 ``y = W x + s_lora B A x + sum_i d_i u_i v_i^T x`` with ``d`` starting at 0 and ``u, v`` frozen.
-When the task ends the term is folded into the frozen weight, so the next task's merge and
-re-init see an ordinary layer.
+When the task ends the term becomes part of the layer's frozen weight
+(:func:`~cl_lora.lora.add_fold`), which the task's merge writes into the base weight, so the
+next task's re-init sees an ordinary layer.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import torch
 from avalanche.core import SupervisedPlugin
 from torch import nn
 
-from cl_lora.deltas import fold_outer
 from cl_lora.inits.lora_dash import change_rates
-from cl_lora.lora import ADAPTER, lora_layers
+from cl_lora.lora import ADAPTER, add_fold, frozen_weight, lora_layers
 
 
 class DashDirections(nn.Module):
@@ -59,7 +59,7 @@ class DashPlugin(SupervisedPlugin):
 
     def _add_directions(self, strategy: Any) -> None:
         for name, layer in lora_layers(strategy.model.encoder).items():
-            weight = layer.get_base_layer().weight.detach().float()
+            weight = frozen_weight(layer)
             lora_A, lora_B = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
             delta = layer.scaling[ADAPTER] * (lora_B @ lora_A).detach().float()
             U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
@@ -78,13 +78,13 @@ class DashPlugin(SupervisedPlugin):
         scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        """Fold each term into its layer's frozen weight (recorded in the strategy's history,
-        so a checkpoint can replay it) and remove the hooks."""
+        """Make each term part of its layer's frozen weight (recorded in the strategy's
+        history, so a checkpoint can replay it) and remove the hooks."""
         layers = lora_layers(strategy.model.encoder)
         history = getattr(strategy, "history", None)
         for name, term in self.terms.items():
             left = (term.u * term.d).detach()
-            fold_outer(layers[name].get_base_layer().weight, left, term.v)
+            add_fold(layers[name], left, term.v)
             if history is not None:
                 history.record_fold(name, left, term.v)
         for handle in self._handles:
