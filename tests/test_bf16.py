@@ -101,3 +101,71 @@ def test_a_fold_is_summed_in_float32_and_cast_once() -> None:
     merge_lora(model)
     merged = model.encoder.get_submodule(name).weight
     assert torch.equal(merged, (weight.float() + left @ right).to(torch.bfloat16))
+
+
+# -- seq-ft: float32 master weights -----------------------------------------------------------
+def _steps_on_bf16_weight(masters: bool, steps: int = 50) -> torch.Tensor:
+    """A bf16 weight of ones after ``steps`` AdamW steps of lr 1e-4 (each step ~1e-4, far below
+    half of bf16's spacing 2^-8 just under 1.0), with or without float32 masters."""
+    from cl_lora.baselines.seq_ft import keep_float32_masters
+
+    weight = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    optimizer = torch.optim.AdamW([weight], lr=1e-4, weight_decay=0.0)
+    if masters:
+        keep_float32_masters(optimizer)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        weight.sum().backward()
+        optimizer.step()
+    return weight.detach()
+
+
+def test_steps_below_bf16_resolution_still_move_a_weight_through_its_master() -> None:
+    assert torch.equal(_steps_on_bf16_weight(masters=False), torch.ones(4, dtype=torch.bfloat16))
+    moved = _steps_on_bf16_weight(masters=True)  # 50 steps of ~1e-4 in float32, rounded once
+    assert torch.equal(moved, torch.full((4,), 1 - 50e-4).to(torch.bfloat16))
+    assert moved[0] == 1 - 2**-8
+
+
+def test_seq_ft_in_bf16_trains_float32_masters(toy_stream) -> None:
+    """A seq-ft run on a bf16 encoder: AdamW's moments are float32 (they belong to the
+    masters) and the bf16 weights change."""
+    from avalanche.core import SupervisedPlugin
+    from conftest import make_strategy, tiny_backbone
+
+    from cl_lora.strategy import run_stream
+
+    class MomentDtypes(SupervisedPlugin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dtypes: set[torch.dtype] = set()
+
+        def after_update(self, strategy, **kwargs) -> None:
+            self.dtypes |= {s["exp_avg"].dtype for s in strategy.optimizer.state.values()}
+
+    backbone = tiny_backbone()
+    backbone.encoder.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in backbone.encoder.state_dict().items()}
+    observer = MomentDtypes()
+    strategy = make_strategy(
+        backbone, toy_stream(tasks=1), baseline="seq-ft", plugins=[observer], precision="bf16"
+    )
+    run_stream(strategy)
+    assert observer.dtypes == {torch.float32}
+    after = strategy.model.encoder.state_dict()
+    assert after["encoder.layer.0.attention.self.query.weight"].dtype == torch.bfloat16
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_seq_ft_that_cannot_fit_the_gpu_is_refused_in_one_line(monkeypatch) -> None:
+    from cl_lora.baselines.seq_ft import check_master_memory
+    from cl_lora.errors import BadInputError
+
+    encoder = torch.nn.Linear(1000, 1000).to(torch.bfloat16)  # 1M parameters: 16 MB to train
+    gpu = SimpleNamespace(total_memory=10_000_000)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: gpu)
+    with pytest.raises(BadInputError, match="at most 0.0B parameters or a LoRA method"):
+        check_master_memory(encoder, torch.device("cuda"))
+    gpu.total_memory = 20_000_000
+    check_master_memory(encoder, torch.device("cuda"))
+    check_master_memory(encoder.float(), torch.device("cuda"))  # float32 trains as it is
