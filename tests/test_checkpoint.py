@@ -53,21 +53,35 @@ def _unbroken_and_resumed(build, checkpoint: Path, stop_after: int = 0):
 
 
 @pytest.mark.parametrize(
-    ("init", "init_args", "baseline", "plugin"),
+    ("init", "init_args", "baseline", "plugin", "bf16"),
     [
-        ("pissa", None, None, "replay"),  # moves s B0 A0 out of W; replay memory as rows
-        ("lora-dash", {"t": 2, "s": 2}, None, "ewc"),  # folds u d v^T into W; EWC importances
-        ("lora-null", None, None, None),  # factors from a float64 decomposition
-        ("lora", None, "seq-ft", None),  # no LoRA: the trained encoder is stored whole
+        ("pissa", None, None, "replay", False),  # holds -s B0 A0; replay memory as rows
+        ("lora-dash", {"t": 2, "s": 2}, None, "ewc", False),  # folds u d v^T; EWC importances
+        ("lora-null", None, None, None, False),  # factors from a float64 decomposition
+        ("lora", None, "seq-ft", None, False),  # no LoRA: the trained encoder is stored whole
+        ("pissa", None, None, None, True),  # bf16 weights (a language model on CUDA)
+        ("lora-dash", {"t": 2, "s": 2}, None, None, True),
+        ("lora", None, "seq-ft", None, True),  # float32 masters, bf16 weights stored
     ],
 )
-def test_resume_rebuilds_the_model_bit_for_bit(init, init_args, baseline, plugin, tmp_path) -> None:
+def test_resume_rebuilds_the_model_bit_for_bit(
+    init, init_args, baseline, plugin, bf16, tmp_path
+) -> None:
     stream = make_toy_stream(tasks=3)
 
     def build():
         plugins = [PLUGINS.get(plugin).build({})] if plugin else None
+        backbone = tiny_backbone()
+        if bf16:
+            backbone.encoder.to(torch.bfloat16)
         return make_strategy(
-            tiny_backbone(), stream, init, init_args, plugins=plugins, baseline=baseline
+            backbone,
+            stream,
+            init,
+            init_args,
+            plugins=plugins,
+            baseline=baseline,
+            precision="bf16" if bf16 else "fp32",
         )
 
     checkpoint = tmp_path / "checkpoint.safetensors"
@@ -77,6 +91,28 @@ def test_resume_rebuilds_the_model_bit_for_bit(init, init_args, baseline, plugin
     want, have = _weights(unbroken), _weights(resumed)
     assert want.keys() == have.keys()
     assert [k for k in want if not torch.equal(want[k], have[k])] == []
+
+
+def test_resume_moves_the_model_to_its_device_before_replaying(tmp_path, monkeypatch) -> None:
+    """The checkpoint's tensors are loaded onto the run's device; the replay must find the
+    model there too (on CUDA a CPU model would meet CUDA factors), and a history kept on the
+    CPU."""
+    import cl_lora.strategy.checkpoint as checkpoint_module
+
+    checkpoint = _checkpoint_after_first_task(tmp_path, init="pissa")
+    strategy = make_strategy(tiny_backbone(), make_toy_stream(tasks=2), "pissa")
+    moved = []
+    to = strategy.model.to
+    monkeypatch.setattr(strategy.model, "to", lambda *a, **k: moved.append(a) or to(*a, **k))
+    seen = []
+    replay = checkpoint_module.replay
+    monkeypatch.setattr(
+        checkpoint_module, "replay", lambda *args: seen.append(list(moved)) or replay(*args)
+    )
+    load_checkpoint(checkpoint, strategy, to_benchmark(strategy.stream).train_stream)
+    assert seen == [[(strategy.device,)]]
+    factors = strategy.history.episodes[0]["init"]
+    assert all(t.device.type == "cpu" for f in factors.values() for t in f.values())
 
 
 def test_a_checkpoint_holds_factors_not_the_model(tmp_path) -> None:
@@ -96,11 +132,11 @@ def test_a_checkpoint_holds_factors_not_the_model(tmp_path) -> None:
     assert sizes["lora"][0] > model_bytes  # every encoder weight trains: all are stored
 
 
-def _checkpoint_after_first_task(tmp_path: Path) -> Path:
+def _checkpoint_after_first_task(tmp_path: Path, init: str = "lora") -> Path:
     checkpoint = tmp_path / "checkpoint.safetensors"
     with pytest.raises(Interrupted):
         run_stream(
-            make_strategy(tiny_backbone(), make_toy_stream(tasks=2)),
+            make_strategy(tiny_backbone(), make_toy_stream(tasks=2), init),
             checkpoint=checkpoint,
             on_task_end=_stop_after(0),
         )

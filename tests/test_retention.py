@@ -112,6 +112,21 @@ def test_loop_scores_the_probe_before_and_after_every_task(backbone, toy_stream)
     assert all(0.0 <= value <= 1.0 for value in outcome.retention)
 
 
+def test_the_first_probe_score_runs_on_the_run_device(backbone, toy_stream, monkeypatch) -> None:
+    """The score before the first task runs after the model is moved to the run's device (a
+    7B generation on the CPU would crawl, and on other hardware than the later points)."""
+    strategy = make_strategy(backbone, toy_stream(tasks=1))
+    moved = []
+    to = strategy.model.to
+    monkeypatch.setattr(strategy.model, "to", lambda *a, **k: moved.append(a) or to(*a, **k))
+    probe = RetentionProbe(_probe_task(), backbone.collate, batch_size=16)
+    started = []
+    start = probe.start
+    monkeypatch.setattr(probe, "start", lambda model: started.append(list(moved)) or start(model))
+    run_stream(strategy, probe=probe)
+    assert started == [[(strategy.device,)]]
+
+
 def test_probing_does_not_change_what_the_stream_trains(toy_stream) -> None:
     from conftest import tiny_backbone
 

@@ -92,7 +92,9 @@ def model_state(strategy: LoRAStrategy) -> dict[str, Any]:
 
 
 def restore_model(strategy: LoRAStrategy, state: dict[str, Any]) -> None:
-    """Rebuild the checkpointed model on ``strategy``'s freshly loaded pretrained one."""
+    """Rebuild the checkpointed model on ``strategy``'s freshly loaded pretrained one, moved
+    to the run's device first: the checkpoint's tensors are loaded there, and a replay gives
+    the run's bits only through the run's kernels (a 7B replay on the CPU would also crawl)."""
     model = strategy.model
     pretrained = strategy.backbone.source.get("fingerprint")
     if None not in (pretrained, state["pretrained"]) and pretrained != state["pretrained"]:
@@ -100,6 +102,7 @@ def restore_model(strategy: LoRAStrategy, state: dict[str, Any]) -> None:
             f"the checkpoint was written on other pretrained weights (fingerprint "
             f"{state['pretrained']}, now {pretrained}): delete it to restart the run"
         )
+    model.to(strategy.device)  # replay on the run's device: its kernels, its bits
     replay(model, state["lora_history"], strategy.lora, strategy.target_modules)
     strategy.history.restore(state["lora_history"])
     current = _trained_encoder_tensors(model.encoder)
@@ -121,7 +124,7 @@ def restore_model(strategy: LoRAStrategy, state: dict[str, Any]) -> None:
             param.requires_grad_(False)
     if state["known_task_labels"] is not None:
         model.known_train_tasks_labels = set(state["known_task_labels"])
-    model.to(strategy.device)
+    model.to(strategy.device)  # the heads made above
 
 
 # -- plugins ----------------------------------------------------------------------------------

@@ -110,8 +110,8 @@ def run_stream(
         log.info("resuming after task %d of %d from %s", first, len(stream.tasks), checkpoint)
     else:
         outcome = StreamOutcome.empty(len(stream.tasks))
-        if probe is not None:
-            outcome.retention.append(probe.start(strategy.model))
+        if probe is not None:  # on the run's device, as every later score
+            outcome.retention.append(probe.start(strategy.model.to(strategy.device)))
         if stream.shared_head:
             strategy.model.add_head(0, stream.tasks[0].num_labels)
             for j, score in _evaluate(strategy, benchmark.test_stream, len(stream.tasks)).items():
