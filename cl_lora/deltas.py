@@ -29,11 +29,19 @@ from cl_lora.lora import (
 )
 
 
+def _on_cpu(value: Any) -> Any:
+    """``value`` (tensors in dicts, lists and tuples) with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
+
+
 def _factors(layer: LoraLayer) -> dict[str, torch.Tensor]:
-    return {
-        "A": layer.lora_A[ADAPTER].weight.detach().clone(),
-        "B": layer.lora_B[ADAPTER].weight.detach().clone(),
-    }
+    return _on_cpu({"A": layer.lora_A[ADAPTER].weight, "B": layer.lora_B[ADAPTER].weight})
 
 
 class LoRAHistory:
@@ -41,7 +49,9 @@ class LoRAHistory:
     train, the low-rank terms folded into its base weight, and its factors when merged.
 
     The episode whose adapter is still attached has no final factors: :meth:`state` reads them
-    from the live model.
+    from the live model. Everything is kept on the CPU: it grows by an adapter per task and is
+    read only to write a checkpoint or to replay one (which copies it back to the layers'
+    device).
     """
 
     def __init__(self) -> None:
@@ -63,7 +73,7 @@ class LoRAHistory:
     def record_fold(self, name: str, left: torch.Tensor, right: torch.Tensor) -> None:
         """``left @ right`` was folded into layer ``name`` (:func:`~cl_lora.lora.add_fold`)."""
         folds = self.episodes[-1]["folds"].setdefault(name, [])
-        folds.append((left.detach().clone(), right.detach().clone()))
+        folds.append(_on_cpu((left, right)))
 
     def record_merge(self, encoder: torch.nn.Module) -> None:
         """The live adapter is about to be merged: keep its final factors."""
@@ -82,7 +92,7 @@ class LoRAHistory:
     def restore(self, episodes: list[dict[str, Any]]) -> None:
         """Take back the episodes :meth:`state` returned (after :func:`replay`)."""
         self.episodes = []
-        for episode in episodes:
+        for episode in _on_cpu(episodes):
             kept = {key: value for key, value in episode.items() if key != "live"}
             if episode.get("live"):
                 kept["final"] = None

@@ -155,8 +155,10 @@ def set_factors(layer: LoraLayer, A: torch.Tensor, B: torch.Tensor) -> None:
 
 def add_fold(layer: LoraLayer, left: torch.Tensor, right: torch.Tensor) -> None:
     """Make ``left @ right`` part of ``layer``'s frozen weight for good: the layer computes it
-    from now on and the task's merge folds it into the base weight."""
-    _pending(layer).add_fold(left.detach(), right.detach())
+    from now on and the task's merge folds it into the base weight. The factors may come from
+    anywhere (a replay reads them from the CPU): they are held on the layer's device."""
+    device = layer.lora_A[ADAPTER].weight.device
+    _pending(layer).add_fold(left.detach().to(device), right.detach().to(device))
 
 
 def _pending_dense(layer: LoraLayer) -> torch.Tensor | None:

@@ -82,16 +82,26 @@ class OrthogonalLoRA:
         super().__init__(**kwargs)
         self.lambda_orth, self.lambda_l2, self.penalty = lambda_orth, lambda_l2, penalty
         self.earlier_A: dict[str, torch.Tensor] = {}
+        self._earlier_on_device: dict[str, torch.Tensor] | None = None
 
     def prepare_encoder(self, model: ContinualClassifier, generator: torch.Generator) -> int:
         from peft import PeftModel
 
         if isinstance(model.encoder, PeftModel):  # keep the finished task's A before merging
             for name, a in self._current_A(model).items():
-                a = a.detach().clone()
-                previous = self.earlier_A.get(name)
-                self.earlier_A[name] = a if previous is None else torch.cat([previous, a])
+                a = a.detach().to("cpu", copy=True)  # kept on the CPU between tasks
+                previous = self.earlier_A.get(name)  # a resumed run loads it on the device
+                self.earlier_A[name] = a if previous is None else torch.cat([previous.cpu(), a])
+        self._earlier_on_device = None  # copied to the device once the task trains
         return super().prepare_encoder(model, generator)
+
+    def _earlier_A(self) -> dict[str, torch.Tensor]:
+        """The earlier tasks' ``A`` rows on the device, copied once per task from the CPU."""
+        if self._earlier_on_device is None:
+            self._earlier_on_device = {
+                name: a.to(self.device, non_blocking=True) for name, a in self.earlier_A.items()
+            }
+        return self._earlier_on_device
 
     @staticmethod
     def _current_A(model: ContinualClassifier) -> dict[str, torch.Tensor]:
@@ -107,7 +117,7 @@ class OrthogonalLoRA:
             return loss
         if self.earlier_A and self.lambda_orth:
             penalty = orthogonality_penalty(
-                self.earlier_A, self._current_A(self.model), self.penalty
+                self._earlier_A(), self._current_A(self.model), self.penalty
             )
             loss = loss + self.lambda_orth * penalty.to(loss.device)
         if self.lambda_l2:
