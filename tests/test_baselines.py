@@ -296,6 +296,57 @@ def test_lwf_distills_earlier_heads_of_the_multi_head_model(toy_stream) -> None:
     assert not lwf.lwf.prev_model.training
 
 
+class TeacherAtTaskStart(SupervisedPlugin):
+    """Per task with a teacher: whether LwF's teacher shares the model's encoder, the largest
+    difference between its head-0 logits and the (eval-mode) model's before the first step,
+    and how far the teacher's logits on that batch moved by the task's end."""
+
+    def __init__(self, lwf) -> None:
+        super().__init__()
+        self.lwf, self.seen, self.first = lwf, {}, None
+
+    def _logits(self, model, x) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x, None)[0]
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        teacher = self.lwf.lwf.prev_model
+        if teacher is None or strategy.task_id in self.seen:
+            return
+        strategy.model.eval()
+        gap = self._logits(teacher, strategy.mb_x) - self._logits(strategy.model, strategy.mb_x)
+        strategy.model.train()
+        shared = getattr(teacher.encoder, "inner", None) is strategy.model.encoder
+        self.first = (strategy.mb_x, self._logits(teacher, strategy.mb_x))
+        self.seen[strategy.task_id] = [shared, gap.abs().max().item()]
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        if self.first is not None:
+            x, start = self.first
+            moved = (self._logits(self.lwf.lwf.prev_model, x) - start).abs().max().item()
+            self.seen[strategy.task_id].append(moved)
+            self.first = None
+
+
+@pytest.mark.parametrize(
+    ("init", "baseline", "shared"), [("pissa", None, True), ("lora", "seq-lora", False)]
+)
+def test_lwf_teacher_is_the_model_at_the_task_start(init, baseline, shared, toy_stream) -> None:
+    """A fresh adapter: the teacher is the model with it switched off (no copy) and computes
+    what the model computes before its first step, however the adapter then trains; a run
+    that keeps training one adapter (seq-lora) gets a copy of the model at the task's start."""
+    lwf = PLUGINS.get("lwf").build({})
+    check = TeacherAtTaskStart(lwf)
+    strategy = make_strategy(
+        tiny_backbone(), toy_stream(tasks=3), init, plugins=[lwf, check], baseline=baseline
+    )
+    run_stream(strategy)
+    assert list(check.seen) == [1, 2]
+    assert all(s == shared for s, _, _ in check.seen.values())
+    assert max(gap for _, gap, _ in check.seen.values()) < 1e-5
+    assert all(moved == 0 for _, _, moved in check.seen.values())  # training left it alone
+
+
 def test_replay_mixes_earlier_tasks_into_the_batches(toy_stream) -> None:
     seen: dict[int, set[int]] = {}
 

@@ -68,7 +68,9 @@ class DashPlugin(SupervisedPlugin):
             self.terms[name] = term
             self._handles.append(
                 layer.register_forward_hook(
-                    lambda module, args, out, term=term: out + term(args[0]).to(out.dtype)
+                    lambda module, args, out, term=term: (
+                        out if module.disable_adapters else out + term(args[0]).to(out.dtype)
+                    )
                 )
             )
         parameters = [term.d for term in self.terms.values()]
