@@ -57,7 +57,7 @@ from cl_lora.method import resolve
 from cl_lora.problems import Problem, build_problem
 from cl_lora.strategy import LoRAStrategy
 from cl_lora.strategy.experiences import TaskExamples, to_benchmark
-from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
+from cl_lora.strategy.optim import TrainingRecipe, task_optimizer
 
 INIT = "lora"
 RECIPE = RunConfig()  # lr, head lr, schedule, rank, alpha: the default run's recipe
@@ -264,7 +264,9 @@ def bare_pass(bench: Bench, rows: Any) -> Pass:
     )
     head = model.head_of(task_id)
     optimizer = task_optimizer(model.encoder, head, RECIPE.lr, RECIPE.head_lr, RECIPE.weight_decay)
-    scheduler = linear_warmup_decay(optimizer, len(loader), RECIPE.warmup_ratio)
+    scheduler = TrainingRecipe(
+        RECIPE.lr, RECIPE.head_lr, warmup_ratio=RECIPE.warmup_ratio
+    ).schedule(optimizer, len(loader))
     batches, tokens = [], 0
     model.train()
     loop_start = time.perf_counter()

@@ -34,6 +34,19 @@ GROUPS = {
     "runtime": "device, precision and probes",
 }
 
+#: transformers' ``get_scheduler`` names a run may choose (``--lr-scheduler``); those that need
+#: arguments beyond warm-up and total steps are left out.
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt",
+)  # fmt: skip
+
+#: What a language model's too-long prompt keeps (``--prompt-keep``).
+PROMPT_KEEP = ("ends", "start")
+
+#: What ``--per-task`` may set besides a baseline's arguments.
+PER_TASK_SETTINGS = {"epochs": int, "lr": float}
+
 #: Where input covariances may be collected (``--calib``).
 CALIBRATION_SOURCES = ("probe", "task", "memory")
 
@@ -43,6 +56,7 @@ _FLAGS = {
     "baseline_args": "--baseline-arg",
     "plugins": "--plugin",
     "plugin_args": "--plugin-arg",
+    "per_task": "--per-task",
 }
 
 
@@ -69,11 +83,13 @@ def setting(
     *,
     added: bool = False,
     choices: tuple[str, ...] | None = None,
+    flag: bool = True,
 ) -> Any:
     """One declared setting (a dataclass field). ``added``: introduced after the first
     published runs, so left out of run ids while it holds ``default`` (earlier runs keep their
-    ids); ``choices``: the only values allowed."""
-    metadata = {"group": group, "help": help, "added": added, "choices": choices}
+    ids); ``choices``: the only values allowed; ``flag``: whether the command line has a flag
+    for it (a recipe's name is set by ``--recipe``/``--config`` instead)."""
+    metadata = {"group": group, "help": help, "added": added, "choices": choices, "flag": flag}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=dict, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -87,6 +103,13 @@ class RunConfig:
     minutes on 2 CPU cores, large enough that every task learns well above chance.
     """
 
+    recipe: str | None = setting(
+        None,
+        "training",
+        "the recipe or config file the settings came from: NAME@sha256:<first 16 hex digits>",
+        added=True,
+        flag=False,
+    )
     stream: str = setting("offline-text", "data", "task stream (see --list)")
     init: str | None = setting(
         "lora", "method", "LoRA init method (see --list); a baseline without one records none"
@@ -135,6 +158,10 @@ class RunConfig:
     rank: int = setting(8, "lora", "LoRA rank r")
     alpha: float = setting(16.0, "lora", "LoRA alpha (scale alpha/r)")
     rslora: bool = setting(False, "lora", "scale alpha/sqrt(r) (rsLoRA)")
+    lora_dropout: float = setting(
+        0.0, "lora", "dropout on the adapter's input while training (PEFT's lora_dropout)",
+        added=True,
+    )  # fmt: skip
     epochs: int = setting(2, "training", "epochs per task")
     lr: float = setting(5e-4, "training", "adapter learning rate")
     lr_search: tuple[float, ...] | None = setting(
@@ -149,7 +176,36 @@ class RunConfig:
     warmup_ratio: float = setting(
         0.1, "training", "share of each task's steps with a linear learning-rate warm-up"
     )
-    batch_size: int = setting(16, "training", "training examples per step")
+    lr_scheduler: str | None = setting(
+        None,
+        "training",
+        "learning-rate schedule by transformers' get_scheduler name (default: the suite's "
+        "linear warm-up and decay, whose first step already takes 1/warm-up of the rate)",
+        added=True,
+        choices=SCHEDULERS,
+    )
+    warmup_steps: int | None = setting(
+        None, "training", "warm-up steps of each task (replaces --warmup-ratio)", added=True
+    )
+    batch_size: int = setting(
+        16, "training", "training examples per optimizer step (the effective batch)"
+    )
+    grad_accumulation: int = setting(
+        1,
+        "training",
+        "micro-batches per optimizer step: each holds batch-size / grad-accumulation examples",
+        added=True,
+    )
+    max_grad_norm: float | None = setting(
+        None, "training", "clip the gradient norm of each optimizer step to this", added=True
+    )
+    per_task: dict[str, dict[str, Any]] = setting(
+        {},
+        "training",
+        "a setting for one task, TASK:KEY=VALUE (TASK a name or 1-based position; KEY epochs, "
+        "lr or an argument of the baseline), e.g. mnli:epochs=2",
+        added=True,
+    )
     eval_batch_size: int = setting(
         64, "training", "examples per evaluation (and calibration) batch"
     )
@@ -161,6 +217,21 @@ class RunConfig:
         None, "data", "cap on training examples per task (a class-balanced fixed sample)"
     )
     max_test_per_task: int | None = setting(None, "data", "cap on test examples per task")
+    prompt_keep: str = setting(
+        "ends",
+        "data",
+        "language models: what a prompt longer than --max-length keeps: ends (its first tokens "
+        "and its last 24: the question and the answer cue) or start (its first tokens, O-LoRA)",
+        added=True,
+        choices=PROMPT_KEEP,
+    )
+    max_new_tokens: int | None = setting(
+        None,
+        "data",
+        "language models: tokens generated per answer (default: the task's longest answer and "
+        "the end-of-sequence token)",
+        added=True,
+    )
     data_dir: str | None = setting(
         None, "data", "local data folder (GLUE in the standard TSV layout; O-LoRA's CL_Benchmark)"
     )
@@ -199,8 +270,20 @@ class RunConfig:
         require_at_least_one(
             self,
             ("rank", "epochs", "batch_size", "eval_batch_size", "max_length", "calib_size")
-            + ("max_train_per_task", "max_test_per_task"),
+            + ("max_train_per_task", "max_test_per_task", "grad_accumulation", "max_new_tokens"),
         )
+        if self.batch_size % self.grad_accumulation:
+            raise BadInputError(
+                f"--batch-size {self.batch_size} is not a multiple of --grad-accumulation "
+                f"{self.grad_accumulation}: the micro-batches must split the batch evenly"
+            )
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise BadInputError("--max-grad-norm must be positive (leave it out for no clipping)")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise BadInputError("--warmup-steps must be 0 or more")
+        if not 0 <= self.lora_dropout < 1:
+            raise BadInputError("--lora-dropout must be in [0, 1)")
+        object.__setattr__(self, "per_task", normalize_per_task(self.per_task))
         if self.lr <= 0 or self.head_lr <= 0:
             raise BadInputError("--lr and --head-lr must be positive")
         if self.lr_search is not None and (
@@ -251,6 +334,36 @@ class RunConfig:
         return data
 
 
+def normalize_per_task(per_task: Mapping[Any, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``per_task`` with task keys as text (a name, or a 1-based position) and ``epochs``/``lr``
+    typed and checked; other keys are a baseline's arguments, which the method resolves."""
+    normalized: dict[str, dict[str, Any]] = {}
+    for task, values in per_task.items():
+        key = str(task).strip()
+        if not key or not isinstance(values, Mapping):
+            raise BadInputError(
+                f"--per-task {task!r}: give TASK:KEY=VALUE, TASK a task name or 1-based position"
+            )
+        typed = dict(values)
+        for name, kind in PER_TASK_SETTINGS.items():
+            if name in typed:
+                typed[name] = _typed(typed[name], kind, f"--per-task {key}:{name}")
+        if typed.get("epochs", 1) < 1 or typed.get("lr", 1.0) <= 0:
+            raise BadInputError(f"--per-task {key}: epochs must be at least 1 and lr positive")
+        normalized[key] = typed
+    return normalized
+
+
+def _typed(value: Any, kind: type, option: str) -> Any:
+    """``value`` (text, or a number from a file) as ``kind``; anything else one line."""
+    if isinstance(value, bool) or (kind is int and isinstance(value, float)):
+        raise BadInputError(f"{option} {value!r}: expected {_WORDS[kind]}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{option} {value!r}: expected {_WORDS[kind]}") from None
+
+
 _HINTS = typing.get_type_hints(RunConfig)
 
 
@@ -285,6 +398,8 @@ def parse_setting(name: str, text: str, option: str | None = None) -> Any:
     if optional and text.strip().lower() == "none":
         return None
     kind = typing.get_origin(declared) or declared  # tuple[str, ...] -> tuple
+    if kind is dict:
+        raise BadInputError(f"{option}: set {name} in a --config file or with {flag_of(name)}")
     if kind is tuple:
         element = (typing.get_args(declared) or (str,))[0]
         try:
@@ -295,10 +410,7 @@ def parse_setting(name: str, text: str, option: str | None = None) -> Any:
             ) from None
     if kind is bool:
         return parse_bool(text, option)
-    try:
-        return kind(text)
-    except ValueError:
-        raise BadInputError(f"{option} {text!r}: expected {_WORDS[kind]}") from None
+    return _typed(text, kind, option)
 
 
 _WORDS = {int: "an integer", float: "a number", str: "text"}

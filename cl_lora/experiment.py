@@ -26,7 +26,7 @@ from cl_lora.backbones.base import weights_fingerprint
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
 from cl_lora.lora import LoRASettings
 from cl_lora.lr_search import SEARCH_FILE, search_learning_rate
-from cl_lora.method import Method, resolve
+from cl_lora.method import Method, check_per_task, resolve
 from cl_lora.metrics import summarize
 from cl_lora.problems import Problem, build_problem
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
@@ -76,6 +76,14 @@ def load_backbone(family: Family, name: str, config: RunConfig, device: torch.de
     return family.load(name, options)
 
 
+def problem_for(stream: streams.Stream, backbone: Backbone, config: RunConfig) -> Problem:
+    """The problem that learns ``stream`` on ``backbone`` with ``config``'s token budget,
+    prompt truncation and generation length."""
+    return build_problem(
+        stream, backbone, config.max_length, config.prompt_keep, config.max_new_tokens
+    )
+
+
 def _result(
     method: Method,
     calibration: dict[str, Any],
@@ -89,6 +97,7 @@ def _result(
     device: torch.device,
     wall_s: float,
     retention: dict[str, Any],
+    training: list[dict[str, Any]],
 ) -> dict[str, Any]:
     config, init = method.config, method.init
     return {
@@ -136,10 +145,13 @@ def _result(
         "matrix": outcome.matrix,
         "before": outcome.before,
         "scores": outcome.scores,
-        "metrics": summarize(outcome.matrix, outcome.before),
+        "metrics": summarize(
+            outcome.matrix, outcome.before, [len(task.test) for task in stream.tasks]
+        ),
         "retention": retention,
         "timings": {**outcome.timings, "total_s": wall_s},
         "trainable_params": outcome.trainable_params,
+        "training": training,
         "device": str(device),
         "precision": config.precision,
         "environment": environment(),
@@ -244,6 +256,7 @@ def run_experiment(
         ),
     )
     method.check_problem(stream.problem)
+    check_per_task(config, stream)
     harness_tasks = check_knowledge(config.knowledge, stream.problem)
     # the stream's defaults this run resolves to (recorded under "backbone" and "stream";
     # "config" stays as given, None meaning "the stream's default", and is what the id hashes)
@@ -263,7 +276,7 @@ def run_experiment(
     seed_everything(config.seed)
     backbone = load_backbone(family, name, config, device)
     backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
-    problem = build_problem(stream, backbone, config.max_length)
+    problem = problem_for(stream, backbone, config)
     strategy = method.build_strategy(problem, stream, device, lr=lr, verbose=verbose)
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / CHECKPOINT
@@ -299,6 +312,7 @@ def run_experiment(
         device,
         time.perf_counter() - start,
         probe.record(outcome.retention),
+        [strategy.training_records.get(i) for i in range(len(stream.tasks))],
     )
     if config.lr_search:
         result["lr_search"] = lr_search.record()
@@ -326,6 +340,6 @@ def _validation_score(
     is; the mean validation score of its tasks after the last one."""
     seed_everything(config.seed)
     backbone = load_backbone(family, name, config, device)
-    problem = build_problem(search, backbone, config.max_length)
+    problem = problem_for(search, backbone, config)
     strategy = method.build_strategy(problem, search, device, lr=lr)
     return float(np.nanmean(run_stream(strategy).matrix[-1]))

@@ -25,16 +25,18 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from cl_lora import inits
+from cl_lora.arguments import resolve_arguments
 from cl_lora.backbones import Backbone
-from cl_lora.baselines import BASELINES, SEQUENTIAL_MATRIX
-from cl_lora.config import RunConfig, parse_bytes
-from cl_lora.errors import BadInputError
+from cl_lora.baselines import BASELINES, SEQUENTIAL_MATRIX, Baseline
+from cl_lora.config import PER_TASK_SETTINGS, RunConfig, parse_bytes
+from cl_lora.errors import BadInputError, did_you_mean
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings
 from cl_lora.plugins import PLUGINS, split_plugin_args
 from cl_lora.problems import Problem
 from cl_lora.results import method_label
 from cl_lora.strategy import LoRAStrategy, make_evaluator
+from cl_lora.strategy.optim import TrainingRecipe
 from cl_lora.streams import Stream
 
 DEFAULT_INIT = "lora"
@@ -74,6 +76,7 @@ class Method:
         search, tests and benchmarks all call it."""
         config = self.config
         targets, lora = adapters(config, problem.backbone)
+        names = [task.name for task in stream.tasks]
         return self.strategy(
             problem=problem,
             backbone=problem.backbone,
@@ -82,10 +85,12 @@ class Method:
             init_args=config.init_args,
             lora=lora,
             target_modules=targets,
-            lr=config.lr if lr is None else lr,
-            head_lr=config.head_lr,
-            weight_decay=config.weight_decay,
-            warmup_ratio=config.warmup_ratio,
+            recipe=training_recipe(config, lr),
+            per_task={  # a search stream holds only the first task(s): the rest do not apply
+                index: values
+                for key, values in config.per_task.items()
+                if (index := task_index(key, names)) is not None
+            },
             seed=config.seed,
             precision=config.precision,
             calib_sources=config.calib,
@@ -93,7 +98,7 @@ class Method:
             calib_max_memory=(
                 parse_bytes(config.calib_max_memory) if config.calib_max_memory else None
             ),
-            train_mb_size=config.batch_size,
+            train_mb_size=config.batch_size // config.grad_accumulation,
             train_epochs=config.epochs,
             eval_mb_size=config.eval_batch_size,
             device=device,
@@ -124,8 +129,67 @@ class Method:
         }
 
 
+def training_recipe(config: RunConfig, lr: float | None = None) -> TrainingRecipe:
+    """How ``config`` optimizes each task (at rate ``lr`` when given, e.g. a searched one)."""
+    return TrainingRecipe(
+        lr=config.lr if lr is None else lr,
+        head_lr=config.head_lr,
+        weight_decay=config.weight_decay,
+        scheduler=config.lr_scheduler,
+        warmup_ratio=config.warmup_ratio,
+        warmup_steps=config.warmup_steps,
+        grad_accumulation=config.grad_accumulation,
+        max_grad_norm=config.max_grad_norm,
+    )
+
+
+def task_index(key: str, names: Sequence[str]) -> int | None:
+    """The 0-based index of the task a ``--per-task`` key names (its name, or its 1-based
+    position in the stream), ``None`` if the stream has no such task."""
+    if key.isdigit():
+        position = int(key)
+        return position - 1 if 1 <= position <= len(names) else None
+    return names.index(key) if key in names else None
+
+
+def check_per_task(config: RunConfig, stream: Stream) -> None:
+    """Bad input when a ``--per-task`` key names no task of ``stream``."""
+    names = [task.name for task in stream.tasks]
+    for key in config.per_task:
+        if task_index(key, names) is None:
+            hint = did_you_mean(key, names, n=1)
+            raise BadInputError(
+                f"--per-task {key}: {stream.name} has no such task: {hint}give a task name or "
+                f"a position from 1 to {len(names)}"
+            )
+
+
+def _resolve_per_task(config: RunConfig, baseline: Baseline | None) -> dict[str, dict[str, Any]]:
+    """``config.per_task`` with each baseline argument typed; a key that is neither a task
+    setting (epochs, lr) nor an argument of the run's baseline is bad input."""
+    resolved = {}
+    for task, values in config.per_task.items():
+        extra = {key: value for key, value in values.items() if key not in PER_TASK_SETTINGS}
+        if extra and baseline is None:
+            raise BadInputError(
+                f"--per-task {task}: {', '.join(extra)} is not a task setting "
+                f"({', '.join(PER_TASK_SETTINGS)}); a baseline's argument needs its --baseline"
+            )
+        if extra:
+            typed = resolve_arguments(
+                f"--per-task {task}: baseline '{baseline.name}'", baseline.arguments, extra
+            )
+            extra = {key: typed[key] for key in extra}
+        resolved[task] = {**values, **extra}
+    if config.lr_search and any("lr" in values for values in resolved.values()):
+        raise BadInputError("--lr-search picks one rate for the stream: drop the per-task lr")
+    return resolved
+
+
 def resolve(config: RunConfig) -> Method:
     """Validate ``config``'s method choice and resolve every argument (see module rules)."""
+    baseline = BASELINES.get(config.baseline) if config.baseline else None
+    config = dataclasses.replace(config, per_task=_resolve_per_task(config, baseline))
     plugin_args = split_plugin_args(config.plugins, config.plugin_args)
     if len(set(config.plugins)) != len(config.plugins):
         raise BadInputError(f"--plugin given twice: {', '.join(config.plugins)}")
@@ -141,7 +205,6 @@ def resolve(config: RunConfig) -> Method:
         )
         return Method(config, LoRAStrategy, {}, init, plugin_args)
 
-    baseline = BASELINES.get(config.baseline)
     if config.plugins:
         raise BadInputError(
             f"--plugin {'/'.join(config.plugins)} pairs with the suite's re-initialized LoRA, "
@@ -192,7 +255,9 @@ def adapters(config: RunConfig, backbone: Backbone) -> tuple[list[str], LoRASett
     """The layers LoRA adapts and its shape, checked against ``backbone``."""
     targets = _targets(config, backbone.target_modules)
     _check_rank(config.rank, backbone.encoder, targets)
-    return targets, LoRASettings(rank=config.rank, alpha=config.alpha, rslora=config.rslora)
+    return targets, LoRASettings(
+        rank=config.rank, alpha=config.alpha, rslora=config.rslora, dropout=config.lora_dropout
+    )
 
 
 def _check_rank(rank: int, encoder: torch.nn.Module, targets: list[str]) -> None:

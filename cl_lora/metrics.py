@@ -17,13 +17,19 @@ import numpy as np
 _NEEDS_TWO = "needs at least two tasks; this run has one."
 
 
-def summarize(R: Any, b: Sequence[float | None] | None = None) -> dict[str, Any]:
+def summarize(
+    R: Any, b: Sequence[float | None] | None = None, test_sizes: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Derive every summary metric from the accuracy matrix ``R`` (T x T).
 
     ``b`` holds each task's score before any training (``None``/NaN where undefined), or is
-    ``None`` when it was not measured. Returns a dict with:
+    ``None`` when it was not measured. ``test_sizes`` (optional) are the tasks' test examples.
+    Returns a dict with:
 
     - ``acc``: ``mean_j R[T-1][j]``; ``running_acc``: ``A_k = mean_{j<=k} R[k][j]`` per k;
+    - ``acc_pooled``: ``sum_j n_j R[T-1][j] / sum_j n_j`` with ``n_j`` the test sizes: the
+      accuracy over all test examples pooled, what O-LoRA's code reports (equal to ``acc`` when
+      every task has as many test examples; undefined without ``test_sizes``).
       ``avg_incremental_acc``: ``mean_k A_k``; ``learning_acc``: ``mean_j R[j][j]``.
     - ``bwt`` (GEM, Lopez-Paz & Ranzato 2017): ``mean_{j<T-1} (R[T-1][j] - R[j][j])``.
     - ``forgetting`` (Chaudhry et al. 2018): ``f_j = max_{l<T-1} R[l][j] - R[T-1][j]`` for
@@ -54,6 +60,7 @@ def summarize(R: Any, b: Sequence[float | None] | None = None) -> dict[str, Any]
     out: dict[str, Any] = {}
 
     out["acc"] = _mean(R, [(T - 1, j) for j in range(T)], "acc", reasons)
+    out["acc_pooled"] = _pooled(R, test_sizes, reasons)
 
     running: list[float | None] = []
     for k in range(T):
@@ -101,6 +108,17 @@ def _mean(
             reasons[name] = f"not evaluated: {', '.join(missing)}."
         return None
     return float(np.mean([R[i, j] for i, j in cells]))
+
+
+def _pooled(R: np.ndarray, sizes: Sequence[int] | None, reasons: dict[str, str]) -> float | None:
+    """The last row's example-weighted mean (see :func:`summarize`)."""
+    T = R.shape[0]
+    if sizes is None or len(sizes) != T or sum(sizes) <= 0:
+        reasons["acc_pooled"] = "the tasks' test sizes were not given."
+        return None
+    if _mean(R, [(T - 1, j) for j in range(T)], "acc_pooled", reasons) is None:
+        return None
+    return float(np.dot(R[T - 1], sizes) / sum(sizes))
 
 
 def _bwt(R: np.ndarray, reasons: dict[str, str]) -> float | None:

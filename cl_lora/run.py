@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cl_lora.cli import OneLineParser
-from cl_lora.config_cli import add_settings, config_from_args
+from cl_lora.config import RunConfig
+from cl_lora.config_cli import add_settings, given_settings
 from cl_lora.errors import BadInputError, RunFailure
 
 log = logging.getLogger("cl_lora")
@@ -29,6 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list streams, backbone families, init methods, baselines, plugins and "
         "calibration statistics, then exit",
+    )
+    source = p.add_argument_group("recipe (defaults < recipe or config file < flags)")
+    chosen = source.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--recipe", metavar="NAME", help="a published setup's settings (see --list), e.g. o-lora-t5"
+    )
+    chosen.add_argument(
+        "--config", metavar="FILE", type=Path, help="your own recipe file (YAML, same form)"
+    )
+    source.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved settings as a file --config reads, then exit",
     )
     add_settings(p)
     output = p.add_argument_group("output")
@@ -43,14 +57,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def listing() -> str:
-    """Every registered kind, one line per entry (with its arguments and defaults)."""
+    """Every registered kind, one line per entry (with its arguments and defaults), then the
+    built-in recipes with their source."""
+    from cl_lora import recipes
     from cl_lora.registry_index import registries
 
     lines = []
     for title, registry, extras in registries():
         lines.append(title)
         lines += registry.listing(extras)
+    lines.append("recipes (--recipe NAME; copy the file to start your own --config)")
+    for name in recipes.available():
+        recipe = recipes.builtin(name)
+        lines += [f"  {name:<22} {recipe.description}", f"  {'':<22} from {recipe.source}"]
+        lines.append(f"  {'':<22} file {recipe.path}")
     return "\n".join(lines)
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """The run's settings: defaults, then ``--recipe``/``--config``, then the flags given."""
+    from cl_lora import recipes
+
+    given = given_settings(args)
+    if args.recipe is not None:
+        return recipes.builtin(args.recipe).config(given)
+    if args.config is not None:
+        return recipes.load(args.config).config(given)
+    return RunConfig(**given)
+
+
+def printed_config(config: RunConfig) -> str:
+    """``--print-config``: the settings as resolved (names checked, arguments typed and
+    complete), as a file that ``--config`` reads back to the same run."""
+    from cl_lora.experiment import resolve_config as resolved
+    from cl_lora.recipes import to_yaml
+
+    config = resolved(config)
+    header = (
+        f"# python -m cl_lora.run --config FILE runs these settings ({config.recipe or 'flags'})\n"
+    )
+    return to_yaml(config, header).rstrip()
 
 
 def _fmt(value: Any) -> str:
@@ -69,7 +115,8 @@ def summary(result: dict[str, Any]) -> str:
     for name, row in zip(names, result["matrix"], strict=True):
         lines.append(f"{name:<{width}}" + "".join(f"{_fmt(v):>10}" for v in row))
     metrics = result["metrics"]
-    for key in ("acc", "avg_incremental_acc", "learning_acc", "bwt", "forgetting", "fwt"):
+    keys = ("acc", "acc_pooled", "avg_incremental_acc", "learning_acc", "bwt", "forgetting")
+    for key in (*keys, "fwt"):
         why = metrics["undefined_reasons"].get(key, "")
         lines.append(f"{key:<20} {_fmt(metrics[key])}" + (f"  ({why})" if why else ""))
     retention = result.get("retention")
@@ -96,11 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             print(listing())
             return 0
+        config = resolve_config(args)
+        if args.print_config:
+            print(printed_config(config))
+            return 0
         from cl_lora.experiment import run_experiment
 
-        output = run_experiment(
-            config_from_args(args), args.output_dir, verbose=not args.quiet, resume=args.resume
-        )
+        output = run_experiment(config, args.output_dir, verbose=not args.quiet, resume=args.resume)
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -103,10 +103,12 @@ def test_constructed_layout_prompts_and_built_in_instructions(layout: Path) -> N
     assert stream.name == "cl-benchmark:copa,agnews" and stream.problem == "text-to-text"
     assert stream.provenance["instructions"].startswith("built in")
     assert copa.label_names == ("A", "B") and copa.answer_form == "o-lora"
-    assert copa.train[0]["prompt"] == "Dataset:COPA\nText: train example 0 about A\n\nAnswer:"
+    assert copa.train[0]["prompt"] == (
+        "Task:COPA\nDataset:COPA\nText: train example 0 about A\n\nAnswer:"
+    )
     assert agnews.train[1]["prompt"] == (
-        "Dataset:agnews\nWhat is the topic of the following paragraph? Choose one from the "
-        "option.\nOption: World, Sports, Business, Science or Technology \n"
+        "Task:TC\nDataset:agnews\nWhat is the topic of the following paragraph? Choose one "
+        "from the option.\nOption: World, Sports, Business, Science or Technology \n"
         "Text: train example 1 about Sports\n\nAnswer:"
     )
     assert agnews.train[1]["target"] == "Sports" and agnews.train[1]["label"] == 1
@@ -125,7 +127,7 @@ def test_answers_keep_articles_the_o_lora_way() -> None:
     assert normalize("Science or  Technology!") == "science or technology"
 
 
-def test_missing_files_and_bad_labels_are_one_line_errors(layout: Path) -> None:
+def test_missing_files_are_one_line_errors(layout: Path) -> None:
     (layout / "CL_Benchmark/TC/agnews/test.json").unlink()
     with pytest.raises(BadInputError) as error:
         streams.build("cl-benchmark", options(data_dir=layout, order=1))
@@ -133,10 +135,27 @@ def test_missing_files_and_bad_labels_are_one_line_errors(layout: Path) -> None:
     for missing in ("TC/dbpedia/train.json", "SC/amazon/labels.json", "TC/agnews/test.json"):
         assert missing in message
     assert "\n" not in message and "TC/agnews/train.json" not in message
-    copa = layout / "CL_Benchmark/COPA/COPA/train.json"
-    copa.write_text(json.dumps([{"sentence": "x", "label": "C"}]))
-    with pytest.raises(BadInputError, match="not in labels.json"):
-        streams.build("cl-benchmark", options(data_dir=layout, tasks=("copa",)))
+
+
+def test_labels_outside_labels_json_count_and_are_never_right(layout: Path) -> None:
+    """O-LoRA keeps examples whose label is not in labels.json (MNLI's test file: 131 labelled
+    '-'): they count in the test set and no answer matches them; training teaches their text."""
+    from cl_lora.streams.scoring import score
+
+    folder = layout / "CL_Benchmark/COPA/COPA"
+    rows = [{"sentence": f"s{i}", "label": label} for i, label in enumerate("AB-A-")]
+    (folder / "test.json").write_text(json.dumps(rows))
+    (folder / "train.json").write_text(json.dumps(rows[:3]))
+    stream = streams.build("cl-benchmark", options(data_dir=layout, tasks=("copa",)))
+    copa = stream.tasks[0]
+    assert len(copa.test) == 5 and list(copa.test["label"]) == [0, 1, -1, 0, -1]
+    assert stream.provenance["unlisted_labels"] == {"copa": {"train": 1, "test": 2}}
+    assert copa.train[2]["target"] == "-"  # what O-LoRA's collator appends to the prompt
+    # a generation equal to no label is -1 too: still wrong against an unlisted gold label
+    assert score("exact_match", [0, 1, -1, 0, -1], copa.test["label"])["score"] == 3 / 5
+    capped = streams.build("cl-benchmark", options(data_dir=layout, tasks=("copa",),
+                                                   max_test_per_task=2))  # fmt: skip
+    assert sorted(capped.tasks[0].test["label"]) == [0, 1]  # a sample draws listed labels
 
 
 @needs_olora
@@ -152,8 +171,9 @@ def test_reads_the_real_olora_files() -> None:
                                   "very positive")  # fmt: skip
     assert agnews.label_names == ("World", "Sports", "Business", "Science or Technology")
     assert amazon.train[0]["prompt"].startswith(
-        "Dataset:amazon\nWhat is the sentiment of the following paragraph? Choose one from the "
-        "option.\nOption: very negative, negative, neutral, positive, very positive \nTitle: "
+        "Task:SC\nDataset:amazon\nWhat is the sentiment of the following paragraph? Choose one "
+        "from the option.\nOption: very negative, negative, neutral, positive, very positive "
+        "\nTitle: "
     )
     assert sorted(set(agnews.test["label"])) == [0, 1, 2, 3] and len(agnews.test) == 20
     assert amazon.chance == pytest.approx(0.2)
@@ -161,6 +181,53 @@ def test_reads_the_real_olora_files() -> None:
     assert (len(full.tasks[0].train), len(full.tasks[0].test)) == (4000, 7600)
     with pytest.raises(BadInputError, match="TC/yahoo/train.json"):  # not in the shared copy
         streams.build("cl-benchmark", options(data_dir=OLORA, order=1))
+
+
+def olora_prompt(group: str, dataset: str, sentence: str, labels: list, zero_shot: str) -> str:
+    """The prompt O-LoRA's code builds for one example (cmnfriend/O-LoRA @ 07117e1), written
+    out from its source:
+
+    - src/uie_dataset_lora.py, load_SC_dataset line 283 (and every other loader but COPA's):
+      ``instruction = zero-shot instruction + "Option: " + ", ".join(labels) + " \\n" + "{0}"
+      + "\\nAnswer:"``; load_COPA_dataset line 413: ``instruction = "{0}" + "\\nAnswer:"``;
+    - src/uie_collator.py, get_instruction lines 59-78 with ``--add_task_name True
+      --add_dataset_name True`` (every script): ``prefix = "Task:" + Task + "\\n" +
+      "Dataset:" + Dataset + "\\n"``, ``instruction = (prefix + instruction).format(sentence)``.
+    """
+    if group == "COPA":
+        instruction = "{0}" + "\nAnswer:"
+    else:
+        instruction = zero_shot + "Option: " + ", ".join(labels) + " \n" + "{0}" + "\nAnswer:"
+    prefix = "Task:" + group + "\n"
+    prefix = prefix + "Dataset:"
+    prefix = prefix + dataset + "\n"
+    return (prefix + instruction).format(sentence)
+
+
+@needs_olora
+def test_prompts_equal_olora_collator_on_its_real_files() -> None:
+    """For the first examples of every task in the shared copy of O-LoRA's files, train and
+    test, the stream's prompt is exactly what O-LoRA's dataset code and collator build."""
+    config = json.loads((OLORA / "configs/instruction_config.json").read_text())
+    zero_shot = {group: entries[0]["instruction"] for group, entries in config.items()}
+    root = OLORA / "CL_Benchmark"
+    present = [
+        name for name, task in POOL.items()
+        if all((root / task.path / f).is_file() for f in ("train.json", "test.json", "labels.json"))
+    ]  # fmt: skip
+    assert {"amazon", "agnews"} <= set(present)
+    stream = streams.build("cl-benchmark", options(data_dir=OLORA, tasks=tuple(present)))
+    for task in stream.tasks:
+        pool = POOL[task.name]
+        labels = json.loads((root / pool.path / "labels.json").read_text())
+        for split, file in ((task.train, "train.json"), (task.test, "test.json")):
+            raw = json.loads((root / pool.path / file).read_text())[:5]
+            for i, example in enumerate(raw):
+                expected = olora_prompt(
+                    pool.group, pool.folder, example["sentence"], labels, zero_shot[pool.group]
+                )
+                assert split[i]["prompt"] == expected, (task.name, file, i)
+                assert split[i]["target"] == example["label"]
 
 
 def test_a_run_on_the_benchmark_layout(layout: Path, tmp_path: Path, capsys) -> None:

@@ -9,6 +9,7 @@ from cl_lora.metrics import summarize
 NAN = math.nan
 KEYS = {
     "acc",
+    "acc_pooled",
     "avg_incremental_acc",
     "learning_acc",
     "bwt",
@@ -49,7 +50,7 @@ def test_task_incremental_lower_triangle():
     assert m["forgetting"] == approx(0.175)
     assert m["fwt"] is None
     assert "head" in m["undefined_reasons"]["fwt"]
-    assert set(m["undefined_reasons"]) == {"fwt"}
+    assert set(m["undefined_reasons"]) == {"fwt", "acc_pooled"}  # no test sizes given
 
 
 FULL = [
@@ -60,7 +61,7 @@ FULL = [
 
 
 def test_full_matrix_with_b_and_forgetting_max_off_diagonal():
-    m = summarize(FULL, b=[0.1, 0.2, 0.3])
+    m = summarize(FULL, b=[0.1, 0.2, 0.3], test_sizes=[1, 1, 2])
     # acc = (0.6 + 0.6 + 0.9) / 3 = 0.7
     assert m["acc"] == approx(0.7)
     # A = [0.5, (0.7 + 0.8) / 2 = 0.75, 0.7]; mean = 1.95 / 3 = 0.65
@@ -77,6 +78,7 @@ def test_full_matrix_with_b_and_forgetting_max_off_diagonal():
     assert m["forgetting"] != approx(-m["bwt"])
     # ((R[0][1] - b_1) + (R[1][2] - b_2)) / 2 = ((0.3 - 0.2) + (0.4 - 0.3)) / 2 = 0.1
     assert m["fwt"] == approx(0.1)
+    assert m["acc_pooled"] == approx((0.6 + 0.6 + 2 * 0.9) / 4)
     assert m["undefined_reasons"] == {}
 
 
@@ -153,3 +155,22 @@ def test_missing_entry_in_last_row():
 def test_validation(R, b):
     with pytest.raises(ValueError):
         summarize(R, b)
+
+
+def test_pooled_accuracy_weighs_tasks_by_their_test_examples():
+    # O-LoRA's run_uie_lora.py reports exact match over all test examples at once
+    # (compute_metrics(predictions=decoded_preds, references=...) on the whole test set, line 481),
+    # i.e. sum_j n_j R[T-1][j] / sum_j n_j
+    m = summarize(TASK_INCREMENTAL, test_sizes=[100, 300, 600])
+    assert m["acc_pooled"] == approx((0.6 * 100 + 0.65 * 300 + 0.5 * 600) / 1000)
+    assert m["acc"] == approx(1.75 / 3)  # the per-task mean stays as it was
+    # equal test sizes: pooled == mean (O-LoRA's 4-task orders, 7,600 test examples each)
+    assert summarize(TASK_INCREMENTAL, test_sizes=[7600] * 3)["acc_pooled"] == approx(1.75 / 3)
+
+
+def test_pooled_accuracy_is_undefined_without_sizes_or_a_full_last_row():
+    m = summarize(TASK_INCREMENTAL)
+    assert m["acc_pooled"] is None and "test sizes" in m["undefined_reasons"]["acc_pooled"]
+    partial = [[0.9, NAN], [NAN, 0.7]]
+    m = summarize(partial, test_sizes=[10, 10])
+    assert m["acc_pooled"] is None and "R[1][0]" in m["undefined_reasons"]["acc_pooled"]

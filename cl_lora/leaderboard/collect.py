@@ -31,7 +31,7 @@ from cl_lora.metrics import summarize
 from cl_lora.results import RESULT_FILE, load_run, matrix_array
 
 GROUP = ["stream", "scenario", "backbone", "method"]
-_MATRIX_METRICS = ["acc", "avg_incremental_acc", "bwt", "forgetting", "learning_acc"]
+_MATRIX_METRICS = ["acc", "acc_pooled", "avg_incremental_acc", "bwt", "forgetting", "learning_acc"]
 METRICS = [*_MATRIX_METRICS, "retention_drop", "trainable_params", "wall_s"]
 
 # Config fields that name the method (they make up the method's name) or the group, and
@@ -92,7 +92,12 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
     if np.all(np.isnan(matrix[-1])):
         raise ValueError("incomplete result: the last row of the matrix is empty")
     before = result.get("before")
-    metrics = summarize(matrix, None if before is None else np.array(before, dtype=float))
+    sizes = [task.get("test_size") for task in result["tasks"]]
+    metrics = summarize(
+        matrix,
+        None if before is None else np.array(before, dtype=float),
+        None if None in sizes else sizes,
+    )
     retention = result.get("retention") or {}  # files from before the probe have none
     curve = retention.get("curve")
     trainable = result.get("trainable_params") or []

@@ -22,6 +22,7 @@ from cl_lora.leaderboard.plots import stream_slug
 
 LABELS = {
     "acc": "ACC",
+    "acc_pooled": "ACC (pooled)",
     "avg_incremental_acc": "avg. incr. ACC",
     "bwt": "BWT",
     "forgetting": "forgetting",

@@ -12,8 +12,16 @@ from cl_lora.problems.text_to_text import Seq2SeqTextToText, TextToText
 from cl_lora.streams import Stream
 
 
-def build_problem(stream: Stream, backbone: Backbone, max_length: int) -> Problem:
-    """The problem ``stream`` declares, for ``backbone`` (which must be able to learn it)."""
+def build_problem(
+    stream: Stream,
+    backbone: Backbone,
+    max_length: int,
+    prompt_keep: str = "ends",
+    max_new_tokens: int | None = None,
+) -> Problem:
+    """The problem ``stream`` declares, for ``backbone`` (which must be able to learn it).
+    ``prompt_keep`` and ``max_new_tokens`` shape a language model's prompts and generations
+    (:class:`TextToText`); a classification stream has neither."""
     if stream.problem == TextToText.kind:
         if backbone.tokenizer is None:
             raise BadInputError(
@@ -21,7 +29,14 @@ def build_problem(stream: Stream, backbone: Backbone, max_length: int) -> Proble
                 "--backbone smollm2-135m, a local causal-LM folder or a Hub name"
             )
         encoder_decoder = getattr(backbone.encoder.config, "is_encoder_decoder", False)
-        return (Seq2SeqTextToText if encoder_decoder else TextToText)(backbone, stream, max_length)
+        return (Seq2SeqTextToText if encoder_decoder else TextToText)(
+            backbone, stream, max_length, prompt_keep=prompt_keep, max_new_tokens=max_new_tokens
+        )
+    if prompt_keep != "ends" or max_new_tokens is not None:
+        raise BadInputError(
+            f"--prompt-keep and --max-new-tokens shape a language model's prompts and answers; "
+            f"stream {stream.name} trains task heads: drop them"
+        )
     if backbone.collate is None:
         raise BadInputError(
             f"stream {stream.name} trains task heads on pooled features; backbone "

@@ -72,6 +72,11 @@ class Problem(ABC):
         the model's output is from what ``lwf.prev_model`` (the model after the previous task,
         kept by Avalanche's :class:`LearningWithoutForgetting`) predicts on the same inputs."""
 
+    def loss_terms(self, targets: torch.Tensor) -> int:
+        """How many terms :meth:`loss` averages over for these training ``targets`` (one per
+        example here): what weighs a micro-batch in an accumulated optimizer step."""
+        return len(targets)
+
     def batch_loss(
         self, model: nn.Module, inputs: Inputs, targets: torch.Tensor, task_labels: Any
     ) -> torch.Tensor:

@@ -12,7 +12,9 @@ that equals no label is wrong (label id -1). So the task score is exact match, O
 
 Prompts longer than the token budget (``max_length`` minus the room of the longest answer of
 the stream) keep their first tokens and their last :data:`PROMPT_TAIL` tokens (a question and
-the answer cue), the same way in training and evaluation.
+the answer cue; ``prompt_keep="ends"``, the default) or only their first tokens
+(``prompt_keep="start"``, as O-LoRA's collator cuts), the same way in training and evaluation.
+``max_new_tokens`` (O-LoRA: 50) replaces the longest-answer generation length.
 """
 
 from __future__ import annotations
@@ -61,10 +63,18 @@ class TextToText(Problem):
 
     kind = "text-to-text"
 
-    def __init__(self, backbone: Backbone, stream: Stream, max_length: int) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        stream: Stream,
+        max_length: int,
+        prompt_keep: str = "ends",
+        max_new_tokens: int | None = None,
+    ) -> None:
         super().__init__(backbone, stream)
         self.tokenizer = backbone.tokenizer
         self.max_length = max_length
+        self.prompt_keep = prompt_keep
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.normalizers = [ANSWER_FORMS[task.answer_form] for task in stream.tasks]
@@ -73,10 +83,11 @@ class TextToText(Problem):
             for task, normalize in zip(stream.tasks, self.normalizers, strict=True)
         ]
         self.max_new_tokens = [
-            max(len(self._target_ids(name)) for name in task.label_names) for task in stream.tasks
+            max_new_tokens or max(len(self._target_ids(name)) for name in task.label_names)
+            for task in stream.tasks
         ]
         self.prompt_budget = self._prompt_budget(max_length)
-        if self.prompt_budget < 2 * PROMPT_TAIL:
+        if self.prompt_budget < (2 * PROMPT_TAIL if prompt_keep == "ends" else 1):
             raise BadInputError(
                 f"--max-length {max_length} leaves {self.prompt_budget} tokens for a prompt "
                 f"after the longest answer: use --max-length {max(self.max_new_tokens) + 64} "
@@ -87,8 +98,17 @@ class TextToText(Problem):
         return LanguageModel(self.backbone)
 
     def _prompt_budget(self, max_length: int) -> int:
-        """Prompt tokens per example: prompt and answer share ``max_length`` in one sequence."""
-        return max_length - max(self.max_new_tokens, default=1)
+        """Prompt tokens per example: prompt and answer share ``max_length`` in one sequence
+        (the room of the longest answer, whatever the generation length)."""
+        longest = max(
+            (
+                len(self._target_ids(name))
+                for task in self.stream.tasks
+                for name in task.label_names
+            ),
+            default=1,
+        )
+        return max_length - longest
 
     # -- batching ---------------------------------------------------------------------------
     def _target_ids(self, target: str) -> list[int]:
@@ -96,7 +116,13 @@ class TextToText(Problem):
         return self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.eos]
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """The prompt's tokens, cut to the budget (first tokens plus the last few)."""
+        """The prompt's tokens, cut to the budget: the first tokens plus the last few
+        (``ends``), or the first tokens with the tokenizer's special tokens kept (``start``,
+        the tokenizer's own right-side truncation, as O-LoRA's collator cuts)."""
+        if self.prompt_keep == "start":
+            return self.tokenizer(prompt, truncation=True, max_length=self.prompt_budget)[
+                "input_ids"
+            ]
         ids = self.tokenizer(prompt)["input_ids"]
         if len(ids) <= self.prompt_budget:
             return ids
@@ -140,6 +166,10 @@ class TextToText(Problem):
         """The token each output position must predict (``IGNORE`` where none): a causal LM's
         position ``t`` predicts token ``t + 1`` of the sequence."""
         return shift_targets(targets)
+
+    def loss_terms(self, targets: torch.Tensor) -> int:
+        """The answer tokens of the batch: :meth:`loss` is their mean."""
+        return int((self.answer_targets(targets) != IGNORE).sum())
 
     def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the next-token predictions on the target tokens."""
@@ -203,6 +233,7 @@ class TextToText(Problem):
             "kind": self.kind,
             "max_length": self.max_length,
             "prompt_budget": self.prompt_budget,
+            "prompt_keep": self.prompt_keep,
             "format": "prompt + ' ' + target + eos; loss on the target tokens only",
             "generation": {
                 "decoding": "greedy",
@@ -229,11 +260,11 @@ class Seq2SeqTextToText(TextToText):
     they are. Generation and scoring are the causal LM's.
     """
 
-    def __init__(self, backbone: Backbone, stream: Stream, max_length: int) -> None:
+    def __init__(self, backbone: Backbone, stream: Stream, max_length: int, **options: Any) -> None:
         config = backbone.encoder.config
         start = config.decoder_start_token_id
         self.decoder_start = start if start is not None else backbone.tokenizer.pad_token_id
-        super().__init__(backbone, stream, max_length)
+        super().__init__(backbone, stream, max_length, **options)
 
     def _prompt_budget(self, max_length: int) -> int:
         return max_length

@@ -14,6 +14,7 @@ stores each batch's predicted label ids in ``mb_output`` (the scorer reads them)
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 import time
 import warnings
@@ -34,7 +35,7 @@ from cl_lora.lora import LoRASettings, attach_adapters, initial_adapters, merge_
 from cl_lora.problems import Problem
 from cl_lora.strategy.calibrate import Calibrator
 from cl_lora.strategy.dash import TRAINING_PLUGINS
-from cl_lora.strategy.optim import linear_warmup_decay, task_optimizer
+from cl_lora.strategy.optim import TrainingRecipe, task_optimizer
 from cl_lora.strategy.plugins import TaskScorePlugin
 from cl_lora.streams import Stream
 
@@ -59,11 +60,9 @@ class LoRAStrategy(SupervisedTemplate):
         init_args: Mapping[str, Any],
         lora: LoRASettings,
         target_modules: Sequence[str],
-        lr: float,
-        head_lr: float,
-        weight_decay: float,
-        warmup_ratio: float,
+        recipe: TrainingRecipe,
         seed: int,
+        per_task: Mapping[int, Mapping[str, Any]] | None = None,
         precision: str = "fp32",
         calib_sources: tuple[str, ...] | None = None,
         calib_size: int = 256,
@@ -71,7 +70,7 @@ class LoRAStrategy(SupervisedTemplate):
         **template_args: Any,
     ) -> None:
         model = problem.build_model()
-        placeholder = torch.optim.AdamW(model.parameters(), lr=lr)  # replaced per task
+        placeholder = torch.optim.AdamW(model.parameters(), lr=recipe.lr)  # replaced per task
         self.scorer = TaskScorePlugin(stream)
         plugins: list[Any] = [self.scorer]
         if init.training_plugin is not None:  # the method's own plugin acts before the user's
@@ -92,13 +91,17 @@ class LoRAStrategy(SupervisedTemplate):
         self.init_args = dict(init_args)
         self.lora = lora
         self.target_modules = list(target_modules)
-        self.lr, self.head_lr = lr, head_lr
-        self.weight_decay, self.warmup_ratio = weight_decay, warmup_ratio
+        self.recipe = recipe
+        self.lr = recipe.lr  # this task's adapter rate (per-task settings may change it)
+        self.per_task = {task: dict(values) for task, values in (per_task or {}).items()}
+        self.task_defaults: dict[str, Any] | None = None  # the run's values, on the first task
+        self.loss_share = 1.0  # of the current micro-batch in its optimizer step
         self.seed = seed
         self.precision = precision
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.trainable_params: dict[int, int] = {}
         self.init_seconds: dict[int, float] = {}
+        self.training_records: dict[int, dict[str, Any]] = {}  # steps, clipping, ... per task
         self.heads: torch.nn.Module = torch.nn.ModuleList()  # the heads the current task trains
         self.history = LoRAHistory()  # every adapter's factors: what a checkpoint replays
         self.calibrator = Calibrator(
@@ -112,7 +115,7 @@ class LoRAStrategy(SupervisedTemplate):
             target_modules=self.target_modules,
             batch_size=self.eval_mb_size,
             train_batch_size=self.train_mb_size,
-            lr=lr,
+            lr=recipe.lr,
             device=self.device,
             max_memory=calib_max_memory,
         )
@@ -124,6 +127,7 @@ class LoRAStrategy(SupervisedTemplate):
         return {
             "trainable_params": dict(self.trainable_params),
             "init_seconds": dict(self.init_seconds),
+            "training_records": dict(self.training_records),
             "calibration_reports": list(self.calibrator.reports),
             "attributes": {name: getattr(self, name) for name in self.checkpointed},
         }
@@ -131,6 +135,7 @@ class LoRAStrategy(SupervisedTemplate):
     def restore_checkpoint_state(self, state: Mapping[str, Any]) -> None:
         self.trainable_params = dict(state["trainable_params"])
         self.init_seconds = dict(state["init_seconds"])
+        self.training_records = dict(state.get("training_records", {}))
         self.calibrator.reports = list(state["calibration_reports"])
         for name, value in state["attributes"].items():
             setattr(self, name, value)
@@ -186,22 +191,84 @@ class LoRAStrategy(SupervisedTemplate):
         ``model``)."""
         return self.calibrator.collect(model, self.task_id, generator, layers)
 
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        """This task's own settings first (epochs, rate, baseline arguments), then
+        Avalanche's preparation (data loader, model adaptation, optimizer)."""
+        if self.task_defaults is None:  # a baseline's arguments, as its mixin holds them
+            keys = {key for values in self.per_task.values() for key in values}
+            self.task_defaults = {"epochs": self.train_epochs, "lr": self.recipe.lr} | {
+                key: getattr(self, key) for key in keys - {"epochs", "lr"}
+            }
+        values = {**self.task_defaults, **self.per_task.get(self.task_id, {})}
+        self.train_epochs, self.lr = values.pop("epochs"), values.pop("lr")
+        for key, value in values.items():
+            setattr(self, key, value)
+        super()._before_training_exp(**kwargs)
+
     def check_model_and_optimizer(self, **kwargs: Any) -> None:
         self.model = self.model_adaptation()
         self.make_optimizer()
 
     def make_optimizer(self, **kwargs: Any) -> None:
         """A fresh AdamW over the encoder's trainable parameters and this task's head(s), with
-        linear warm-up and decay."""
+        the recipe's schedule over the task's optimizer steps."""
+        recipe = self.recipe
         self.optimizer = task_optimizer(
-            self.model.encoder, self.heads, self.lr, self.head_lr, self.weight_decay
+            self.model.encoder, self.heads, self.lr, recipe.head_lr, recipe.weight_decay
         )
-        steps = len(self.dataloader) * self.train_epochs
-        self.scheduler = linear_warmup_decay(self.optimizer, steps, self.warmup_ratio)
+        steps = recipe.steps(len(self.dataloader), self.train_epochs)
+        self.scheduler = recipe.schedule(self.optimizer, steps)
+        self.training_records[self.task_id] = {
+            "epochs": self.train_epochs,
+            "lr": self.lr,
+            "micro_batch": self.train_mb_size,
+            "grad_accumulation": recipe.grad_accumulation,
+            "optimizer_steps": 0,
+            "clipped_steps": 0,
+        }
+
+    def training_epoch(self, **kwargs: Any) -> None:
+        """Avalanche's SGD epoch, with gradient accumulation: each optimizer step reads
+        ``grad_accumulation`` micro-batches, each weighted by its share of the step's loss terms
+        (examples, or answer tokens: :meth:`Problem.loss_terms`), so that the step equals one on
+        the whole batch. Plugins see one training iteration per optimizer step (``mb_*`` hold
+        its last micro-batch) and every micro-batch's forward and backward hooks."""
+        size = self.recipe.grad_accumulation
+        micro_batches = iter(self.dataloader)
+        while group := list(itertools.islice(micro_batches, size)):
+            if self._stop_training:
+                break
+            terms = [self.problem.loss_terms(targets) for _, targets, _ in group]
+            for k, (self.mbatch, share) in enumerate(zip(group, terms, strict=True)):
+                self._unpack_minibatch()
+                if k == 0:
+                    self._before_training_iteration(**kwargs)
+                    self.optimizer.zero_grad()
+                self.loss = self._make_empty_loss()
+                self.loss_share = share / max(1, sum(terms))
+                self._before_forward(**kwargs)
+                self.mb_output = self.forward()
+                self._after_forward(**kwargs)
+                self.loss += self.criterion()
+                self._before_backward(**kwargs)
+                self.backward()
+                self._after_backward(**kwargs)
+            self._before_update(**kwargs)
+            self.optimizer_step()
+            self._after_update(**kwargs)
+            self._after_training_iteration(**kwargs)
 
     def optimizer_step(self) -> None:
+        """Clip the step's gradient norm (when the recipe says so, counting the steps that
+        were clipped), then step the optimizer and the schedule."""
+        record = self.training_records[self.task_id]
+        if self.recipe.max_grad_norm is not None:
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(parameters, self.recipe.max_grad_norm)
+            record["clipped_steps"] += int(norm > self.recipe.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
+        record["optimizer_steps"] += 1
 
     # -- data -------------------------------------------------------------------------------
     def _loader(self, shuffle: bool, batch_size: int) -> DataLoader:
@@ -260,13 +327,16 @@ class LoRAStrategy(SupervisedTemplate):
             self._after_eval_iteration(**kwargs)
 
     def backward(self) -> None:
+        """The micro-batch's loss, scaled by its share of the optimizer step, backwards (a
+        plugin's term added to ``loss`` before this is scaled with it, so it counts once per
+        step)."""
         if not torch.isfinite(self.loss):
             task = self.stream.tasks[self.task_id].name
             raise RunFailure(
                 f"loss became {self.loss.item()} on task {self.task_id} ({task}) at step "
                 f"{self.clock.train_exp_iterations}: lower --lr or use --precision fp32"
             )
-        super().backward()
+        (self.loss * self.loss_share).backward(retain_graph=self.retain_graph)
 
 
 def make_evaluator(verbose: bool) -> EvaluationPlugin:

@@ -28,9 +28,16 @@ so e.g. agnews trains on 4,000 and tests on 7,600 examples. ``--max-train-per-ta
 files ``dev.json`` is a copy of ``test.json``, so it is never read: a validation split, where one
 is needed, must come from ``train.json``.
 
-**Prompts** follow O-LoRA's data code (``src/uie_dataset_lora.py`` and ``src/uie_collator.py``
-with ``--add_dataset_name True``, as in its T5 scripts)::
+**Labels outside labels.json.** O-LoRA's files hold a few (MNLI's test file: 131 examples
+labelled ``-``). O-LoRA keeps them, so they count in the test set and can never be answered
+right; they are read the same way here (label id :data:`UNLISTED`), and the stream's provenance
+says how many each split holds (``unlisted_labels``). A ``--max-*-per-task`` sample is drawn
+from the listed labels only.
 
+**Prompts** follow O-LoRA's data code (``src/uie_dataset_lora.py`` and ``src/uie_collator.py``
+with ``--add_task_name True --add_dataset_name True``, as in all its scripts, T5 and LLaMA)::
+
+    Task:<group>
     Dataset:<task folder>
     <instruction>Option: <label texts, comma-separated><space>
     <sentence>
@@ -39,7 +46,7 @@ with ``--add_dataset_name True``, as in its T5 scripts)::
 (``<space>`` is one space, as in O-LoRA; COPA has no instruction or options: its sentence
 holds the question and the two choices.)
 The model learns ``prompt + " " + label text + eos`` (O-LoRA's LLaMA path appends the label
-without a space, and its LLaMA scripts also prefix ``Task:<group>``; the space keeps the label
+without a space; the space keeps the label
 words tokenized as they appear in text for BPE tokenizers; a seq2seq model reads the label as its
 decoder target either way). Generations are scored by exact match after O-LoRA's own
 normalization -- lower case, no punctuation, white space collapsed, articles kept (COPA's
@@ -74,6 +81,7 @@ FOLDER = "CL_Benchmark"
 INSTRUCTION_FILE = Path("configs") / "instruction_config.json"
 ANSWER_FORM = "o-lora"
 MAX_LENGTH = 512  # O-LoRA's --max_source_length; prompt and answer share it here
+UNLISTED = -1  # label id of an example whose label is not in labels.json: never matched
 
 
 @dataclass(frozen=True)
@@ -233,16 +241,22 @@ def _read_json(path: Path) -> object:
 
 
 def read_split(path: Path, label_names: Sequence[str]) -> pd.DataFrame:
-    """A split file as a frame of ``sentence`` and integer ``label`` (ids in ``labels.json``
-    order); a label outside ``labels.json`` is bad input naming the file."""
+    """A split file as a frame of ``sentence``, integer ``label`` (ids in ``labels.json``
+    order) and ``target`` (the label's text). A label outside ``labels.json`` (MNLI's test file
+    has 131 examples labelled ``-``) is kept as O-LoRA keeps it: its id is
+    :data:`UNLISTED`, so it counts in the test set and is never answered right, and its text
+    is still what a training example teaches."""
     frame = pd.DataFrame(_read_json(path))
     if not {"sentence", "label"} <= set(frame.columns):
         raise BadInputError(f"{path} lacks 'sentence'/'label' fields: pass O-LoRA's files")
     ids = {name: label for label, name in enumerate(label_names)}
-    unknown = sorted(set(frame["label"]) - set(ids))
-    if unknown:
-        raise BadInputError(f"{path} has labels {unknown[:3]} not in labels.json: fix the file")
-    return pd.DataFrame({"sentence": frame["sentence"], "label": frame["label"].map(ids)})
+    return pd.DataFrame(
+        {
+            "sentence": frame["sentence"],
+            "label": frame["label"].map(ids).fillna(UNLISTED).astype(int),
+            "target": frame["label"].astype(str),
+        }
+    )
 
 
 def prompt_of(task: PoolTask, sentence: str, label_names: Sequence[str], instruction: str) -> str:
@@ -251,34 +265,44 @@ def prompt_of(task: PoolTask, sentence: str, label_names: Sequence[str], instruc
         sentence if task.group == "COPA"
         else f"{instruction}Option: {', '.join(label_names)} \n{sentence}"
     )  # fmt: skip
-    return f"Dataset:{task.folder}\n{body}\n{ANSWER_CUE}"
+    return f"Task:{task.group}\nDataset:{task.folder}\n{body}\n{ANSWER_CUE}"
 
 
 def _capped(frame: pd.DataFrame, cap: int | None, num_labels: int) -> pd.DataFrame:
+    """All of ``frame``, or a class-balanced sample of ``cap`` rows of its listed labels."""
     if cap is None or cap >= len(frame):
         return frame
-    return frame.iloc[balanced_sample(np.asarray(frame["label"]), cap, num_labels)]
+    listed = frame[frame["label"] != UNLISTED]
+    return listed.iloc[balanced_sample(np.asarray(listed["label"]), cap, num_labels)]
 
 
-def load_task(root: Path, name: str, instructions: dict[str, str], options: StreamOptions) -> Task:
-    """Task ``name`` from ``root``, as prompts and label ids, capped as ``options`` ask."""
+def load_task(
+    root: Path, name: str, instructions: dict[str, str], options: StreamOptions
+) -> tuple[Task, dict[str, int]]:
+    """Task ``name`` from ``root``, as prompts and label ids, capped as ``options`` ask; and,
+    per split, how many of its examples carry a label outside ``labels.json``."""
     task = POOL[name]
     folder = root / task.path
     label_names = tuple(_read_json(folder / "labels.json"))
     instruction = instructions.get(task.group, "")
+    unlisted = {}
 
     def split(file: str, cap: int | None) -> pd.DataFrame:
         frame = _capped(read_split(folder / file, label_names), cap, len(label_names))
+        unlisted[file.removesuffix(".json")] = int((frame["label"] == UNLISTED).sum())
         prompts = [prompt_of(task, s, label_names, instruction) for s in frame["sentence"]]
-        return pd.DataFrame({"prompt": prompts, "label": frame["label"].to_numpy()})
+        return pd.DataFrame(
+            {"prompt": prompts, "label": frame["label"].to_numpy(), "target": frame["target"]}
+        )
 
-    return text_to_text_task(
+    built = text_to_text_task(
         name,
         split("train.json", options.max_train_per_task),
         split("test.json", options.max_test_per_task),
         label_names,
         answer_form=ANSWER_FORM,
     )
+    return built, unlisted
 
 
 def build_benchmark(stream: str, options: StreamOptions) -> Stream:
@@ -287,8 +311,16 @@ def build_benchmark(stream: str, options: StreamOptions) -> Stream:
     root = benchmark_root(options.data_dir, stream)
     require_files(root, names)
     instructions, source = read_instructions(root)
-    tasks = [load_task(root, name, instructions, options) for name in names]
-    provenance = {"data_dir": str(root.resolve()), "instructions": source, "tasks": list(names)}
+    loaded = {name: load_task(root, name, instructions, options) for name in names}
+    provenance = {
+        "data_dir": str(root.resolve()),
+        "instructions": source,
+        "tasks": list(names),
+        "unlisted_labels": {  # examples whose label is not in labels.json (always wrong)
+            name: counts for name, (_, counts) in loaded.items() if any(counts.values())
+        },
+    }
+    tasks = [task for task, _ in loaded.values()]
     return language_model_stream(full_name, tasks, provenance=provenance)
 
 

@@ -125,14 +125,17 @@ def text_to_text_task(
     label_names: Sequence[str],
     answer_form: str = "squad",
 ) -> Task:
-    """An exact-match task from frames with ``prompt`` and ``label``; ``target`` is the label's
-    name, generations are normalized the ``answer_form`` way. Label names that collide after
-    that normalization could never be told apart: an error."""
+    """An exact-match task from frames with ``prompt`` and ``label`` (and ``target``, the
+    answer text, where it is not the label's name); generations are normalized the
+    ``answer_form`` way. Label names that collide after that normalization could never be told
+    apart: an error."""
     normalized = [ANSWER_FORMS[answer_form](label) for label in label_names]
     if "" in normalized or len(set(normalized)) != len(normalized):
         raise ValueError(f"task {name}: label names {label_names} collide when normalized")
 
     def split(frame: pd.DataFrame) -> datasets.Dataset:
+        if "target" in frame:
+            return to_dataset(frame[["prompt", "label", "target"]], label_names)
         targets = [label_names[label] for label in frame["label"]]
         return to_dataset(frame[["prompt", "label"]].assign(target=targets), label_names)
 

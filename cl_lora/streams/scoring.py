@@ -70,8 +70,10 @@ ANSWER_FORMS: dict[str, Callable[[str], str]] = {
 def exact_match(predictions: ArrayLike, labels: ArrayLike) -> float:
     """Exact match of generated answers, given as label ids: a generation is mapped to the id
     of the label text it equals after :func:`normalize_answer` (-1 when it equals none), so
-    exact match is the accuracy of those ids."""
-    return accuracy(predictions, labels)
+    exact match is the accuracy of those ids -- except that a gold label outside the task's
+    label set (-1, e.g. MNLI's ``-``) is never matched, as in O-LoRA's scoring."""
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    return float(np.mean((predictions == labels) & (labels >= 0)))
 
 
 METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
