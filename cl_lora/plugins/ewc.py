@@ -11,18 +11,28 @@ layer's effective weight ``W_eff = W_base + s B A`` (and on the heads):
 - importance: the diagonal empirical Fisher ``E[(dL/dW_eff)^2]`` over the task's training
   batches, computed as the gradient w.r.t. the frozen base weight (it equals the gradient
   w.r.t. ``W_eff``, since ``W_eff`` is linear in it);
-- anchor: ``W_eff`` when the task ends, which is exactly the weight the next task's merge
-  produces (any init's residual + ``s B_0 A_0`` is that weight again);
-- penalty: ``lambda * sum F * (W_eff - W_anchor)^2``, differentiable in the new ``A`` and
-  ``B`` through ``W_eff``.
+- anchor: the weight the task's merge writes (``W_eff`` when the task ends, cast once);
+- penalty: ``lambda * sum_e sum F_e * (W_eff - W_anchor_e)^2`` over the finished tasks ``e``
+  (``separate``, Avalanche's default) or over the last one with a decayed running importance
+  (``online``), differentiable in the new ``A`` and ``B``.
 
-Avalanche's own code keeps the rest: the ``separate``/``online`` modes and its importance
-update (:meth:`EWCPlugin.update_importances`). Parameters that never train (the backbone's
-non-adapted weights, finished per-task heads) cost nothing: their difference stays 0.
+At 7B (6.5B adapted weights) Avalanche's bookkeeping -- an anchor and an importance per task
+and weight, and every merged weight rebuilt densely each step -- needs ~105 GB by task 2. The
+plugin keeps the same penalty in a form whose size does not grow with the tasks: with
+``D = W_eff - W_base = s (B A - B_0 A_0) + folds`` (the live adapter's low-rank change; the base
+weight is the last anchor) and ``c_e = W_base - W_anchor_e``,
+``sum_e F_e (D + c_e)^2 = F D^2 + 2 G D + H`` with ``F = sum_e F_e``, ``G = sum_e F_e c_e`` and the
+scalar ``H = sum_e F_e c_e^2``, all three updated in place when a task ends from that task's
+merged change. Per layer that is two tensors the weight's shape and dtype, whatever the
+number of tasks; the penalty is computed one layer at a time and recomputed in the backward
+pass (``torch.utils.checkpoint``), so no dense ``D`` outlives its layer. Avalanche keeps the
+modes and the plugin hooks. Parameters that never train (the backbone's non-adapted weights,
+finished per-task heads) cost nothing: their difference stays 0.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -33,22 +43,38 @@ from cl_lora.errors import BadInputError
 from cl_lora.plugins.registry import register_plugin
 
 if TYPE_CHECKING:  # types only: registering a plugin must not load Avalanche or PEFT
-    from avalanche.training.utils import ParamData
-
     from cl_lora.backbones import ContinualClassifier
 
 
-def effective_weights(model: ContinualClassifier) -> dict[str, torch.Tensor]:
-    """Each adapted layer's ``W_base + s B A`` (by layer name) and every head parameter
-    (``heads.<key>.<param>``), differentiable in the adapter and the heads."""
-    from cl_lora.lora import adapter_delta, lora_layers
+def _adapted_layers(model: ContinualClassifier) -> dict[str, Any]:
+    from cl_lora.lora import lora_layers
 
-    weights = {
-        name: layer.get_base_layer().weight + adapter_delta(layer)
-        for name, layer in lora_layers(model.encoder).items()
-    }
-    weights |= {f"heads.{name}": p for name, p in model.heads.named_parameters()}
-    return weights
+    return lora_layers(model.encoder)
+
+
+def changes(model: ContinualClassifier, anchors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Per penalized weight, a function giving its change since the last anchor: each adapted
+    layer's ``s (B A - B_0 A_0) + folds`` (float32, differentiable in the adapter) and each
+    head parameter minus its anchor (a head without one starts its own anchor)."""
+    from cl_lora.lora import adapter_delta
+
+    found = {name: partial(adapter_delta, layer) for name, layer in _adapted_layers(model).items()}
+    for name, param in model.heads.named_parameters():
+        anchor = anchors.get(f"heads.{name}")
+        found[f"heads.{name}"] = partial(_head_change, param, anchor)
+    return found
+
+
+def _head_change(param: torch.Tensor, anchor: torch.Tensor | None) -> torch.Tensor:
+    return param.float() if anchor is None else param.float() - anchor.float()
+
+
+def _layer_penalty(
+    change: Any, importance: torch.Tensor, pull: torch.Tensor, offset: torch.Tensor
+) -> torch.Tensor:
+    """``sum F D^2 + 2 sum G D + H`` of one weight (see the module)."""
+    delta = change()
+    return (importance * delta.square()).sum() + 2 * (pull * delta).sum() + offset
 
 
 @register_plugin(
@@ -71,98 +97,113 @@ class MergedLoRAEWC:
             raise BadInputError(f"--plugin-arg mode={mode!r}: EWC's mode is separate or online")
         online_decay = decay_factor if mode == "online" else None
         super().__init__(ewc_lambda, mode=mode, decay_factor=online_decay)
+        self.importance: dict[str, torch.Tensor] = {}  # F, per weight
+        self.pull: dict[str, torch.Tensor] = {}  # G
+        self.offset: dict[str, torch.Tensor] = {}  # H (a scalar)
+        self.head_anchors: dict[str, torch.Tensor] = {}  # heads train directly: their anchors
+
+    def penalty(self, model: ContinualClassifier) -> torch.Tensor | None:
+        """``sum_e sum F_e (W_eff - W_anchor_e)^2`` over every penalized weight, one layer at a
+        time (``None`` before the first task ends)."""
+        from torch.utils.checkpoint import checkpoint
+
+        terms = [
+            checkpoint(
+                _layer_penalty,
+                change,
+                self.importance[k],
+                self.pull[k],
+                self.offset[k],
+                use_reentrant=False,
+            )
+            for k, change in changes(model, self.head_anchors).items()
+            if k in self.importance
+        ]
+        return torch.stack(terms).sum() if terms else None
 
     def before_backward(self, strategy: Any, **kwargs: Any) -> None:
-        done = strategy.clock.train_exp_counter
-        if done == 0:
-            return
-        current = effective_weights(strategy.model)
-        anchors = range(done) if self.mode == "separate" else [done - 1]
-        terms = [
-            (self.importances[e][k].data * (w - self.saved_params[e][k].data).pow(2)).sum()
-            for e in anchors
-            for k, w in current.items()
-            if k in self.saved_params[e]
-        ]
-        if terms:
-            strategy.loss += self.ewc_lambda * torch.stack(terms).sum()
+        penalty = self.penalty(strategy.model)
+        if penalty is not None:
+            strategy.loss += self.ewc_lambda * penalty
 
+    @torch.no_grad()
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
-        from avalanche.training.utils import ParamData
+        """Fold the finished task in: the anchors move by its merged change (``G``, ``H``),
+        then its Fisher joins the importance (summed, or decayed in ``online`` mode)."""
+        model = strategy.model
+        for k, change in changes(model, self.head_anchors).items():
+            moved = self._merged_change(model, k, change())
+            if k in self.importance and self.mode == "separate":
+                pull = self.pull[k].float()
+                importance = self.importance[k].float()
+                self.offset[k] += 2 * (pull * moved).sum() + (importance * moved.square()).sum()
+                self.pull[k].copy_(pull + importance * moved)
+        heads = {f"heads.{n}": p.detach().clone() for n, p in model.heads.named_parameters()}
+        self.head_anchors.update(heads)
+        if self.mode == "online":
+            for importance in self.importance.values():
+                importance.mul_(self.decay_factor)
+        self.add_fisher(strategy)
 
-        done = strategy.clock.train_exp_counter
-        self.update_importances(self.fisher(strategy), done)
-        with torch.no_grad():
-            self.saved_params[done] = {
-                k: ParamData(k, init_tensor=w.detach().clone(), device=w.device)
-                for k, w in effective_weights(strategy.model).items()
-            }
-        if done > 0 and not self.keep_importance_data:
-            del self.saved_params[done - 1]
+    @staticmethod
+    def _merged_change(model: ContinualClassifier, k: str, delta: torch.Tensor) -> torch.Tensor:
+        """How far the anchor of ``k`` moves: a head's change; an adapted layer's merged
+        weight minus its base weight, rounded as :func:`cl_lora.lora.merge_adapter` rounds."""
+        if k.startswith("heads."):
+            return delta
+        weight = _adapted_layers(model)[k].get_base_layer().weight
+        return (weight.float() + delta).to(weight.dtype).float() - weight.float()
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Anchors and importances per finished task, as named tensors."""
+        """``F``, ``G``, ``H`` and the heads' anchors, as named tensors."""
         return {
-            part: {
-                task: {key: (value.name, value.data) for key, value in params.items()}
-                for task, params in getattr(self, part).items()
-            }
-            for part in ("saved_params", "importances")
+            "importance": self.importance,
+            "pull": self.pull,
+            "offset": self.offset,
+            "head_anchors": self.head_anchors,
         }
 
     def restore_checkpoint_state(
         self, state: dict[str, Any], strategy: Any, experiences: Any
     ) -> None:
-        from avalanche.training.utils import ParamData
+        for part, tensors in state.items():
+            setattr(self, part, {k: t.to(strategy.device) for k, t in tensors.items()})
 
-        for part, tasks in state.items():
-            target = getattr(self, part)
-            target.clear()
-            for task, params in tasks.items():
-                target[task] = {
-                    key: ParamData(name, init_tensor=data, device=data.device)
-                    for key, (name, data) in params.items()
-                }
-
-    @staticmethod
-    def fisher(strategy: Any) -> dict[str, ParamData]:
-        """Diagonal empirical Fisher of the effective weights on the task's training data."""
-        from avalanche.training.utils import ParamData
-
-        from cl_lora.lora import lora_layers
-
+    def add_fisher(self, strategy: Any) -> None:
+        """Add the diagonal empirical Fisher of the effective weights on the task's training
+        data to each importance (created at zero, in the weight's dtype and device)."""
         model = strategy.model
         bases = {
-            name: layer.get_base_layer().weight
-            for name, layer in lora_layers(model.encoder).items()
+            name: layer.get_base_layer().weight for name, layer in _adapted_layers(model).items()
         }
         targets = bases | {f"heads.{n}": p for n, p in model.heads.named_parameters()}
-        sums = {k: torch.zeros_like(p) for k, p in targets.items()}
+        for k, p in targets.items():
+            if k not in self.importance:
+                self.importance[k] = torch.zeros_like(p, requires_grad=False)
+                self.pull[k] = torch.zeros_like(p, requires_grad=False)
+                self.offset[k] = torch.zeros((), device=p.device)
         loader = DataLoader(
             strategy.experience.dataset,
             batch_size=strategy.train_mb_size,
             collate_fn=strategy.collate,
         )
+        count = max(1, len(loader))
         was_training = model.training
         model.eval()
         for weight in bases.values():
             weight.requires_grad_(True)
         try:
-            for inputs, labels, tasks in loader:
-                inputs = {k: v.to(strategy.device) for k, v in inputs.items()}
-                loss = strategy.problem.batch_loss(
-                    model, inputs, labels.to(strategy.device), tasks.to(strategy.device)
-                )
-                grads = torch.autograd.grad(loss, list(targets.values()), allow_unused=True)
-                for k, grad in zip(targets, grads, strict=True):
-                    if grad is not None:
-                        sums[k] += grad.pow(2)
+            with torch.enable_grad():
+                for inputs, labels, tasks in loader:
+                    inputs = {k: v.to(strategy.device) for k, v in inputs.items()}
+                    loss = strategy.problem.batch_loss(
+                        model, inputs, labels.to(strategy.device), tasks.to(strategy.device)
+                    )
+                    grads = torch.autograd.grad(loss, list(targets.values()), allow_unused=True)
+                    for k, grad in zip(targets, grads, strict=True):
+                        if grad is not None:
+                            self.importance[k] += grad.square() / count
         finally:
             for weight in bases.values():
                 weight.requires_grad_(False)
             model.train(was_training)
-        count = max(1, len(loader))
-        return {
-            k: ParamData(f"imp_{k}", init_tensor=s / count, device=s.device)
-            for k, s in sums.items()
-        }

@@ -40,7 +40,7 @@ from cl_lora.strategy.plugins import TaskScorePlugin
 from cl_lora.strategy.retention import RetentionProbe
 from cl_lora.strategy.template import LoRAStrategy
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: merges W + s (B A - B0 A0) in float32 (bf16 inits); EWC keeps F, G, H
 _STATELESS = (EvaluationPlugin, TaskScorePlugin)  # loggers and per-eval scratch: not saved
 _LORA_FACTORS = ("lora_A", "lora_B")
 
