@@ -104,19 +104,15 @@ def make_strategy(
     from cl_lora.method import resolve
     from cl_lora.problems import build_problem
 
+    fast = {"rank": 2, "alpha": 4.0, "lr": 1e-2, "head_lr": 1e-2, "batch_size": 8}
     config = RunConfig(
         init=init,
         init_args=init_args or {},
         baseline=baseline,
         baseline_args=baseline_args or {},
-        rank=2,
-        alpha=4.0,
-        lr=1e-2,
-        head_lr=1e-2,
-        batch_size=8,
         eval_batch_size=16,
         epochs=epochs,
-        **settings,
+        **{**fast, **settings},
     )
     problem = build_problem(stream, backbone, max_length=64)
     return resolve(config).build_strategy(problem, stream, "cpu", plugins=plugins or ())
