@@ -50,6 +50,24 @@ def test_grid_resolves_every_run_and_collapses_duplicates() -> None:
     assert {c.init_args.get("f") for c in configs if c.init == "intermediate"} == {0.5}
 
 
+def test_a_sweep_over_a_recipe(capsys) -> None:
+    """``python -m cl_lora.sweep --recipe o-lora-t5 --inits lora pissa --seeds 0 1``: every run
+    takes the recipe's settings (its stream, its O-LoRA lambdas where O-LoRA runs), the grid
+    and --set go on top, and each run records the recipe."""
+    from cl_lora import recipes
+
+    recipe = recipes.builtin("o-lora-t5")
+    configs = expand_grid(None, ["lora", "pissa"], [0, 1], {"epochs": 2}, ["o-lora"], recipe)
+    assert len(configs) == 6 and {c.stream for c in configs} == {"cl-benchmark"}
+    assert all(c.lr == 1e-3 and c.epochs == 2 and c.recipe == recipe.label for c in configs)
+    olora = [c for c in configs if c.baseline == "o-lora"]
+    assert olora and all(c.baseline_args["lambda_orth"] == 0.5 for c in olora)
+    argv = ["--recipe", "o-lora-t5", "--inits", "lora", "pissa", "--seeds", "0", "1",
+            "--dry-run", "--output-dir", "unused"]  # fmt: skip
+    assert main(argv) == 0
+    assert "4 runs" in capsys.readouterr().out
+
+
 def test_grid_takes_baselines_next_to_inits() -> None:
     configs = expand_grid(["offline-text"], ["lora"], [0], None, ["frozen", "o-lora:lambda_orth=1"])
     assert [(c.init, c.baseline) for c in configs] == [
@@ -129,3 +147,38 @@ def test_ray_sweep_on_a_local_two_cpu_instance(tiny_backbone_dir, tmp_path, caps
         assert "2 finished (skipped)" in capsys.readouterr().out
     finally:
         ray.shutdown()
+
+
+def test_local_sweep_puts_parallel_runs_on_the_gpus_in_turn(monkeypatch, tmp_path) -> None:
+    """Each running run holds a worker slot; slots take the visible GPUs round-robin (with one
+    GPU or none the device is left alone)."""
+    from concurrent.futures import Future
+
+    from cl_lora.sweep import backends
+
+    submitted = []
+
+    class InlinePool:  # runs nothing: records which GPU each run would get
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> bool:
+            return False
+
+        def submit(self, function, config, output_dir, threads, gpu) -> Future:
+            submitted.append(gpu)
+            future = Future()
+            future.set_result({"run_id": len(submitted), "status": "done"})
+            return future
+
+    monkeypatch.setattr(backends, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    runs = {f"run{i}": RunConfig(seed=i) for i in range(7)}
+    events = list(backends.local_runs(runs, tmp_path, max_parallel=3))
+    assert [kind for kind, _ in events].count("end") == 7
+    assert sorted(submitted[:3]) == ["4", "5", "6"] and set(submitted) == {"4", "5", "6"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert backends.gpu_of_slot(3) is None

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from cl_lora import recipes
 from cl_lora.cli import OneLineParser
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError
@@ -30,7 +31,14 @@ log = logging.getLogger("cl_lora.sweep")
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m cl_lora.sweep", description=__doc__.splitlines()[0])
-    p.add_argument("--streams", nargs="+", default=["offline-text"], metavar="STREAM")
+    p.add_argument(
+        "--streams", nargs="+", metavar="STREAM", help="default: the recipe's, else offline-text"
+    )
+    chosen = p.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--recipe", metavar="NAME", help="a published setup's settings for every run (--list)"
+    )
+    chosen.add_argument("--config", metavar="FILE", type=Path, help="your own recipe file")
     p.add_argument(
         "--inits",
         nargs="+",
@@ -104,7 +112,10 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise BadInputError("--max-parallel must be 0 (ray: no limit) or more")
     inits = args.inits if args.inits is not None else ([] if args.baselines else ["lora"])
     overrides = parse_overrides(args.set)
-    configs = expand_grid(args.streams, inits, args.seeds, overrides, args.baselines)
+    recipe = recipes.builtin(args.recipe) if args.recipe else None
+    if args.config is not None:
+        recipe = recipes.load(args.config)
+    configs = expand_grid(args.streams, inits, args.seeds, overrides, args.baselines, recipe)
     grid = {run_id_of(config): config for config in configs}
     output_dir = args.output_dir.resolve()
     finished = {
