@@ -86,7 +86,9 @@ def test_warmup_leaves_no_trace(minilm) -> None:
         1e-2,
         torch.Generator(),
     )
-    assert len(deltas) == 36 and all(d.abs().sum() > 0 for d in deltas.values())
+    assert len(deltas) == 36 and all(
+        (left @ right).abs().sum() > 0 for left, right in deltas.values()
+    )
     assert not lora_layers(model.encoder)
     torch.testing.assert_close(model.eval()(inputs, 0), before)
 
@@ -206,9 +208,13 @@ def test_covariance_passes_keep_siblings_together_within_the_budget(minilm) -> N
     assert any(set(siblings) <= set(group) for group in passes)  # q/k/v never split
 
 
-@pytest.mark.parametrize("init", ["lora-null", "corda-kpm"])
-def test_calibration_in_several_passes_gives_the_same_model(init) -> None:
-    """A memory budget that forces one pass per parent module changes nothing but the passes."""
+@pytest.mark.parametrize(
+    ("init", "passes"),
+    [("lora-null", 8), ("corda-kpm", 8), ("lora-ga", 12)],  # 2 blocks x 4 parents / 6 layers
+)
+def test_calibration_in_several_passes_gives_the_same_model(init, passes) -> None:
+    """A memory budget that forces one pass per parent module (covariances) or per layer
+    (gradients) changes nothing but the passes."""
     from conftest import make_strategy, make_toy_stream, tiny_backbone
 
     from cl_lora.strategy import run_stream
@@ -222,8 +228,9 @@ def test_calibration_in_several_passes_gives_the_same_model(init) -> None:
         runs[budget] = (outcome.matrix, strategy.model.state_dict(), strategy.calibrator.reports)
     (matrix, weights, reports), (split_matrix, split_weights, split_reports) = runs.values()
     assert [r["passes"] for r in reports] == [1, 1]
-    assert [r["passes"] for r in split_reports] == [8, 8]  # 2 blocks x 4 parent modules
-    assert split_reports[0]["input_cov_bytes"] < reports[0]["input_cov_bytes"]
+    assert [r["passes"] for r in split_reports] == [passes, passes]
+    if "input_cov_bytes" in reports[0]:
+        assert split_reports[0]["input_cov_bytes"] < reports[0]["input_cov_bytes"]
     np.testing.assert_array_equal(split_matrix, matrix)
     assert all(torch.equal(split_weights[k], weights[k]) for k in weights)
 
@@ -266,3 +273,13 @@ def test_layers_that_share_an_input_decompose_it_once(
     del stats
     gc.collect()
     assert all(ref() is None for ref in results)  # nothing kept once the covariances are gone
+
+
+def test_free_cuda_memory_counts_the_allocators_cached_blocks(monkeypatch) -> None:
+    """The driver counts PyTorch's cached blocks as used; the calibration budget may use them."""
+    from cl_lora.calibration.covariance import free_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 50 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 20 * 2**30)
+    assert free_memory(torch.device("cuda")) == 40 * 2**30

@@ -16,9 +16,9 @@ def test_lora_init_picks_the_directions_with_the_largest_change_rate() -> None:
     weight = U @ torch.diag(S) @ V.T
     # The warm-up moves components 9 and 4 most relative to their strength (rates 0.5 and
     # 0.3), component 0 by the largest absolute amount but the smallest rate (0.5 / 12).
-    delta = 0.5 * S[9] * torch.outer(U[:, 9], V[:, 9])
-    delta += 0.3 * S[4] * torch.outer(U[:, 4], V[:, 4])
-    delta += 0.5 * torch.outer(U[:, 0], V[:, 0])
+    # as factors (left @ right), the form the warm-up hands over
+    left = torch.stack([0.5 * S[9] * U[:, 9], 0.3 * S[4] * U[:, 4], 0.5 * U[:, 0]], dim=1)
+    delta = (left, V[:, [9, 4, 0]].T)
     rates = change_rates(U, S, V.T, delta)
     torch.testing.assert_close(rates[[9, 4, 0]], torch.tensor([0.5, 0.3, 0.5 / 12.0]))
 

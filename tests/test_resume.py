@@ -187,3 +187,27 @@ def test_out_of_memory_is_one_line_naming_the_task_and_the_fix(tmp_path, monkeyp
     assert f"--batch-size {strategy.train_mb_size // 2}" in message
     assert "--gradient-checkpointing" in message and str(checkpoint) in message
     assert checkpoint.exists()
+
+
+def test_out_of_memory_while_calibrating_names_the_calibration_settings(monkeypatch) -> None:
+    """Calibration runs at its own batch size and memory budget: an out-of-memory error there
+    names those (--eval-batch-size, --calib-max-memory), not the training batch size."""
+    import torch
+
+    from cl_lora.calibration import covariance
+    from cl_lora.errors import RunFailure
+    from cl_lora.strategy import calibrate
+
+    strategy = make_strategy(tiny_backbone(), make_toy_stream(tasks=2), "lora-null")
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(covariance, "collect_input_covariances", no_memory)
+    monkeypatch.setattr(calibrate, "free_memory", lambda device: 2**31)
+    with pytest.raises(RunFailure) as failure:
+        run_stream(strategy)
+    message = str(failure.value)
+    assert "\n" not in message and "while calibrating for task 1/2" in message
+    assert f"--eval-batch-size {strategy.eval_mb_size // 2}" in message
+    assert "--calib-max-memory 512MB" in message and "--batch-size" not in message

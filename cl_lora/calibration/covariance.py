@@ -107,9 +107,12 @@ class CovarianceCollector:
 
 
 def free_memory(device: torch.device) -> int:
-    """Bytes free on ``device`` now (CPU: the system's free memory)."""
+    """Bytes free on ``device`` now (CPU: the system's free memory). On CUDA the blocks
+    PyTorch's allocator has cached but not handed out count as free: the driver sees them as
+    used, yet the statistics can use them (after a task's training they are most of it)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

@@ -1,5 +1,7 @@
 """A short warm-up of plain LoRA on the task, whose update ``s B A`` shows which directions of
-each weight the task wants to change (what LoRA-Init / LoRA-TSD select from)."""
+each weight the task wants to change (what LoRA-Init / LoRA-TSD select from). The update is
+kept as its factors ``(s B, A)``: as a dense float32 matrix per layer it would be ~26 GB for a
+7B model, and the change rates need only its projections."""
 
 from __future__ import annotations
 
@@ -28,9 +30,9 @@ def warmup_deltas(
     steps: int,
     lr: float,
     generator: torch.Generator,
-) -> dict[str, torch.Tensor]:
-    """Each layer's ``s B A`` after ``steps`` AdamW steps of plain LoRA (with the task's
-    ``head``, if the model has one) on ``loss``.
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's update ``s B A`` as the factors ``(s B, A)`` (float32) after ``steps``
+    AdamW steps of plain LoRA (with the task's ``head``, if the model has one) on ``loss``.
 
     The warm-up leaves no trace: its adapter is dropped without merging (plain LoRA's residual
     is the weight itself) and the task head is restored to its state before the warm-up.
@@ -51,9 +53,8 @@ def warmup_deltas(
             optimizer.step()
         return {
             name: (
-                layer.scaling[ADAPTER]
-                * layer.lora_B[ADAPTER].weight.detach()
-                @ layer.lora_A[ADAPTER].weight.detach()
+                layer.scaling[ADAPTER] * layer.lora_B[ADAPTER].weight.detach().float(),
+                layer.lora_A[ADAPTER].weight.detach().float().clone(),
             )
             for name, layer in lora_layers(model.encoder).items()
         }
@@ -64,7 +65,8 @@ def warmup_deltas(
 
 
 @register_statistic(
-    "warmup_delta", "s B A of each layer after warmup_steps of plain LoRA on the current task"
+    "warmup_delta",
+    "s B A of each layer (as its factors) after warmup_steps of plain LoRA on the current task",
 )
 def warmup_statistic(
     data: CalibrationData, model: nn.Module, task_id: int, generator: torch.Generator

@@ -22,10 +22,13 @@ from cl_lora.inits.registry import register
 
 
 def change_rates(
-    U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, delta: torch.Tensor
+    U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, delta: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
-    """``|u_i^T dW v_i| / sigma_i`` for every singular pair of ``W = U diag(S) Vh``."""
-    projected = torch.einsum("mi,mn,in->i", U, delta.to(U.dtype), Vh)
+    """``|u_i^T dW v_i| / sigma_i`` for every singular pair of ``W = U diag(S) Vh``, with the
+    update given as factors ``dW = left @ right`` (a warm-up's ``s B A``): ``u_i^T left`` times
+    ``right v_i``, never the dense ``dW`` (a 7B model's would be ~26 GB in float32)."""
+    left, right = (factor.to(U.dtype) for factor in delta)
+    projected = ((U.T @ left) * (Vh @ right.T)).sum(1)
     return projected.abs() / S.clamp(min=torch.finfo(S.dtype).tiny)
 
 
@@ -39,7 +42,8 @@ DASH = {
 @register("lora-init", "LoRA-Init: train the r singular directions a warm-up changes the most")
 class LoRAInit(InitMethod):
     """LoRA-Init: window = the ``r`` singular pairs of ``W`` with the largest change rates under
-    a ``warmup_steps`` plain-LoRA warm-up (``stats["warmup_delta"]``), split like PiSSA (both
+    a ``warmup_steps`` plain-LoRA warm-up (``stats["warmup_delta"]``, its update as the factors
+    ``(s B, A)``), split like PiSSA (both
     factors train, residual ``W - s B A``). The warm-up adapter is discarded."""
 
     needs = ("warmup_delta",)
@@ -51,7 +55,7 @@ class LoRAInit(InitMethod):
         *,
         rank: int,
         scale: float,
-        stats: Mapping[str, torch.Tensor],
+        stats: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
         generator: torch.Generator | None,
         warmup_steps: int,
     ) -> LoRAFactors:

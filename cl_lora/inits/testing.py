@@ -30,9 +30,11 @@ def synthetic_stats(
         X = torch.randn(256, in_features // 2, generator=generator) @ basis
         X += 1e-3 * torch.randn(256, in_features, generator=generator)
         stats["input_cov"] = X.T @ X
-    for name in ("grad", "warmup_delta"):
-        if name in needs:
-            stats[name] = 1e-2 * torch.randn(out_features, in_features, generator=generator)
+    if "grad" in needs:
+        stats["grad"] = 1e-2 * torch.randn(out_features, in_features, generator=generator)
+    if "warmup_delta" in needs:  # as the warm-up gives it: the factors (s B, A) of rank 2
+        left = 1e-1 * torch.randn(out_features, 2, generator=generator)
+        stats["warmup_delta"] = (left, 1e-1 * torch.randn(2, in_features, generator=generator))
     return stats
 
 

@@ -6,10 +6,11 @@ outside the stream), ``task`` (the current task's training inputs) and ``memory`
 sample of earlier tasks' training inputs: the new LoRA then also avoids what the model learned
 in this stream). Gradients and warm-ups always use the current task, whose labels they need.
 
-Input covariances of all adapted layers may not fit in memory at once (a 7B model's need
-tens of GB): :meth:`Calibrator.layer_groups` then splits the layers into passes within
-``max_memory`` (default: half the device's free memory), and the strategy collects and
-initializes one group at a time (the statistics do not depend on the grouping).
+Input covariances or mean gradients of all adapted layers may not fit in memory at once (a 7B
+model's need tens of GB): :meth:`Calibrator.layer_groups` then splits the layers into passes
+within ``max_memory`` (default: half the device's free memory, PyTorch's cached blocks
+counted as free), and the strategy collects and initializes one group at a time (the
+statistics do not depend on the grouping).
 """
 
 from __future__ import annotations
@@ -25,11 +26,20 @@ from torch import nn
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration import collect_statistics
 from cl_lora.calibration.covariance import covariance_passes, free_memory
-from cl_lora.calibration.gradients import BatchLoss
+from cl_lora.calibration.gradients import BatchLoss, gradient_passes
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings
 from cl_lora.problems import Problem
 from cl_lora.streams import Stream, knowledge_probe
+
+
+class CalibrationOutOfMemory(torch.OutOfMemoryError):
+    """The device ran out of memory while collecting an init's statistics; ``fixes`` are the
+    settings that make calibration need less (its batch size is not the training one)."""
+
+    def __init__(self, message: str, fixes: list[str]) -> None:
+        super().__init__(message)
+        self.fixes = fixes
 
 
 class _Layers:
@@ -141,14 +151,33 @@ class Calibrator:
 
     def layer_groups(self, encoder: nn.Module) -> list[list[str]]:
         """The adapted layers (module order) in the groups whose statistics are collected
-        together: one group, unless input covariances exceed the memory budget."""
+        together: one group, unless input covariances or gradients exceed the memory budget."""
         targets = set(self.target_modules)
         names = [name for name, _ in encoder.named_modules() if name in targets]
         self._first_layer = names[0]
-        if "input_cov" not in self.init.needs:
+        passes = {"input_cov": covariance_passes, "grad": gradient_passes}
+        split = next((passes[need] for need in self.init.needs if need in passes), None)
+        if split is None:
             return [names]
         budget = self.max_memory if self.max_memory is not None else free_memory(self.device) // 2
-        return covariance_passes(encoder, names, budget)
+        self._budget = budget
+        return split(encoder, names, budget)
+
+    def _memory_fixes(self) -> list[str]:
+        """Settings that shrink calibration: the batch size its statistics run at (input
+        covariances: the evaluation one; gradients and warm-ups: the training one), and a
+        smaller memory budget for its passes when it has them."""
+        covariances = "input_cov" in self.init.needs
+        option, batch = (
+            ("--eval-batch-size", self.batch_size)
+            if covariances
+            else ("--batch-size", self.train_batch_size)
+        )
+        fixes = [f"{option} {max(1, batch // 2)}"]
+        budget = getattr(self, "_budget", None)
+        if budget is not None and (covariances or "grad" in self.init.needs):
+            fixes.append(f"--calib-max-memory {max(1, budget // 2**21)}MB")
+        return fixes
 
     def collect(
         self,
@@ -163,7 +192,10 @@ class Calibrator:
         most."""
         data = self if layers is None else _Layers(self, list(layers))
         start = time.perf_counter()
-        stats, report = collect_statistics(data, self.init.needs, model, task_id, generator)
+        try:
+            stats, report = collect_statistics(data, self.init.needs, model, task_id, generator)
+        except torch.OutOfMemoryError as error:
+            raise CalibrationOutOfMemory(str(error), self._memory_fixes()) from None
         if self.device.type == "cuda":  # the time of the work, not of queueing it
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start

@@ -61,7 +61,7 @@ class DashPlugin(SupervisedPlugin):
         for name, layer in lora_layers(strategy.model.encoder).items():
             weight = frozen_weight(layer)
             lora_A, lora_B = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight
-            delta = layer.scaling[ADAPTER] * (lora_B @ lora_A).detach().float()
+            delta = (layer.scaling[ADAPTER] * lora_B.detach().float(), lora_A.detach().float())
             U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
             chosen = change_rates(U, S, Vh, delta).topk(min(self.s, len(S))).indices
             term = DashDirections(U[:, chosen].contiguous(), Vh[chosen].contiguous())

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from cl_lora.errors import RunFailure
+from cl_lora.strategy.calibrate import CalibrationOutOfMemory
 from cl_lora.strategy.checkpoint import load_checkpoint, save_checkpoint
 from cl_lora.strategy.experiences import to_benchmark
 from cl_lora.strategy.outcome import StreamOutcome
@@ -32,22 +33,31 @@ def _failures_named(
         yield
     except RunFailure as failure:
         raise RunFailure(f"{failure}{kept}") from None
+    except CalibrationOutOfMemory as error:
+        raise RunFailure(
+            _out_of_memory(strategy, task, "calibrating for", error.fixes) + kept
+        ) from None
     except torch.OutOfMemoryError:
         raise RunFailure(_out_of_memory(strategy, task, phase) + kept) from None
 
 
-def _out_of_memory(strategy: LoRAStrategy, task: int, phase: str) -> str:
-    """What ran out, where, and the settings that need less memory."""
+def _out_of_memory(
+    strategy: LoRAStrategy, task: int, phase: str, first: list[str] | None = None
+) -> str:
+    """What ran out, where, and the settings that need less memory (``first``: the phase's
+    own, e.g. calibration's batch size and budget, instead of the training batch size)."""
     name = strategy.stream.tasks[task].name
     batch = strategy.train_mb_size if phase == "training" else strategy.eval_mb_size
     option = "--batch-size" if phase == "training" else "--eval-batch-size"
     tokens = getattr(strategy.problem, "max_length", None)
-    fixes = [f"{option} {max(1, batch // 2)}", "--gradient-checkpointing", "--precision bf16"]
+    fixes = [*(first or [f"{option} {max(1, batch // 2)}"])]
+    fixes += ["--gradient-checkpointing", "--precision bf16"]
     if tokens:
         fixes.append(f"--max-length {max(1, tokens // 2)}")
     return (
         f"out of {strategy.device.type.upper()} memory while {phase} task {task + 1}/"
-        f"{len(strategy.stream.tasks)} ({name}) at batch size {batch}"
+        f"{len(strategy.stream.tasks)} ({name})"
+        + ("" if first else f" at batch size {batch}")
         + (f", {tokens} tokens" if tokens else "")
         + f": rerun with {', '.join(fixes)}"
     )
