@@ -276,3 +276,15 @@ def test_bad_per_task_settings_are_one_line() -> None:
                        make_toy_stream(tasks=3))  # fmt: skip
     with pytest.raises(BadInputError, match="not a multiple of --grad-accumulation"):
         RunConfig(batch_size=10, grad_accumulation=3)
+
+
+def test_a_baselines_own_rate_survives_the_per_task_settings() -> None:
+    """seq-ft trains the encoder at its encoder_lr (not the adapter's --lr): the per-task
+    defaults keep the rate the baseline set, for every task."""
+    recorder = Recorder()
+    strategy = make_strategy(tiny_llama_free_backbone(), make_toy_stream(tasks=2),
+                             baseline="seq-ft", baseline_args={"encoder_lr": 1e-3},
+                             plugins=[recorder])  # fmt: skip
+    run_stream(strategy)
+    assert [task["lr"] for task in recorder.tasks] == [1e-3, 1e-3]
+    assert strategy.training_records[1]["lr"] == 1e-3

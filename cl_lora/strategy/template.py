@@ -196,7 +196,7 @@ class LoRAStrategy(SupervisedTemplate):
         Avalanche's preparation (data loader, model adaptation, optimizer)."""
         if self.task_defaults is None:  # a baseline's arguments, as its mixin holds them
             keys = {key for values in self.per_task.values() for key in values}
-            self.task_defaults = {"epochs": self.train_epochs, "lr": self.recipe.lr} | {
+            self.task_defaults = {"epochs": self.train_epochs, "lr": self.lr} | {
                 key: getattr(self, key) for key in keys - {"epochs", "lr"}
             }
         values = {**self.task_defaults, **self.per_task.get(self.task_id, {})}
