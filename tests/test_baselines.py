@@ -238,6 +238,36 @@ def test_inflora_official_rule_uses_the_squared_spectrum_and_a_rising_threshold(
     assert torch.allclose(factors.A.abs().sum(0)[1:3], torch.full((2,), OFFICIAL_SCALE))
 
 
+def test_inflora_left_singular_vectors_by_eigh_equal_the_svds() -> None:
+    """One symmetric eigensolve gives what the official code takes from an SVD of
+    ``C - M M^T C``: the same spectrum (squared) and the same directions (up to sign)."""
+    from cl_lora.baselines.inflora import left_singular
+
+    x = torch.randn(300, 12, dtype=torch.float64) * torch.linspace(5, 0.1, 12, dtype=torch.float64)
+    cov = x.T @ x
+    basis = torch.linalg.qr(torch.randn(12, 3, dtype=torch.float64))[0]
+    for memory in (None, basis):
+        outside = cov if memory is None else cov - memory @ (memory.T @ cov)
+        U, S, _ = torch.linalg.svd(outside)
+        squares, vectors = left_singular(cov, memory)
+        torch.testing.assert_close(squares, S.square(), atol=1e-8, rtol=1e-8)
+        top = 12 if memory is None else 9  # below: the null space M spans, in any basis
+        torch.testing.assert_close((vectors[:, :top].T @ U[:, :top]).abs().diagonal(),
+                                   torch.ones(top, dtype=torch.float64))  # fmt: skip
+
+
+def test_inflora_designs_once_per_shared_input(toy_stream, monkeypatch) -> None:
+    """q/k/v read one input: per task and block, 4 designs (q/k/v, attention output,
+    intermediate, output) for 6 layers."""
+    designs = []
+    design = InfLoRAInit._design
+    monkeypatch.setattr(
+        InfLoRAInit, "_design", lambda self, *args: designs.append(1) or design(self, *args)
+    )
+    run_stream(baseline_strategy("inflora", toy_stream(tasks=2)))
+    assert len(designs) == 2 * 2 * 4
+
+
 def test_inflora_designs_A_outside_earlier_tasks_inputs(toy_stream) -> None:
     strategy = baseline_strategy("inflora", toy_stream(), threshold=0.9)
     checked = []

@@ -38,10 +38,18 @@ directions so a new task always has ``r`` free directions (the official code cap
 DualGPM's "retain" form (the memory stored as its complement once it passes half the dimension)
 is not implemented -- the cap makes it unnecessary for the design. The statistics use
 ``--calib-size`` examples of the task (``--calib`` does not apply).
+
+Every decomposition is of a symmetric matrix, through ``eigh`` (float64): ``C`` itself, or
+``(C - M M^T C)(C - M M^T C)^T``, whose eigenvectors are the left singular vectors the official
+code takes from an SVD and whose eigenvalues their squares; GPM's total energy (the sum of the
+squared singular values of ``C``) is ``||C||_F^2``, which needs none. The layers that read one
+input (q/k/v, gate/up) share its covariance and memory, so the design is computed once for
+them (:meth:`InfLoRAInit.factors`).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +67,22 @@ def _top_eigenvectors(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (descending, clipped at 0) and eigenvectors (columns) of a symmetric PSD
     matrix."""
     values, vectors = torch.linalg.eigh(cov.double())
+    return values.flip(0).clamp_min(0), vectors.flip(1)
+
+
+def left_singular(
+    cov: torch.Tensor, basis: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The left singular vectors (columns) of ``C - M M^T C`` for a symmetric ``C``, and the
+    squares of its singular values, both in descending order, from one symmetric eigensolve
+    (of ``C``, or of ``R R^T`` with ``R = C - M M^T C``)."""
+    if basis is None or basis.shape[1] == 0:
+        values, vectors = torch.linalg.eigh(cov)
+        squares = values.square()  # a PSD C's eigenvalues are its singular values
+        order = squares.argsort(descending=True)
+        return squares[order], vectors[:, order]
+    outside = cov - basis.to(cov) @ (basis.to(cov).T @ cov)
+    values, vectors = torch.linalg.eigh(outside @ outside.T)
     return values.flip(0).clamp_min(0), vectors.flip(1)
 
 
@@ -89,11 +113,11 @@ def extend_basis_official(
     holds ``threshold`` of it (after the first task: the fewest that fall short of it, at least
     one), at most ``max_dim`` columns in all."""
     cov = cov.double()
-    total = torch.linalg.svdvals(cov).square().sum().clamp_min(1e-300)
+    total = cov.square().sum().clamp_min(1e-300)  # the sum of C's squared singular values
     first = basis is None or basis.shape[1] == 0
     held = 0 if first else basis.shape[1]
-    vectors, values, _ = torch.linalg.svd(cov if first else cov - basis @ (basis.T @ cov))
-    ratio = values.square() / total
+    squares, vectors = left_singular(cov, basis)
+    ratio = squares / total
     if first:
         count = max(int((ratio.cumsum(0) < threshold).sum()), 1)
     else:  # add a direction while the energy held so far is below the threshold
@@ -124,6 +148,10 @@ def extend_basis(
     return torch.linalg.qr(grown).Q if count else basis  # re-orthonormalize against drift
 
 
+def _alive(ref: weakref.ref | None) -> Any:
+    return None if ref is None else ref()
+
+
 class InfLoRAInit(InitMethod):
     """InfLoRA's designed down-projection; not a registered ``--init`` (it needs the strategy's
     subspace memory, ``stats["subspace"]``)."""
@@ -135,6 +163,14 @@ class InfLoRAInit(InitMethod):
 
     def __init__(self, rule: str = "official") -> None:
         self.rule = rule
+        self._last: tuple[Any, ...] | None = None  # the last design, see factors
+
+    def _design(self, cov: torch.Tensor, basis: torch.Tensor | None, rank: int) -> torch.Tensor:
+        """``A`` (``rank x n``, float64) for the covariance ``cov`` and memory ``basis``."""
+        cov = cov.double()
+        if self.rule == "official":  # left singular vectors of C - M M^T C, over sqrt(3)
+            return left_singular(cov, basis)[1][:, :rank].T * OFFICIAL_SCALE
+        return _top_eigenvectors(project_out(cov, basis))[1][:, :rank].T
 
     def factors(
         self,
@@ -146,14 +182,21 @@ class InfLoRAInit(InitMethod):
         generator: torch.Generator | None,
         **args: Any,
     ) -> LoRAFactors:
-        cov, basis = stats["input_cov"].double(), stats.get("subspace")
-        if self.rule == "official":  # left singular vectors of C - M M^T C, over sqrt(3)
-            if basis is not None:
-                cov = cov - basis.to(cov) @ (basis.to(cov).T @ cov)
-            A = torch.linalg.svd(cov)[0][:, :rank].T * OFFICIAL_SCALE
-        else:
-            A = _top_eigenvectors(project_out(cov, basis))[1][:, :rank].T
-        A = A.to(weight)
+        """The design of the layer's input; layers that read one input come one after another
+        with the very same covariance and memory tensors, so the last design is kept (weakly:
+        it is recomputed when either tensor is another one or was changed) and reused."""
+        cov, basis = stats["input_cov"], stats.get("subspace")
+        key = (cov._version, rank, None if basis is None else basis._version)
+        last = self._last
+        if (
+            last is None
+            or _alive(last[0]) is not cov
+            or _alive(last[1]) is not basis
+            or last[2] != key
+        ):
+            basis_ref = weakref.ref(basis) if basis is not None else None
+            self._last = (weakref.ref(cov), basis_ref, key, self._design(cov, basis, rank))
+        A = self._last[3].to(weight)
         B = torch.zeros(weight.shape[0], rank, dtype=weight.dtype, device=weight.device)
         return LoRAFactors(A=A, B=B, residual=weight.clone(), trainable=frozenset({"B"}))
 
