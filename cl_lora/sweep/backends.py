@@ -29,25 +29,40 @@ def _died(run_id: str, error: BaseException) -> dict[str, Any]:
     return {"run_id": run_id, "status": "failed", "error": f"worker died: {error!r}"}
 
 
+def gpu_of_slot(slot: int) -> str | None:
+    """The CUDA device a local worker slot runs on: slots take this machine's visible GPUs in
+    turn (round-robin), so ``--max-parallel 4`` on 4 GPUs puts one run on each instead of
+    all on ``cuda:0``. ``None`` (leave it alone) with fewer than two GPUs."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    return ids[slot % len(ids)] if len(ids) > 1 else None
+
+
 def local_runs(
     runs: Mapping[str, RunConfig], output_dir: Path, max_parallel: int
 ) -> Iterator[Event]:
     """Up to ``max_parallel`` runs at once, each in a fresh process (no state leaks between
-    runs), sharing this machine's CPU threads evenly among them."""
+    runs), sharing this machine's CPU threads evenly among them and its GPUs round-robin
+    (:func:`gpu_of_slot`: each running run holds a slot)."""
     threads = max(1, torch.get_num_threads() // max_parallel)
     context = multiprocessing.get_context("spawn")
     queue = deque(runs.items())
-    running: dict[Future, str] = {}
+    free_slots = deque(range(max_parallel))
+    running: dict[Future, tuple[str, int]] = {}
     with ProcessPoolExecutor(max_parallel, mp_context=context, max_tasks_per_child=1) as pool:
         while queue or running:
             while queue and len(running) < max_parallel:
                 run_id, config = queue.popleft()
-                future = pool.submit(execute, config.to_dict(), str(output_dir), threads)
-                running[future] = run_id
+                slot = free_slots.popleft()
+                future = pool.submit(
+                    execute, config.to_dict(), str(output_dir), threads, gpu_of_slot(slot)
+                )
+                running[future] = (run_id, slot)
                 yield "start", run_id
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                run_id = running.pop(future)
+                run_id, slot = running.pop(future)
+                free_slots.append(slot)
                 try:
                     yield "end", future.result()
                 except Exception as error:

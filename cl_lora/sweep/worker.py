@@ -8,6 +8,7 @@ folder, since a worker has no terminal.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -26,12 +27,18 @@ def _record(run_id: str, status: str, seconds: float, **extra: Any) -> dict[str,
     return {"run_id": run_id, "status": status, "wall_s": round(seconds, 1), **extra}
 
 
-def execute(config_data: dict[str, Any], output_dir: str, threads: int | None) -> dict[str, Any]:
+def execute(
+    config_data: dict[str, Any], output_dir: str, threads: int | None, gpu: str | None = None
+) -> dict[str, Any]:
     """Run (or resume, or skip) one config; return ``{run_id, status, wall_s, ...}``.
 
     ``threads`` caps torch's CPU threads, so parallel runs on one machine do not oversubscribe
-    its cores (recorded in the result's ``determinism`` block).
+    its cores (recorded in the result's ``determinism`` block). ``gpu`` (a CUDA device id)
+    becomes the only GPU this worker process sees, before anything initializes CUDA, so
+    ``--device cuda`` (or ``auto``) runs there.
     """
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     if threads:
