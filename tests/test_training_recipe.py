@@ -288,3 +288,55 @@ def test_a_baselines_own_rate_survives_the_per_task_settings() -> None:
     run_stream(strategy)
     assert [task["lr"] for task in recorder.tasks] == [1e-3, 1e-3]
     assert strategy.training_records[1]["lr"] == 1e-3
+
+
+def test_the_warm_up_of_lora_init_steps_as_training_does() -> None:
+    """LoRA-Init/TSD's warm-up takes the recipe's steps: two accumulated micro-batches of 4
+    give the update of one batch of 8 (weighted by answer tokens); clipping applies."""
+    from cl_lora.calibration.warmup import WarmupRecipe, warmup_deltas
+    from cl_lora.lora import LoRASettings
+
+    stream = uneven_answers_stream()
+    rows = [stream.tasks[0].train[i] for i in (0, 2, 4, 1, 3, 5, 7, 6)]  # 3 "no", then 3 "yes"
+
+    def deltas(recipe: WarmupRecipe, halves: bool) -> dict:
+        backbone = tiny_llama()
+        problem = build_problem(stream, backbone, max_length=64)
+        model = problem.build_model()
+        parts = [rows[:4], rows[4:]] if halves else [rows]
+        batches = [problem.collate(part, None, training=True) for part in parts]
+        recipe = WarmupRecipe(recipe.grad_accumulation, recipe.max_grad_norm, problem.loss_terms)
+        return warmup_deltas(
+            model, model.head_of(0), lambda m, x, y: problem.batch_loss(m, x, y, 0),
+            LoRASettings(rank=2, alpha=4.0), backbone.target_modules, batches, 3, 1e-3,
+            torch.Generator().manual_seed(0), recipe,
+        )  # fmt: skip
+
+    first_grads: list[list[torch.Tensor]] = []
+
+    def record(optimizer, args, kwargs) -> None:  # the gradient each warm-up step applies
+        grads = [
+            p.grad.clone()
+            for g in optimizer.param_groups
+            for p in g["params"]
+            if p.grad is not None
+        ]
+        first_grads.append(grads)
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        whole = deltas(WarmupRecipe(), halves=False)
+        accumulated = deltas(WarmupRecipe(grad_accumulation=2), halves=True)
+    finally:
+        handle.remove()
+    assert len(first_grads) == 6  # 3 steps each
+    for left, right in zip(first_grads[3], first_grads[0], strict=True):
+        torch.testing.assert_close(left, right, rtol=1e-4, atol=1e-8)
+    for name, (left, right) in whole.items():
+        torch.testing.assert_close(accumulated[name][0] @ accumulated[name][1], left @ right,
+                                   rtol=1e-3, atol=1e-7)  # fmt: skip
+    clipped = deltas(WarmupRecipe(max_grad_norm=1e-12), halves=False)
+    size = sum(float((a @ b).norm()) for a, b in whole.values())
+    assert sum(float((a @ b).norm()) for a, b in clipped.values()) < 0.1 * size

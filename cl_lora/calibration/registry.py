@@ -31,8 +31,10 @@ class CalibrationData(Protocol):
     target_modules: Sequence[str]
     size: int  # examples per calibration source
     batch_size: int  # forward-only passes (covariances, gradients)
-    train_batch_size: int  # warm-up steps, as in training
+    train_batch_size: int  # warm-up micro-batches, as in training
     lr: float  # warm-up steps
+    grad_accumulation: int  # micro-batches per warm-up step, as in training
+    max_grad_norm: float | None  # warm-up steps' clipping, as in training
 
     def resolved_args(self) -> dict[str, Any]:
         """The init method's arguments, defaults filled in."""
@@ -47,6 +49,9 @@ class CalibrationData(Protocol):
 
     def loss(self, task_id: int) -> BatchLoss:
         """The training loss of one batch of task ``task_id``."""
+
+    def loss_terms(self, targets: torch.Tensor) -> int:
+        """How many terms a batch's loss averages (what weighs an accumulated micro-batch)."""
 
 
 #: ``(per-layer tensors, report)`` of one statistic.

@@ -6,7 +6,8 @@ kept as its factors ``(s B, A)``: as a dense float32 matrix per layer it would b
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,9 +31,14 @@ def warmup_deltas(
     steps: int,
     lr: float,
     generator: torch.Generator,
+    recipe: WarmupRecipe | None = None,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Each layer's update ``s B A`` as the factors ``(s B, A)`` (float32) after ``steps``
     AdamW steps of plain LoRA (with the task's ``head``, if the model has one) on ``loss``.
+
+    Each step reads ``recipe.grad_accumulation`` micro-batches of ``batches``, weighted by
+    their share of the step's loss terms, and clips to ``recipe.max_grad_norm``, as the run's
+    training steps do (:class:`~cl_lora.strategy.LoRAStrategy`).
 
     The warm-up leaves no trace: its adapter is dropped without merging (plain LoRA's residual
     is the weight itself) and the task head is restored to its state before the warm-up.
@@ -44,12 +50,20 @@ def warmup_deltas(
     was_training = model.training
     attach_lora(model, settings, layer_names, inits.get("lora"), {}, {}, generator)
     try:
-        adapter = [p for p in model.encoder.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW([*adapter, *head.parameters()], lr=lr)
+        recipe = recipe or WarmupRecipe()
+        parameters = [p for p in model.encoder.parameters() if p.requires_grad]
+        parameters += list(head.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=lr)
         model.train()
-        for inputs, targets in itertools.islice(itertools.cycle(list(batches)), steps):
+        micro_batches = itertools.cycle(list(batches))
+        for _ in range(steps):
+            group = list(itertools.islice(micro_batches, recipe.grad_accumulation))
+            terms = [recipe.loss_terms(targets) for _, targets in group]
             optimizer.zero_grad()
-            loss(model, inputs, targets).backward()
+            for (inputs, targets), share in zip(group, terms, strict=True):
+                (loss(model, inputs, targets) * (share / max(1, sum(terms)))).backward()
+            if recipe.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, recipe.max_grad_norm)
             optimizer.step()
         return {
             name: (
@@ -64,6 +78,15 @@ def warmup_deltas(
         model.train(was_training)
 
 
+@dataclass(frozen=True)
+class WarmupRecipe:
+    """How a warm-up step is made of micro-batches, as the run's training steps are."""
+
+    grad_accumulation: int = 1
+    max_grad_norm: float | None = None
+    loss_terms: Callable[[torch.Tensor], int] = len
+
+
 @register_statistic(
     "warmup_delta",
     "s B A of each layer (as its factors) after warmup_steps of plain LoRA on the current task",
@@ -72,7 +95,10 @@ def warmup_statistic(
     data: CalibrationData, model: nn.Module, task_id: int, generator: torch.Generator
 ) -> Collected:
     steps = data.resolved_args()["warmup_steps"]
-    batches = data.labelled_batches(task_id, steps * data.train_batch_size, data.train_batch_size)
+    micro_batches = steps * data.grad_accumulation
+    batches = data.labelled_batches(
+        task_id, micro_batches * data.train_batch_size, data.train_batch_size
+    )
     deltas = warmup_deltas(
         model,
         model.head_of(task_id),
@@ -83,5 +109,6 @@ def warmup_statistic(
         steps,
         data.lr,
         generator,
+        WarmupRecipe(data.grad_accumulation, data.max_grad_norm, data.loss_terms),
     )
     return deltas, {"warmup_steps": steps}

@@ -67,10 +67,12 @@ class Calibrator:
     lora: LoRASettings
     target_modules: Sequence[str]
     batch_size: int  # forward-only passes (covariances, gradients)
-    train_batch_size: int  # warm-up steps, as in training
+    train_batch_size: int  # warm-up micro-batches, as in training
     lr: float
     device: torch.device
     max_memory: int | None = None  # bytes of input covariances at once; None: half the free
+    grad_accumulation: int = 1  # micro-batches per warm-up step, as in training
+    max_grad_norm: float | None = None  # warm-up steps' clipping, as in training
 
     def __post_init__(self) -> None:
         self.reports: list[dict[str, Any]] = []
@@ -95,6 +97,9 @@ class Calibrator:
             return self.problem.batch_loss(model, inputs, targets, task_id)
 
         return batch_loss
+
+    def loss_terms(self, targets: torch.Tensor) -> int:
+        return self.problem.loss_terms(targets)
 
     def input_batches(self, task_id: int) -> tuple[Iterator[Inputs], dict[str, int]]:
         """The calibration rows (:meth:`input_rows`) in batches, longest first."""

@@ -116,6 +116,8 @@ class LoRAStrategy(SupervisedTemplate):
             batch_size=self.eval_mb_size,
             train_batch_size=self.train_mb_size,
             lr=recipe.lr,
+            grad_accumulation=recipe.grad_accumulation,
+            max_grad_norm=recipe.max_grad_norm,
             device=self.device,
             max_memory=calib_max_memory,
         )
