@@ -420,7 +420,9 @@ DEFAULT_MAX_LENGTH = 64  # tokens of a text example, unless the stream's recipe 
 
 #: Settings added after the first published runs, with the default that leaves a run as before.
 ADDED_SETTINGS: dict[str, Any] = {
-    spec.name: spec.default for spec in dataclasses.fields(RunConfig) if spec.metadata["added"]
+    spec.name: spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+    for spec in dataclasses.fields(RunConfig)
+    if spec.metadata["added"]
 }
 
 

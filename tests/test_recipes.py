@@ -194,3 +194,16 @@ def test_a_run_records_its_recipe_and_training(tmp_path: Path, tiny_backbone_dir
     assert result["metrics"]["acc_pooled"] == pytest.approx(
         sum(s * r for s, r in zip(sizes, final, strict=True)) / sum(sizes)
     )
+
+
+def test_committed_runs_keep_their_ids() -> None:
+    """Settings added since (recipes, schedules, accumulation, per-task settings, ...) leave the
+    id of every committed run as it was: each result file's config hashes to its own run id."""
+    from cl_lora.experiment import run_id_of
+
+    root = Path(__file__).resolve().parents[1] / "results"
+    files = sorted(root.glob("*-runs/**/result.json"))
+    assert len(files) > 100
+    for path in files:
+        result = json.loads(path.read_text())
+        assert run_id_of(RunConfig.from_dict(result["config"])) == result["run_id"], path
