@@ -225,6 +225,14 @@ class RunConfig:
         added=True,
         choices=PROMPT_KEEP,
     )
+    loss_average: str = setting(
+        "tokens",
+        "training",
+        "language models: the loss is the mean over a batch's answer tokens, or each example's "
+        "mean averaged over the examples (transformers before 4.46 with one example per device)",
+        added=True,
+        choices=("tokens", "examples"),
+    )
     max_new_tokens: int | None = setting(
         None,
         "data",

@@ -78,9 +78,14 @@ def load_backbone(family: Family, name: str, config: RunConfig, device: torch.de
 
 def problem_for(stream: streams.Stream, backbone: Backbone, config: RunConfig) -> Problem:
     """The problem that learns ``stream`` on ``backbone`` with ``config``'s token budget,
-    prompt truncation and generation length."""
+    prompt truncation, generation length and loss averaging."""
     return build_problem(
-        stream, backbone, config.max_length, config.prompt_keep, config.max_new_tokens
+        stream,
+        backbone,
+        config.max_length,
+        config.prompt_keep,
+        config.max_new_tokens,
+        config.loss_average,
     )
 
 

@@ -94,6 +94,11 @@ def test_o_lora_llama_matches_its_scripts() -> None:
     assert (config.precision, config.targets, config.lora_dropout) == (
         "bf16", ("q_proj", "v_proj"), 0.1,
     )  # fmt: skip
+    # requirements.txt pins transformers==4.28.0: its Trainer averages micro-batch means (one
+    # example each here); src/model/llama.py line 101: loss.sum() / loss_mask.sum() per example
+    assert config.loss_average == "examples"
+    t5 = resolve_config(command_line("--recipe", "o-lora-t5"))
+    assert t5.loss_average == "tokens"  # 8 examples per device: see README, what cannot match
 
 
 def test_flags_override_the_recipe_and_dicts_merge() -> None:

@@ -340,3 +340,26 @@ def test_the_warm_up_of_lora_init_steps_as_training_does() -> None:
     clipped = deltas(WarmupRecipe(max_grad_norm=1e-12), halves=False)
     size = sum(float((a @ b).norm()) for a, b in whole.values())
     assert sum(float((a @ b).norm()) for a, b in clipped.values()) < 0.1 * size
+
+
+def test_loss_averaged_over_examples_as_o_loras_llama_runs() -> None:
+    """O-LoRA's LLaMA scripts (one example per device, 8 accumulated, transformers 4.28) give
+    each example's mean answer-token loss (src/model/llama.py line 101: loss.sum() /
+    loss_mask.sum() over one example) the same weight; --loss-average examples does that, and
+    accumulation then weighs micro-batches by their examples."""
+    stream = uneven_answers_stream()
+    problem = build_problem(stream, tiny_llama(), 64, loss_average="examples")
+    rows = [stream.tasks[0].train[i] for i in range(4)]
+    inputs, targets = problem.collate(rows, [r["label"] for r in rows], training=True)
+    model = problem.build_model()
+    output = problem.forward(model, inputs, torch.zeros(4, dtype=torch.long))
+    singles = []
+    for i in range(4):
+        one_inputs, one_targets = problem.collate([rows[i]], [0], training=True)
+        tokens = build_problem(stream, problem.backbone, 64)  # the token mean of one example
+        one = tokens.forward(model, one_inputs, torch.zeros(1, dtype=torch.long))
+        singles.append(tokens.loss(one, one_targets))
+    torch.testing.assert_close(problem.loss(output, targets), torch.stack(singles).mean())
+    assert problem.loss_terms(targets) == 4
+    token_mean = build_problem(stream, problem.backbone, 64).loss(output, targets)
+    assert not torch.allclose(token_mean, problem.loss(output, targets))  # uneven answers

@@ -18,10 +18,11 @@ def build_problem(
     max_length: int,
     prompt_keep: str = "ends",
     max_new_tokens: int | None = None,
+    loss_average: str = "tokens",
 ) -> Problem:
     """The problem ``stream`` declares, for ``backbone`` (which must be able to learn it).
-    ``prompt_keep`` and ``max_new_tokens`` shape a language model's prompts and generations
-    (:class:`TextToText`); a classification stream has neither."""
+    ``prompt_keep``, ``max_new_tokens`` and ``loss_average`` shape a language model's prompts,
+    generations and loss (:class:`TextToText`); a classification stream has none of them."""
     if stream.problem == TextToText.kind:
         if backbone.tokenizer is None:
             raise BadInputError(
@@ -30,12 +31,17 @@ def build_problem(
             )
         encoder_decoder = getattr(backbone.encoder.config, "is_encoder_decoder", False)
         return (Seq2SeqTextToText if encoder_decoder else TextToText)(
-            backbone, stream, max_length, prompt_keep=prompt_keep, max_new_tokens=max_new_tokens
+            backbone,
+            stream,
+            max_length,
+            prompt_keep=prompt_keep,
+            max_new_tokens=max_new_tokens,
+            loss_average=loss_average,
         )
-    if prompt_keep != "ends" or max_new_tokens is not None:
+    if prompt_keep != "ends" or max_new_tokens is not None or loss_average != "tokens":
         raise BadInputError(
-            f"--prompt-keep and --max-new-tokens shape a language model's prompts and answers; "
-            f"stream {stream.name} trains task heads: drop them"
+            f"--prompt-keep, --max-new-tokens and --loss-average shape a language model's "
+            f"prompts, answers and loss; stream {stream.name} trains task heads: drop them"
         )
     if backbone.collate is None:
         raise BadInputError(

@@ -70,11 +70,13 @@ class TextToText(Problem):
         max_length: int,
         prompt_keep: str = "ends",
         max_new_tokens: int | None = None,
+        loss_average: str = "tokens",
     ) -> None:
         super().__init__(backbone, stream)
         self.tokenizer = backbone.tokenizer
         self.max_length = max_length
         self.prompt_keep = prompt_keep
+        self.loss_average = loss_average
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.normalizers = [ANSWER_FORMS[task.answer_form] for task in stream.tasks]
@@ -168,16 +170,27 @@ class TextToText(Problem):
         return shift_targets(targets)
 
     def loss_terms(self, targets: torch.Tensor) -> int:
-        """The answer tokens of the batch: :meth:`loss` is their mean."""
-        return int((self.answer_targets(targets) != IGNORE).sum())
+        """What :meth:`loss` averages: the batch's answer tokens, or (``loss_average =
+        "examples"``) its examples that have an answer token."""
+        answer = self.answer_targets(targets) != IGNORE
+        return int(answer.any(dim=1).sum() if self.loss_average == "examples" else answer.sum())
 
     def loss(self, output: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the next-token predictions on the target tokens."""
-        return nn.functional.cross_entropy(
-            output.reshape(-1, output.shape[-1]).float(),
-            self.answer_targets(targets).reshape(-1),
-            ignore_index=IGNORE,
-        )
+        """Cross-entropy of the next-token predictions on the answer tokens: their mean over
+        the batch (``tokens``), or each example's mean, averaged over the examples
+        (``examples``: what a micro-batch of one example per device does, as in O-LoRA's LLaMA
+        scripts under transformers 4.28)."""
+        answers = self.answer_targets(targets)
+        logits = output.reshape(-1, output.shape[-1]).float()
+        if self.loss_average == "tokens":
+            return nn.functional.cross_entropy(logits, answers.reshape(-1), ignore_index=IGNORE)
+        per_token = nn.functional.cross_entropy(
+            logits, answers.reshape(-1), ignore_index=IGNORE, reduction="none"
+        ).view(answers.shape)
+        mask = answers != IGNORE
+        answered = mask.any(dim=1)
+        per_example = (per_token * mask).sum(dim=1)[answered] / mask.sum(dim=1)[answered]
+        return per_example.mean()
 
     def distillation(self, lwf: LearningWithoutForgetting, strategy: Any) -> torch.Tensor | float:
         """KL divergence from the previous model's next-token distributions to the current
@@ -234,6 +247,7 @@ class TextToText(Problem):
             "max_length": self.max_length,
             "prompt_budget": self.prompt_budget,
             "prompt_keep": self.prompt_keep,
+            "loss_average": self.loss_average,
             "format": "prompt + ' ' + target + eos; loss on the target tokens only",
             "generation": {
                 "decoding": "greedy",
