@@ -138,3 +138,46 @@ def test_init_share_bad_input(argv: list[str]) -> None:
 
     with pytest.raises(BadInputError):
         init_share.main(argv)
+
+
+def test_memory_counts_what_each_component_holds(tmp_path: Path) -> None:
+    """On a tiny Llama shape: the numbers are the tensors' bytes, as the shapes give them."""
+    from benchmarks import memory
+
+    tiny = ["--layers", "1", "--hidden", "64", "--intermediate", "128", "--heads", "4"]
+    methods = ["--methods", "lora", "olora", "ewc", "lwf", "lora-ga", "lora-init"]
+    result = memory.main([*tiny, *methods, "--json", str(tmp_path / "m.json")])["methods"]
+    rank8 = 4 * 8 * (4 * (64 + 64) + 3 * (64 + 128))  # fp32 factors of the 7 projections
+    assert result["lora"]["adapter"] == rank8
+    assert result["olora"]["adapter"] == 2 * rank8  # the init's -s B0 A0 held next to it
+    assert result["lora"]["between_tasks"] == rank8  # task 1's final factors (its init is 0)
+    weights = 4 * 64 * 64 + 3 * 64 * 128  # the adapted weights (elements)
+    # + F and G in bf16 and the scalar H per layer, whatever the number of tasks
+    assert result["ewc"]["between_tasks"] == rank8 + 2 * 2 * weights + 7 * 4
+    assert result["ewc"]["per_step"] < weights  # no dense float32 copy kept for the backward
+    assert result["lwf"]["between_tasks"] == rank8  # the teacher shares the model
+    assert result["lora-ga"]["calibration"] == 4 * weights  # float32 mean gradients
+    assert result["lora-init"]["calibration"] == rank8  # the warm-up's (s B, A)
+    assert json.loads((tmp_path / "m.json").read_text())["methods"] == result
+
+
+def test_memory_bad_input() -> None:
+    from benchmarks import memory
+
+    with pytest.raises(BadInputError, match="unknown method nope"):
+        memory.main(["--methods", "nope"])
+
+
+def test_decompositions_times_the_replaced_forms_side_by_side() -> None:
+    from benchmarks import decompositions
+
+    argv = ["--out", "40", "--in", "60", "--cov", "30", "--memory", "4", "--repeats", "1"]
+    result = decompositions.main(argv)
+    assert set(result["median_s"]) == {
+        "weight SVD (both)",
+        "rates, dense dW (before)",
+        "rates, factors (after)",
+        "InfLoRA, SVD (before)",
+        "InfLoRA, eigh (after)",
+    }
+    assert all(len(times) == 1 for times in result["seconds"].values())

@@ -115,6 +115,17 @@ def test_resume_moves_the_model_to_its_device_before_replaying(tmp_path, monkeyp
     assert all(t.device.type == "cpu" for f in factors.values() for t in f.values())
 
 
+def test_a_pending_init_term_is_replayed_not_stored(tmp_path) -> None:
+    """A residual init's -s B0 A0 lives in the layers' buffers during the task; the checkpoint
+    has it in the LoRA history already and does not store the buffers again."""
+    from cl_lora.safe_state import load_state
+
+    checkpoint = _checkpoint_after_first_task(tmp_path, init="pissa")
+    state = load_state(checkpoint)
+    assert state["model"]["lora_history"][0]["init"]  # the factors are there
+    assert not [name for name in state["model"]["encoder"] if "lora_pending" in name]
+
+
 def test_a_checkpoint_holds_factors_not_the_model(tmp_path) -> None:
     """A LoRA run's checkpoint grows by about one adapter per task; sequential fine-tuning's
     holds the whole encoder."""

@@ -65,13 +65,15 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 # -- the model: what changed since the pretrained one ---------------------------------------------
 def _trained_encoder_tensors(encoder: nn.Module) -> dict[str, torch.Tensor]:
-    """Encoder weights that train directly (not LoRA factors) and every encoder buffer."""
+    """Encoder weights that train directly (not LoRA factors) and every encoder buffer but the
+    adapters' pending terms (:class:`cl_lora.lora.PendingDelta`)."""
     tensors = {
         name: param
         for name, param in encoder.named_parameters()
         if param.requires_grad and not any(part in name for part in _LORA_FACTORS)
     }
-    return tensors | dict(encoder.named_buffers())
+    buffers = {n: b for n, b in encoder.named_buffers() if "lora_pending" not in n}
+    return tensors | buffers  # a pending init term is in the LoRA history: replayed, not stored
 
 
 def model_state(strategy: LoRAStrategy) -> dict[str, Any]:
