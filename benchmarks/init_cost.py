@@ -342,6 +342,8 @@ class ImageCalibration:
     target_modules: Sequence[str]
     batches: list[tuple[Inputs, torch.Tensor]]
     lr: float = RECIPE.lr
+    grad_accumulation: int = RECIPE.grad_accumulation
+    max_grad_norm: float | None = RECIPE.max_grad_norm
 
     @property
     def size(self) -> int:
@@ -366,6 +368,9 @@ class ImageCalibration:
 
     def loss(self, task_id: int) -> BatchLoss:
         return cross_entropy_on(task_id)
+
+    def loss_terms(self, targets: torch.Tensor) -> int:
+        return len(targets)
 
 
 def vit_case(settings: Settings, device: torch.device) -> Case:
