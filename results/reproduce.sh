@@ -75,4 +75,14 @@ for seed in 0 1 2 3 4; do
 done
 python -m cl_lora.leaderboard.findings knowledge "$FINDINGS/knowledge-trec" --out results/findings
 
+# O-LoRA's LLaMA recipe against the suite's default recipe (README, "Published recipes"):
+# SmolLM2-135M for LLaMA, fp32 on the CPU (the recipe's bf16 is for CUDA), O-LoRA's own amazon
+# and agnews files, 256 training / 50 test examples per task. --grad-accumulation 2 keeps the
+# default recipe's batch of 16 (as 2 x 8) within this machine's memory at 512 tokens.
+OLORA_DATA=../shared/data/o-lora-cl-benchmark
+RECIPE_RUN="--stream cl-benchmark --tasks amazon,agnews --data-dir $OLORA_DATA --backbone smollm2-135m
+  --baseline o-lora --max-train-per-task 256 --max-test-per-task 50 --output-dir results/o-lora-recipe-runs"
+python -m cl_lora.run --recipe o-lora-llama --precision fp32 $RECIPE_RUN --resume --quiet
+python -m cl_lora.run $RECIPE_RUN --grad-accumulation 2 --resume --quiet
+
 python -m cl_lora.leaderboard results/benchmark-runs --out results --format md csv html --compare
