@@ -86,8 +86,3 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
             value = tuple(value)
         values[spec.name] = value
     return values
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The :class:`RunConfig` the parsed flags alone describe (no recipe)."""
-    return RunConfig(**given_settings(args))

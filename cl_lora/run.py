@@ -67,14 +67,14 @@ def listing() -> str:
         lines.append(title)
         lines += registry.listing(extras)
     lines.append("recipes (--recipe NAME; copy the file to start your own --config)")
-    for name in recipes.available():
-        recipe = recipes.builtin(name)
+    for name, path in recipes.available().items():
+        recipe = recipes.load(path, name)
         lines += [f"  {name:<22} {recipe.description}", f"  {'':<22} from {recipe.source}"]
         lines.append(f"  {'':<22} file {recipe.path}")
     return "\n".join(lines)
 
 
-def resolve_config(args: argparse.Namespace) -> RunConfig:
+def config_from_command_line(args: argparse.Namespace) -> RunConfig:
     """The run's settings: defaults, then ``--recipe``/``--config``, then the flags given."""
     from cl_lora import recipes
 
@@ -89,10 +89,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
 def printed_config(config: RunConfig) -> str:
     """``--print-config``: the settings as resolved (names checked, arguments typed and
     complete), as a file that ``--config`` reads back to the same run."""
-    from cl_lora.experiment import resolve_config as resolved
+    from cl_lora.experiment import resolve_config
     from cl_lora.recipes import to_yaml
 
-    config = resolved(config)
+    config = resolve_config(config)
     header = (
         f"# python -m cl_lora.run --config FILE runs these settings ({config.recipe or 'flags'})\n"
     )
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list:
             print(listing())
             return 0
-        config = resolve_config(args)
+        config = config_from_command_line(args)
         if args.print_config:
             print(printed_config(config))
             return 0

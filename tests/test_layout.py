@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from cl_lora.config import RunConfig, flag_of
-from cl_lora.config_cli import config_from_args
 from cl_lora.registry import Registry
 from cl_lora.registry_index import registries
-from cl_lora.run import build_parser, listing
+from cl_lora.run import build_parser, config_from_command_line, listing
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cl_lora"
 HEAVY = ("avalanche", "peft", "timm", "sklearn", "ray", "transformers", "datasets", "pandas")
@@ -106,14 +105,14 @@ def test_every_setting_has_a_flag_that_reaches_the_config() -> None:
             "--targets", "query,value", "--calib", "probe,task", "--init-arg", "f=0.25",
             "--plugin", "ewc", "--plugin-arg", "ewc_lambda=5", "--tasks", "a,b",
             "--max-train-per-task", "7", "--scenario", "task", "--precision", "bf16"]  # fmt: skip
-    config = config_from_args(parser.parse_args(argv))
+    config = config_from_command_line(parser.parse_args(argv))
     assert config == RunConfig(
         stream="offline-domains", rank=4, alpha=8.0, rslora=True, targets=("query", "value"),
         calib=("probe", "task"), init_args={"f": "0.25"}, plugins=("ewc",),
         plugin_args={"ewc_lambda": "5"}, tasks=("a", "b"), max_train_per_task=7,
         scenario="task", precision="bf16",
     )  # fmt: skip
-    assert config_from_args(parser.parse_args([])) == RunConfig()
+    assert config_from_command_line(parser.parse_args([])) == RunConfig()
 
 
 def test_help_and_list_load_no_heavy_library() -> None:

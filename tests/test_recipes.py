@@ -13,12 +13,11 @@ from cl_lora import recipes
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import resolve_config
-from cl_lora.run import build_parser, main
-from cl_lora.run import resolve_config as from_command_line
+from cl_lora.run import build_parser, config_from_command_line, main
 
 
 def command_line(*argv: str) -> RunConfig:
-    return from_command_line(build_parser().parse_args(list(argv)))
+    return config_from_command_line(build_parser().parse_args(list(argv)))
 
 
 def test_o_lora_t5_matches_its_scripts() -> None:

@@ -140,7 +140,7 @@ def test_nan_loss_stops_the_run_with_exit_1(monkeypatch, capsys, tmp_path) -> No
 def test_every_training_setting_is_reachable_from_the_command_line() -> None:
     """Each RunConfig field that changes training has a flag (the weight decay, warm-up and
     evaluation batch were once only settable in code)."""
-    from cl_lora.run import build_parser, resolve_config
+    from cl_lora.run import build_parser, config_from_command_line
 
     argv = ["--weight-decay", "0.01", "--warmup-ratio", "0.2", "--eval-batch-size", "8",
             "--lr-search", "1e-4,1e-3", "--order", "2", "--lr-scheduler", "cosine",
@@ -148,14 +148,14 @@ def test_every_training_setting_is_reachable_from_the_command_line() -> None:
             "--max-grad-norm", "0.5", "--lora-dropout", "0.1", "--prompt-keep", "start",
             "--max-new-tokens", "7", "--per-task", "2:epochs=3", "--per-task", "mnli:lr=1e-4",
             "--rslora"]  # fmt: skip
-    config = resolve_config(build_parser().parse_args(argv))
+    config = config_from_command_line(build_parser().parse_args(argv))
     assert (config.weight_decay, config.warmup_ratio, config.eval_batch_size) == (0.01, 0.2, 8)
     assert config.lr_search == (1e-4, 1e-3) and config.order == 2
     assert (config.lr_scheduler, config.warmup_steps, config.batch_size) == ("cosine", 3, 12)
     assert (config.grad_accumulation, config.max_grad_norm, config.lora_dropout) == (3, 0.5, 0.1)
     assert (config.prompt_keep, config.max_new_tokens, config.rslora) == ("start", 7, True)
     assert config.per_task == {"2": {"epochs": 3}, "mnli": {"lr": 1e-4}}
-    untouched = resolve_config(build_parser().parse_args([]))
+    untouched = config_from_command_line(build_parser().parse_args([]))
     assert untouched == RunConfig()  # no flag given: the defaults, nothing else
 
 
