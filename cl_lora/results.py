@@ -119,7 +119,8 @@ def write_run(run_dir: Path, result: dict[str, Any]) -> Path:
     """Write ``result`` into ``run_dir`` atomically; return the path of ``result.json``.
 
     ``result`` needs ``matrix`` (T x T, NaN/None where not evaluated) and ``tasks`` (T dicts
-    with a ``name``); ``stream`` and ``init`` (dicts with a ``name``) title the heatmap.
+    with a ``name``); ``stream`` and ``method`` (or ``init``; dicts with a ``name``) title the
+    heatmap.
     ``schema_version`` is added if absent. All three files are rendered to temporaries in
     ``run_dir`` before any is moved into place (``result.json`` last), so an error while
     rendering leaves the folder as it was; every temporary is removed on any error.
@@ -192,7 +193,8 @@ def _render_heatmap(
     """Draw the run's accuracy matrix as an annotated heatmap PNG into ``fh``."""
     side = 2.5 + 0.7 * matrix.shape[0]
     fig = Figure(figsize=(side + 1.0, side), layout="constrained")
-    title = " / ".join(n for n in (_name(data.get("stream")), _name(data.get("init"))) if n)
+    method = _name(data.get("method")) or _name(data.get("init"))  # a baseline's, else the init
+    title = " / ".join(n for n in (_name(data.get("stream")), method) if n)
     draw_matrix(fig, fig.subplots(), matrix, names, title or "accuracy matrix")
     fig.savefig(fh, format="png", dpi=100)
 

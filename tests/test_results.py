@@ -120,3 +120,14 @@ def test_environment():
     commit = env["git_commit"]
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit)
     json.dumps(env)
+
+
+def test_heatmap_is_titled_by_the_method_not_only_its_init(tmp_path, monkeypatch):
+    """An O-LoRA run (init lora) is titled o-lora, not lora."""
+    titles = []
+    monkeypatch.setattr(
+        results, "draw_matrix", lambda fig, ax, m, names, title: titles.append(title)
+    )
+    result = {**make_result(), "method": {"name": "o-lora"}, "init": {"name": "lora"}}
+    results.write_run(tmp_path / "run", result)
+    assert titles[-1].endswith("/ o-lora")
