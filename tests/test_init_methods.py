@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraGAConfig
 from peft.tuners.lora.config import CordaConfig
 from peft.utils.incremental_pca import IncrementalPCA
+from scipy.stats import kstest
 from torch import nn
 
 from cl_lora import inits
@@ -295,11 +296,32 @@ def test_randomized_pissa_matches_peft_and_converges_to_the_full_svd(weight: tor
         inits.get("pissa")(weight, rank=RANK, scale=SCALE, niter=-1)
 
 
-def test_lora_starts_at_zero_with_kaiming_a(weight: torch.Tensor) -> None:
-    factors = inits.get("lora")(weight, rank=8, scale=2.0, generator=torch.Generator())
-    assert torch.equal(factors.B, torch.zeros_like(factors.B))
-    assert torch.equal(factors.residual, weight)
-    assert factors.A.abs().max() <= 1 / 384**0.5
+def test_lora_starts_at_zero_with_pefts_kaiming_uniform_a(weight: torch.Tensor) -> None:
+    """PEFT's default LoRA init draws ``A`` with ``nn.init.kaiming_uniform_(A, a=sqrt(5))``
+    (peft 0.21.2, ``peft/tuners/lora/layer.py`` line 338) and zeroes ``B`` (line 343). With
+    ``a = sqrt(5)`` torch's gain is ``sqrt(2 / (1 + 5))`` (``torch/nn/init.py`` line 238) and the
+    bound ``sqrt(3) * gain / sqrt(fan_in)`` (lines 613-614): ``A ~ U(-1/sqrt(in), 1/sqrt(in))``,
+    mean 0 and variance ``1 / (3 in)``. Ours and PEFT's own draw must both follow that law."""
+    bound = 1 / weight.shape[1] ** 0.5
+    ours = inits.get("lora")(weight, rank=RANK, scale=SCALE, generator=torch.Generator())
+    assert torch.equal(ours.residual, weight)
+    torch.manual_seed(0)
+    peft_A, peft_B, _ = peft_init(OneLinear(weight))
+    for name, A, B in [("ours", ours.A, ours.B), ("peft", peft_A, peft_B)]:
+        assert torch.equal(B, torch.zeros_like(B)), name
+        A = A.double().flatten()  # 8 x 384 draws: mean within 4 standard errors, variance 6%
+        assert abs(A.mean().item()) < 4 * bound / (3 * A.numel()) ** 0.5, name
+        assert A.var().item() == pytest.approx(bound**2 / 3, rel=0.06), name
+        assert A.abs().max().item() <= bound, name  # never outside the bound, and up to it
+        assert A.max().item() > 0.99 * bound and A.min().item() < -0.99 * bound, name
+        assert kstest(A.numpy(), "uniform", (-bound, 2 * bound)).pvalue > 1e-3, name
+    seeded = [
+        inits.get("lora")(
+            weight, rank=RANK, scale=SCALE, generator=torch.Generator().manual_seed(s)
+        )
+        for s in (1, 1, 2)
+    ]
+    assert torch.equal(seeded[0].A, seeded[1].A) and not torch.equal(seeded[0].A, seeded[2].A)
 
 
 def test_windows_hold_the_right_singular_components(weight: torch.Tensor) -> None:
