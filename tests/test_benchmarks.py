@@ -46,11 +46,31 @@ def test_startup_times_each_command_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "startup.json"
     result = startup.main(["--repeats", "1", "--json", str(out)])
     assert set(result["median_s"]) == {"import torch", "run --help", "run --list"}
-    assert result["ratio_to_torch"]["import torch"] == pytest.approx(1.0)
     assert all(len(values) == 1 and values[0] > 0 for values in result["seconds"].values())
     assert json.loads(out.read_text()) == result
     with pytest.raises(BadInputError):
         startup.main(["--repeats", "0"])
+
+
+def test_startup_reports_each_commands_median_over_torchs(monkeypatch) -> None:
+    """Scripted wall times (no interpreters): rounds alternate the commands, each one's median
+    is taken over its own rounds, and its ratio is that median over ``import torch``'s."""
+    seconds = {"import torch": [2.0, 9.0, 1.0], "run --help": [3.0, 4.0, 30.0],
+               "run --list": [1.5, 0.5, 7.0]}  # fmt: skip
+    calls = []
+
+    def wall_time(arguments: list[str]) -> float:
+        name = next(name for name, args in startup.COMMANDS.items() if args == arguments)
+        calls.append(name)
+        return seconds[name][calls.count(name) - 1]
+
+    monkeypatch.setattr(startup, "wall_time", wall_time)
+    result = startup.measure(3)
+    assert calls == list(startup.COMMANDS) * 3  # one of each per round
+    assert result["seconds"] == seconds
+    assert result["median_s"] == {"import torch": 2.0, "run --help": 4.0, "run --list": 1.5}
+    assert result["ratio_to_torch"] == {"import torch": 1.0, "run --help": 2.0, "run --list": 0.75}
+    assert "run --help" in startup.table(result) and "2.00x" in startup.table(result)
 
 
 def test_svd_init_times_ours_against_peft_per_shape_and_method(
@@ -159,6 +179,21 @@ def test_memory_counts_what_each_component_holds(tmp_path: Path) -> None:
     assert result["lora-ga"]["calibration"] == 4 * weights  # float32 mean gradients
     assert result["lora-init"]["calibration"] == rank8  # the warm-up's (s B, A)
     assert json.loads((tmp_path / "m.json").read_text())["methods"] == result
+
+
+def test_memory_counts_activations_per_layer_and_per_token() -> None:
+    """One layer's saved activations hold at least its bf16 input and grow linearly with the
+    tokens (the attention keeps no tokens x tokens matrix); the rest holds the float32 logits."""
+    from benchmarks.memory import Settings, activation_bytes
+
+    tiny = Settings(hidden=64, intermediate=128, heads=4, tokens=16)
+    one, two, three = (activation_bytes(tiny, n) for n in (1, 2, 3))
+    per_layer = two - one
+    assert three - two == per_layer  # the same for every layer
+    assert per_layer >= 2 * 16 * 64  # at least the layer's input in bf16
+    assert one - per_layer >= 4 * 16 * 49152  # float32 logits over SmolLM2's vocabulary
+    longer = Settings(hidden=64, intermediate=128, heads=4, tokens=32)
+    assert activation_bytes(longer, 2) - activation_bytes(longer, 1) == 2 * per_layer
 
 
 def test_memory_bad_input() -> None:
