@@ -67,8 +67,10 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+def _git_commit(root: Path | None = None) -> str | None:
+    """The commit of the checkout at ``root`` (cl_lora's by default), ``+dirty`` when tracked
+    files differ from it; ``None`` when ``root`` is not the top of a git checkout."""
+    root = root.resolve() if root else Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
         done = subprocess.run(

@@ -122,6 +122,36 @@ def test_environment():
     json.dumps(env)
 
 
+def test_git_commit_is_dirty_exactly_when_tracked_files_changed(tmp_path):
+    """In a throw-away checkout: clean -> the bare commit; an untracked file -> still clean;
+    a tracked file modified (staged or not) -> ``+dirty``; committed again -> clean; a folder
+    inside a checkout but not its top -> ``None``."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        identity = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+        done = subprocess.run(["git", "-C", str(tmp_path), *identity, *args], check=True,
+                              capture_output=True, text=True)  # fmt: skip
+        return done.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "tracked.py").write_text("x = 1\n")
+    git("add", "tracked.py")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert results._git_commit(tmp_path) == head
+    (tmp_path / "run-folder").mkdir()
+    (tmp_path / "run-folder" / "result.json").write_text("{}")
+    assert results._git_commit(tmp_path) == head  # untracked files do not count
+    (tmp_path / "tracked.py").write_text("x = 2\n")
+    assert results._git_commit(tmp_path) == head + "+dirty"
+    git("add", "tracked.py")
+    assert results._git_commit(tmp_path) == head + "+dirty"  # staged is still uncommitted
+    git("commit", "-q", "-m", "second")
+    assert results._git_commit(tmp_path) == git("rev-parse", "HEAD") != head
+    assert results._git_commit(tmp_path / "run-folder") is None  # not the checkout's top
+
+
 def test_heatmap_is_titled_by_the_method_not_only_its_init(tmp_path, monkeypatch):
     """An O-LoRA run (init lora) is titled o-lora, not lora."""
     titles = []
