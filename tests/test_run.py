@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from cl_lora import inits
 from cl_lora.config import RunConfig
 from cl_lora.run import main
 
@@ -79,7 +80,7 @@ def test_task_incremental_run_end_to_end(tmp_path, capsys) -> None:
         assert all(v is None for v in row[i + 1 :])  # per-task heads: not evaluated
     assert result["init"] == {
         "name": "intermediate",
-        "description": result["init"]["description"],
+        "description": inits.get("intermediate").description,  # the registry's, as --list shows
         "args": {"f": 0.25, "start": None},
         "needs": [],
         "calibration": {"sources": [], "per_task": []},
