@@ -7,7 +7,10 @@ against the forms that replaced them, on the same inputs.
   is timed beside them;
 - InfLoRA's design on a ``--cov x --cov`` input covariance (default 4096, the attention input)
   with a memory of 64 directions: the SVD of ``C - M M^T C`` (before) against the symmetric
-  eigensolve of ``(C - M M^T C)(C - M M^T C)^T`` (after), both float64.
+  eigensolve of ``(C - M M^T C)(C - M M^T C)^T`` (after), both float64;
+- the covariance inits (lora-null, corda-kpm, eva) on a ``--cov x --cov`` weight (the attention
+  projections' shape) with its input covariance, in float64 (the default) and in float32
+  (``--decompose-dtype float32``).
 
 Each side is timed ``--repeats`` times (fresh inputs from one seed, the sides alternating call
 by call); the table shows the median and the ratio. CPU timings: on a GPU the ratios differ
@@ -24,13 +27,18 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
 
 from benchmarks._common import alternating_calls, benchmark_parser, entry_point, run_benchmark
+from cl_lora import inits
 from cl_lora.baselines.inflora import left_singular
+from cl_lora.inits.factors import decomposing_in
 from cl_lora.inits.lora_dash import change_rates
+
+COVARIANCE_INITS = ("lora-null", "corda-kpm", "eva")
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,16 @@ def _timed(call: Callable[[], Any]) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
+
+
+def _timed_init(
+    name: str, weight: torch.Tensor, cov: torch.Tensor, dtype: torch.dtype, rank: int
+) -> float:
+    """Seconds of one init on ``weight`` with decompositions in ``dtype`` (a fresh copy of
+    ``cov`` each call, so no decomposition of an earlier call is reused)."""
+    stats = {"input_cov": cov.clone()}
+    with decomposing_in(dtype):
+        return _timed(lambda: inits.get(name)(weight, rank=rank, scale=2.0, stats=stats))
 
 
 def measure(settings: Settings) -> dict[str, Any]:
@@ -76,6 +94,12 @@ def measure(settings: Settings) -> dict[str, Any]:
         ),
         "InfLoRA, eigh (after)": lambda: _timed(lambda: left_singular(cov, basis)),
     }
+    square = torch.randn(settings.cov, settings.cov, generator=generator)
+    for name in COVARIANCE_INITS:
+        for dtype in (torch.float64, torch.float32):
+            sides[f"{name}, {dtype}".replace("torch.", "")] = partial(
+                _timed_init, name, square, cov.float(), dtype, settings.rank
+            )
     seconds = alternating_calls(sides, settings.repeats)
     return {
         "settings": vars(settings) | {"threads": torch.get_num_threads()},
@@ -96,6 +120,11 @@ def table(result: dict[str, Any]) -> str:
         *(f"| {name} | {value:.3f} |" for name, value in median.items()),
         "",
         f"change rates {rates:.0f}x faster from factors; InfLoRA design {design:.2f}x faster",
+        *(
+            f"{name}: float32 decompositions "
+            f"{median[f'{name}, float64'] / median[f'{name}, float32']:.2f}x faster than float64"
+            for name in COVARIANCE_INITS
+        ),
     ]
     return "\n".join(lines)
 

@@ -17,7 +17,12 @@ with the model's own weights is not counted again):
   (O-LoRA's ``A``) -- after the second task;
 - ``per step``: what a plugin's loss term saves for the backward pass (EWC's penalty) beyond
   the weights and the state counted above, the most over the training steps;
-- ``checkpoint``: the file after the second task.
+- ``checkpoint``: the file after the second task;
+- ``activations`` (apart from the methods): what autograd saves for the backward pass of one
+  training forward of one ``--tokens``-token example through the LoRA-adapted model (rank 8 on
+  every projection, the model's own attention implementation), measured with 1 and with 2
+  decoder layers: the difference is one layer's share, the rest is the embedding,
+  final norm, LM head and loss. Activations grow linearly with the micro-batch.
 
 Each is per decoder layer (the count over ``--layers`` layers divided by it; the run's
 checkpoint and history also hold nothing outside the layers for these methods) and times
@@ -25,6 +30,7 @@ checkpoint and history also hold nothing outside the layers for these methods) a
 the numbers of this code next to those of the code before issue 24, run the same way.
 
     python -m benchmarks.memory [--layers 2] [--methods lora olora ...] [--json OUT]
+        [--tokens 562 --micro-batch 8]
         [--hidden 4096 --intermediate 11008 --heads 32]  (other shapes: the tests' tiny one)
 """
 
@@ -67,6 +73,8 @@ class Settings:
     intermediate: int = LLAMA_7B["intermediate_size"]
     heads: int = LLAMA_7B["num_attention_heads"]
     extrapolate: int = 32
+    tokens: int = 562  # o-lora-llama's 512 prompt + 50 answer tokens
+    micro_batch: int = 8  # o-lora-llama: 8 examples per micro-batch (8 accumulated)
     methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
 
 
@@ -257,6 +265,26 @@ def measure_method(method: str, settings: Settings) -> dict[str, Any]:
     }
 
 
+def activation_bytes(settings: Settings, layers: int) -> int:
+    """Bytes saved for the backward pass by one training forward (causal-LM loss over every
+    token) of one ``settings.tokens``-token example through ``layers`` LLaMA-shaped decoder
+    layers with a rank-8 LoRA on every projection; the weights themselves are not counted."""
+    from dataclasses import replace
+
+    from peft import LoraConfig, get_peft_model
+
+    backbone = llama_shaped(replace(settings, layers=layers))
+    model = get_peft_model(
+        backbone.encoder, LoraConfig(r=8, lora_alpha=16, target_modules=backbone.target_modules)
+    ).train()
+    tokens = torch.randint(len(backbone.tokenizer), (1, settings.tokens))
+    record: list[dict[int, int]] = []
+    with torch.enable_grad(), saved_for_backward(record):
+        model(input_ids=tokens, labels=tokens)
+    weights = model_storages(model)
+    return sum(n for key, n in record[0].items() if key not in weights)
+
+
 def measure(settings: Settings) -> dict[str, Any]:
     from cl_lora.errors import BadInputError
 
@@ -267,7 +295,13 @@ def measure(settings: Settings) -> dict[str, Any]:
         )
     torch.set_grad_enabled(True)
     methods = {m: measure_method(m, settings) for m in settings.methods}
-    return {"settings": vars(settings) | {"threads": torch.get_num_threads()}, "methods": methods}
+    one, two = (activation_bytes(settings, n) for n in (1, 2))
+    activations = {"per_layer": two - one, "rest": 2 * one - two}
+    return {
+        "settings": vars(settings) | {"threads": torch.get_num_threads()},
+        "methods": methods,
+        "activations_per_example": activations,
+    }
 
 
 COLUMNS = ("adapter", "calibration", "between_tasks", "per_step", "checkpoint")
@@ -286,14 +320,33 @@ def table(result: dict[str, Any]) -> str:
     for method, numbers in result["methods"].items():
         cells = [f"{numbers[c] * scale / gb:.2f}" if c in numbers else "-" for c in COLUMNS]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", activation_report(result)])
+
+
+def activation_report(result: dict[str, Any]) -> str:
+    """Activations at the micro-batch, without and with activation checkpointing (then each
+    layer keeps only its input, ``tokens x hidden`` in bf16, and one layer at a time is
+    recomputed in the backward pass)."""
+    s, numbers = result["settings"], result["activations_per_example"]
+    gb, batch = 2**30, s["micro_batch"]
+    per_layer, rest = numbers["per_layer"] * batch, numbers["rest"] * batch
+    boundary = 2 * s["tokens"] * s["hidden"] * batch
+    full = s["extrapolate"] * per_layer + rest
+    checkpointed = s["extrapolate"] * boundary + per_layer + rest
+    return (
+        f"activations, micro-batch {batch} x {s['tokens']} tokens: {per_layer / gb:.2f} GiB per "
+        f"layer + {rest / gb:.2f} GiB embedding/head/loss = {full / gb:.1f} GiB for "
+        f"{s['extrapolate']} layers; with --gradient-checkpointing {checkpointed / gb:.1f} GiB"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = benchmark_parser("memory", __doc__)
     defaults = Settings()
-    for name in ("layers", "hidden", "intermediate", "heads", "extrapolate"):
-        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
+    names = ("layers", "hidden", "intermediate", "heads", "extrapolate", "tokens", "micro_batch")
+    for name in names:
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=int, default=getattr(defaults, name))
     parser.add_argument("--methods", nargs="+", default=list(defaults.methods))
     return parser
 

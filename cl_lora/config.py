@@ -155,6 +155,14 @@ class RunConfig:
         "free memory of the run's device); layers beyond it are collected in further passes",
         added=True,
     )
+    decompose_dtype: str = setting(
+        "float64",
+        "calibration",
+        "float type of the input-covariance decompositions (corda, lora-null, eva, inflora): "
+        "float32 is the reference codes' and far faster on GPUs with a low float64 rate",
+        added=True,
+        choices=("float64", "float32"),
+    )
     rank: int = setting(8, "lora", "LoRA rank r")
     alpha: float = setting(16.0, "lora", "LoRA alpha (scale alpha/r)")
     rslora: bool = setting(False, "lora", "scale alpha/sqrt(r) (rsLoRA)")

@@ -98,6 +98,7 @@ class Method:
             calib_max_memory=(
                 parse_bytes(config.calib_max_memory) if config.calib_max_memory else None
             ),
+            decompose_dtype=getattr(torch, config.decompose_dtype),
             train_mb_size=config.batch_size // config.grad_accumulation,
             train_epochs=config.epochs,
             eval_mb_size=config.eval_batch_size,

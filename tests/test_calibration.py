@@ -283,3 +283,62 @@ def test_free_cuda_memory_counts_the_allocators_cached_blocks(monkeypatch) -> No
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 50 * 2**30)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 20 * 2**30)
     assert free_memory(torch.device("cuda")) == 40 * 2**30
+
+
+def _well_separated_covariance(n: int = 32, seed: int = 0) -> torch.Tensor:
+    """``C = Q diag(1..n)^2 Q^T``: every eigenvalue at least 3 from the next (float32 resolves
+    its eigenvectors to ~1e-6), as a float32 statistic like calibration's."""
+    generator = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64)).Q
+    values = torch.arange(1, n + 1, dtype=torch.float64) ** 2
+    return ((Q * values) @ Q.T).float()
+
+
+@pytest.mark.parametrize("init", ["lora-null", "corda-kpm", "corda-ipm", "eva"])
+def test_float32_decompositions_give_the_float64_adapter(init) -> None:
+    """--decompose-dtype float32 decomposes in float32 (the reference codes' type) and, on a
+    covariance whose eigenvalues are well apart, gives float64's adapter to float32 round-off."""
+    from cl_lora.inits.factors import decomposing_in, decomposition_dtype
+
+    cov = _well_separated_covariance()
+    weight = torch.randn(24, 32, generator=torch.Generator().manual_seed(1))
+    seen: list[torch.dtype] = []
+    method = inits.get(init)
+    products = {}  # B A, and A^T A (sign-free: EVA's B is 0)
+    for dtype in (torch.float64, torch.float32):
+        with decomposing_in(dtype):
+            seen.append(decomposition_dtype())
+            factors = method(weight, rank=4, scale=2.0, stats={"input_cov": cov})
+        torch.testing.assert_close(factors.residual + 2.0 * factors.B @ factors.A, weight)
+        products[dtype] = (factors.B @ factors.A, factors.A.T @ factors.A)
+    assert seen == [torch.float64, torch.float32] and decomposition_dtype() == torch.float64
+    for single, double in zip(products[torch.float32], products[torch.float64], strict=True):
+        assert (single - double).norm() <= 1e-4 * double.norm()
+    assert products[torch.float64][1].norm() > 0
+
+
+@pytest.mark.parametrize(("init", "baseline"), [("lora-null", None), (None, "inflora")])
+def test_a_run_decomposes_in_the_chosen_float_type(init, baseline, monkeypatch) -> None:
+    """The run's --decompose-dtype reaches every covariance decomposition of its inits
+    (calibration statistics stay float32 either way)."""
+    from conftest import make_strategy, make_toy_stream, tiny_backbone
+
+    from cl_lora.strategy import run_stream
+
+    seen: set[torch.dtype] = set()
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m, *a, **k: seen.add(m.dtype) or eigh(m))
+    import scipy.linalg
+
+    scipy_eigh = scipy.linalg.eigh
+    monkeypatch.setattr(
+        scipy.linalg,
+        "eigh",
+        lambda m, **k: seen.add(torch.from_numpy(m).dtype) or scipy_eigh(m, **k),
+    )
+    args = {"init": init} if init else {"baseline": baseline}
+    strategy = make_strategy(
+        tiny_backbone(), make_toy_stream(tasks=2), decompose_dtype="float32", **args
+    )
+    run_stream(strategy)
+    assert seen == {torch.float32}

@@ -39,12 +39,12 @@ DualGPM's "retain" form (the memory stored as its complement once it passes half
 is not implemented -- the cap makes it unnecessary for the design. The statistics use
 ``--calib-size`` examples of the task (``--calib`` does not apply).
 
-Every decomposition is of a symmetric matrix, through ``eigh`` (float64): ``C`` itself, or
-``(C - M M^T C)(C - M M^T C)^T``, whose eigenvectors are the left singular vectors the official
-code takes from an SVD and whose eigenvalues their squares; GPM's total energy (the sum of the
-squared singular values of ``C``) is ``||C||_F^2``, which needs none. The layers that read one
-input (q/k/v, gate/up) share its covariance and memory, so the design is computed once for
-them (:meth:`InfLoRAInit.factors`).
+Every decomposition is of a symmetric matrix, through ``eigh`` (float64 unless the run chose
+float32): ``C`` itself, or ``(C - M M^T C)(C - M M^T C)^T``, whose eigenvectors are the left
+singular vectors the official code takes from an SVD and whose eigenvalues their squares; GPM's
+total energy (the sum of the squared singular values of ``C``) is ``||C||_F^2``, which needs
+none. The layers that read one input (q/k/v, gate/up) share its covariance and memory, so the
+design is computed once for them (:meth:`InfLoRAInit.factors`).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import torch
 from cl_lora.arguments import Argument as Arg
 from cl_lora.baselines.registry import register
 from cl_lora.inits import InitMethod, LoRAFactors
+from cl_lora.inits.factors import decomposition_dtype
 
 if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche or PEFT
     from cl_lora.backbones import ContinualClassifier
@@ -66,7 +67,7 @@ if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche 
 def _top_eigenvectors(cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (descending, clipped at 0) and eigenvectors (columns) of a symmetric PSD
     matrix."""
-    values, vectors = torch.linalg.eigh(cov.double())
+    values, vectors = torch.linalg.eigh(cov.to(decomposition_dtype()))
     return values.flip(0).clamp_min(0), vectors.flip(1)
 
 
@@ -112,7 +113,7 @@ def extend_basis_official(
     values of ``C``; ``M`` grows by the top left singular vectors of ``C - M M^T C`` until it
     holds ``threshold`` of it (after the first task: the fewest that fall short of it, at least
     one), at most ``max_dim`` columns in all."""
-    cov = cov.double()
+    cov = cov.to(decomposition_dtype())
     total = cov.square().sum().clamp_min(1e-300)  # the sum of C's squared singular values
     first = basis is None or basis.shape[1] == 0
     held = 0 if first else basis.shape[1]
@@ -134,7 +135,7 @@ def extend_basis(
 ) -> torch.Tensor:
     """The ``eigenvalue`` rule: ``M`` plus the fewest top eigenvectors of ``C`` outside ``M``
     that make ``M`` capture ``threshold`` of ``tr C``, at most ``max_dim`` columns in all."""
-    cov = cov.double()
+    cov = cov.to(decomposition_dtype())
     n = cov.shape[0]
     basis = torch.zeros(n, 0, dtype=cov.dtype, device=cov.device) if basis is None else basis
     basis = basis.to(cov)
@@ -166,8 +167,9 @@ class InfLoRAInit(InitMethod):
         self._last: tuple[Any, ...] | None = None  # the last design, see factors
 
     def _design(self, cov: torch.Tensor, basis: torch.Tensor | None, rank: int) -> torch.Tensor:
-        """``A`` (``rank x n``, float64) for the covariance ``cov`` and memory ``basis``."""
-        cov = cov.double()
+        """``A`` (``rank x n``, in :func:`decomposition_dtype`) for the covariance ``cov`` and
+        memory ``basis``."""
+        cov = cov.to(decomposition_dtype())
         if self.rule == "official":  # left singular vectors of C - M M^T C, over sqrt(3)
             return left_singular(cov, basis)[1][:, :rank].T * OFFICIAL_SCALE
         return _top_eigenvectors(project_out(cov, basis))[1][:, :rank].T

@@ -6,7 +6,8 @@ decomposed together with the input covariance ``C``: ``W C = U S V^T``, hence
 ``W = U S (V^T C^{-1})``; a window of ``r`` components becomes the adapter
 ``B = U_r sqrt(S_r / s)``, ``A = sqrt(S_r / s) (V^T C^{-1})_r`` and the rest stays frozen in the
 residual ``W - s B A``. Same decomposition as PEFT's ``collect_eigens_for_layer`` and
-``corda_init`` (reference code: github.com/iboing/CorDA), computed in float64, with ``C``
+``corda_init`` (reference code: github.com/iboing/CorDA), computed in float64 (the reference:
+float32; see :func:`~cl_lora.inits.factors.decomposition_dtype`), with ``C``
 normalized to a unit mean eigenvalue (see :func:`damped_inverse`); only the window's singular
 vectors are formed (:func:`~cl_lora.inits.factors.window_svd`, as for PiSSA).
 """
@@ -80,7 +81,7 @@ class CorDA(InitMethod):
     ) -> LoRAFactors:
         damped, inverse = decompose_input(stats, weight, damped_inverse)  # once per input
         window = self.window(min(weight.shape), rank)
-        U, S, Vh = window_svd(weight.double() @ damped, window)  # U, Vh: the window's only
+        U, S, Vh = window_svd(weight.to(damped) @ damped, window)  # U, Vh: the window's only
         root = torch.sqrt(S[window] / scale)
         B = (U * root).to(weight.dtype)
         A = (root[:, None] * (Vh @ inverse)).to(weight.dtype)

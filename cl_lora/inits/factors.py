@@ -5,7 +5,9 @@ a method reads from its statistics, shared by the layers that read the same inpu
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import torch
@@ -17,6 +19,32 @@ from cl_lora.inits.base import LoRAFactors
 QR_FIRST_ASPECT = 1.5
 
 T = TypeVar("T")
+
+#: The float type of the decompositions that read an input covariance (see
+#: :func:`decomposition_dtype`); float64 unless a run chooses float32.
+_DECOMPOSITION_DTYPE: ContextVar[torch.dtype] = ContextVar(
+    "decomposition_dtype", default=torch.float64
+)
+
+
+def decomposition_dtype() -> torch.dtype:
+    """The float type CorDA, LoRA-Null, EVA and InfLoRA decompose in: float64 by default (they
+    resolve a covariance's smallest eigenvalues or invert it, where float32 round-off is of the
+    size of the quantities themselves), float32 inside :func:`decomposing_in` (what CorDA's and
+    LoRA-Null's reference code use: much faster on GPUs with a low float64 rate)."""
+    return _DECOMPOSITION_DTYPE.get()
+
+
+@contextmanager
+def decomposing_in(dtype: torch.dtype) -> Iterator[None]:
+    """Run the covariance decompositions inside the block in ``dtype`` (float32 or float64)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"decompositions run in float32 or float64, not {dtype}")
+    token = _DECOMPOSITION_DTYPE.set(dtype)
+    try:
+        yield
+    finally:
+        _DECOMPOSITION_DTYPE.reset(token)
 
 
 def factors_from_svd(
@@ -100,10 +128,8 @@ def decompose_input(
     *args: Hashable,
 ) -> T:
     """``decompose(C, *args)`` of the layer's input covariance ``stats["input_cov"]``
-    (``C = X^T X``, ``in x in``), given as a symmetric float64 matrix on ``weight``'s device.
-
-    Float64 because the methods that read it resolve its smallest eigenvalues or invert it,
-    where float32 round-off is of the size of the quantities themselves.
+    (``C = X^T X``, ``in x in``), given as a symmetric matrix of :func:`decomposition_dtype`
+    on ``weight``'s device.
 
     Computed once per input: calibration hands the layers that read the same input (q/k/v,
     gate/up) the very same covariance tensor, and they come one after another, so the last
@@ -118,11 +144,12 @@ def decompose_input(
             f"input_cov has shape {tuple(cov.shape)} but this layer takes {in_features} inputs: "
             f"it must be {in_features}x{in_features}"
         )
-    key = (id(cov), cov._version, weight.device, args)
+    dtype = decomposition_dtype()
+    key = (id(cov), cov._version, weight.device, dtype, args)
     last = _LAST_DECOMPOSITION.get(decompose)
     if last is not None and last[0] == key:
         return last[1]
-    symmetric = cov.detach().to(device=weight.device, dtype=torch.float64)
+    symmetric = cov.detach().to(device=weight.device, dtype=dtype)
     value = decompose((symmetric + symmetric.T) / 2, *args)
     _LAST_DECOMPOSITION[decompose] = (key, value)
     weakref.finalize(cov, _forget_decomposition, decompose, key)  # id(cov) is then free again

@@ -27,15 +27,15 @@ def smallest_eigenvectors(cov: torch.Tensor, count: int) -> torch.Tensor:
 def null_space_factors(
     weight: torch.Tensor, null: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B, A`` with ``s B A = W Q Q^T``, ``Q`` (``null``, ``in x r``, float64) the ``r``
-    least-excited input directions: the eigenvectors of ``C`` with the ``r`` smallest
-    eigenvalues (:func:`smallest_eigenvectors`).
+    """``B, A`` with ``s B A = W Q Q^T``, ``Q`` (``null``, ``in x r``, in the decomposition's
+    float type) the ``r`` least-excited input directions: the eigenvectors of ``C`` with the
+    ``r`` smallest eigenvalues (:func:`smallest_eigenvectors`).
 
     ``W_p = W Q Q^T`` has rank at most ``r``, so its top-``r`` SVD is the thin SVD of the
     ``out x r`` matrix ``W Q = U S V^T``: ``W_p = U S (Q V)^T``, split with ``sqrt(S / s)``
     like PiSSA. The rows of ``A`` then lie in ``span(Q)``.
     """
-    U, S, Vh = torch.linalg.svd(weight.double() @ null, full_matrices=False)
+    U, S, Vh = torch.linalg.svd(weight.to(null) @ null, full_matrices=False)
     root = torch.sqrt(S / scale)
     B = U * root
     A = root[:, None] * (Vh @ null.T)

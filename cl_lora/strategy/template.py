@@ -31,6 +31,7 @@ from cl_lora.backbones import Backbone
 from cl_lora.deltas import LoRAHistory
 from cl_lora.errors import RunFailure
 from cl_lora.inits import InitMethod
+from cl_lora.inits.factors import decomposing_in
 from cl_lora.lora import LoRASettings, attach_adapters, initial_adapters, merge_lora
 from cl_lora.problems import Problem
 from cl_lora.strategy.calibrate import Calibrator
@@ -67,6 +68,7 @@ class LoRAStrategy(SupervisedTemplate):
         calib_sources: tuple[str, ...] | None = None,
         calib_size: int = 256,
         calib_max_memory: int | None = None,
+        decompose_dtype: torch.dtype = torch.float64,
         **template_args: Any,
     ) -> None:
         model = problem.build_model()
@@ -98,6 +100,7 @@ class LoRAStrategy(SupervisedTemplate):
         self.loss_share = 1.0  # of the current micro-batch in its optimizer step
         self.seed = seed
         self.precision = precision
+        self.decompose_dtype = decompose_dtype
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.trainable_params: dict[int, int] = {}
         self.init_seconds: dict[int, float] = {}
@@ -155,7 +158,8 @@ class LoRAStrategy(SupervisedTemplate):
             start = time.perf_counter()
             self.heads = self.make_heads(model)
             generator = torch.Generator().manual_seed(self.seed * 1000 + self.task_id)
-            encoder_params = self.prepare_encoder(model, generator)
+            with decomposing_in(self.decompose_dtype):
+                encoder_params = self.prepare_encoder(model, generator)
             self.trainable_params[self.task_id] = encoder_params + sum(
                 p.numel() for p in self.heads.parameters()
             )
@@ -300,7 +304,10 @@ class LoRAStrategy(SupervisedTemplate):
 
     def _unpack_minibatch(self) -> None:
         inputs, targets, tasks = self.mbatch
-        inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+        inputs = {  # tensors to the device; texts (an evaluation batch's references) stay
+            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in inputs.items()
+        }
         self.mbatch = [inputs, targets.to(self.device), tasks.to(self.device)]
 
     # -- forward, loss and prediction -------------------------------------------------------
