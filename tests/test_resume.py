@@ -211,3 +211,39 @@ def test_out_of_memory_while_calibrating_names_the_calibration_settings(monkeypa
     assert "\n" not in message and "while calibrating for task 1/2" in message
     assert f"--eval-batch-size {strategy.eval_mb_size // 2}" in message
     assert "--calib-max-memory 512MB" in message and "--batch-size" not in message
+
+
+@pytest.mark.parametrize(("init", "init_args"), [("pissa", {}), ("lora-dash", {"t": 2, "s": 2})])
+def test_a_bf16_run_resumes_to_the_unbroken_runs_weights(init, init_args, tmp_path) -> None:
+    """bf16 weights (as a CUDA run loads a language model): a run stopped after its first task
+    and resumed ends with the unbroken run's weights bit for bit (pissa's pending init term and
+    LoRA-Dash's folded directions replayed onto the model in its own dtype)."""
+    import torch
+
+    def strategy():
+        backbone = tiny_backbone()
+        backbone.encoder.to(torch.bfloat16)
+        stream = make_toy_stream(tasks=3)
+        return make_strategy(backbone, stream, init, init_args, precision="bf16")
+
+    def stop_after_first(task: int, _outcome) -> None:
+        if task == 0:
+            raise Interrupted
+
+    torch.manual_seed(0)
+    unbroken = strategy()
+    matrix = run_stream(unbroken).matrix
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    torch.manual_seed(0)
+    with pytest.raises(Interrupted):
+        run_stream(strategy(), checkpoint=checkpoint, on_task_end=stop_after_first)
+    torch.manual_seed(123)
+    resumed = strategy()
+    outcome = run_stream(resumed, checkpoint=checkpoint, resume=True)
+    assert outcome.resumed_after == 0
+    np.testing.assert_array_equal(outcome.matrix, matrix)
+    expected, weights = unbroken.model.state_dict(), resumed.model.state_dict()
+    assert expected.keys() == weights.keys()
+    query = next(k for k in weights if k.endswith("query.base_layer.weight"))
+    assert weights[query].dtype == torch.bfloat16
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
