@@ -72,23 +72,55 @@ def test_bad_candidates_are_one_line_errors() -> None:
         parse_overrides(["lr_search=1e-4,fast"])
 
 
-def test_a_run_with_lr_search_records_every_candidate(tmp_path: Path, capsys) -> None:
+def test_a_run_with_lr_search_trains_at_the_chosen_rate(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    """Every optimizer step of the run is observed (a global step hook on torch's optimizers):
+    each candidate's search run trains at that candidate, and the real stream at the chosen
+    one. The validation scores are rigged to choose the middle candidate, which is neither the
+    first, the last, nor the default rate."""
     from llm_fixtures import tiny_llama_dir
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+    from cl_lora import experiment
     from cl_lora.run import main
 
+    real_score = experiment._validation_score
+
+    def rigged(method, config, family, name, search, device, lr):
+        real_score(method, config, family, name, search, device, lr)  # trains as it would
+        return 1.0 if lr == 3e-3 else 0.0
+
+    monkeypatch.setattr(experiment, "_validation_score", rigged)
+    steps: dict[int, list[tuple[float, float]]] = {}  # per optimizer: (rate, base rate) per step
+
+    def observe(optimizer, args, kwargs) -> None:
+        adapter = optimizer.param_groups[0]  # the encoder's (adapter's) parameters
+        steps.setdefault(id(optimizer), []).append((adapter["lr"], adapter["initial_lr"]))
+
     argv = ["--stream", "offline-instruct", "--backbone", tiny_llama_dir(tmp_path),
-            "--lr-search", "1e-5,3e-3", "--max-train-per-task", "5", "--max-test-per-task", "4",
-            "--epochs", "1", "--quiet", "--output-dir", str(tmp_path / "runs")]  # fmt: skip
-    assert main(argv) == 0
+            "--lr-search", "1e-5,3e-3,1e-4", "--max-train-per-task", "5",
+            "--max-test-per-task", "4", "--epochs", "1", "--quiet",
+            "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    handle = register_optimizer_step_pre_hook(observe)
+    try:
+        assert main(argv) == 0
+    finally:
+        handle.remove()
     run = next((tmp_path / "runs").iterdir())
     result = json.loads((run / "result.json").read_text())
     search = result["lr_search"]
-    assert search["candidates"] == [1e-5, 3e-3] and len(search["validation_scores"]) == 2
-    assert search["chosen"] in search["candidates"]
+    assert search["candidates"] == [1e-5, 3e-3, 1e-4] and search["chosen"] == 3e-3
+    assert search["validation_scores"] == [0.0, 1.0, 0.0]
+    # three one-task search runs, then the stream's five tasks: one optimizer per task, one
+    # step each (4 or 5 examples, batch 16), the rate's warm-up peak on that step
+    trained = [max(rate for rate, _ in each) for each in steps.values()]
+    assert trained == [1e-5, 3e-3, 1e-4] + [3e-3] * 5
+    assert all(base == rate for each in steps.values() for rate, base in each)
+    assert [task["lr"] for task in result["training"]] == [3e-3] * 5
     assert search["tasks"] == ["movie-sentiment"]
     assert search["fit_sizes"] == [4] and search["validation_sizes"] == [1]
-    assert result["config"]["lr_search"] == [1e-5, 3e-3]
+    assert result["config"]["lr_search"] == [1e-5, 3e-3, 1e-4]
     assert len(result["backbone"]["fingerprint"]) == 16  # the weights as loaded
     assert not (run / SEARCH_FILE).exists()  # folded into result.json
     capsys.readouterr()
