@@ -42,7 +42,7 @@ SCHEDULERS = (
 )  # fmt: skip
 
 #: What a language model's too-long prompt keeps (``--prompt-keep``).
-PROMPT_KEEP = ("ends", "start")
+PROMPT_KEEP = ("ends", "start", "end")
 
 #: What ``--per-task`` may set besides a baseline's arguments.
 PER_TASK_SETTINGS = {"epochs": int, "lr": float}
@@ -229,7 +229,8 @@ class RunConfig:
         "ends",
         "data",
         "language models: what a prompt longer than --max-length keeps: ends (its first tokens "
-        "and its last 24: the question and the answer cue) or start (its first tokens, O-LoRA)",
+        "and its last 24: the question and the answer cue), start (its first tokens, O-LoRA) "
+        "or end (its last tokens, TRACE)",
         added=True,
         choices=PROMPT_KEEP,
     )

@@ -12,9 +12,18 @@ that equals no label is wrong (label id -1). So the task score is exact match, O
 
 Prompts longer than the token budget (``max_length`` minus the room of the longest answer of
 the stream) keep their first tokens and their last :data:`PROMPT_TAIL` tokens (a question and
-the answer cue; ``prompt_keep="ends"``, the default) or only their first tokens
-(``prompt_keep="start"``, as O-LoRA's collator cuts), the same way in training and evaluation.
+the answer cue; ``prompt_keep="ends"``, the default), only their first tokens
+(``prompt_keep="start"``, as O-LoRA's collator cuts) or only their last tokens
+(``prompt_keep="end"``, as TRACE's collator cuts), the same way in training and evaluation.
 ``max_new_tokens`` (O-LoRA: 50) replaces the longest-answer generation length.
+
+A stream in the ``joined`` text format (``Stream.text_format``; TRACE's collator) is read
+differently: training reads ``bos + tokens(prompt + target) + eos``, the prompt and its answer
+tokenized as one string, with the loss on the last ``len(tokens(target)) + 1`` tokens;
+evaluation generates after ``bos + tokens(prompt)`` and keeps the decoded text as it is (no
+strip, no cut at a newline). A task scored by a text metric (ROUGE-L, SARI, ...: see
+:mod:`~cl_lora.streams.scoring`) gets each example's value from :meth:`TextToText.predict`
+instead of a label id: evaluation batches carry the examples' answers and prompts for it.
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ from cl_lora.backbones.language_model import LanguageModel
 from cl_lora.errors import BadInputError
 from cl_lora.problems.base import Batch, Problem
 from cl_lora.streams import Stream
-from cl_lora.streams.scoring import ANSWER_FORMS
+from cl_lora.streams.scoring import ANSWER_FORMS, TEXT_METRICS, is_text_metric
 
 IGNORE = -100  # label of positions without loss (PyTorch's and transformers' convention)
 PROMPT_TAIL = 24  # tokens kept from a prompt's end when it is cut (a question, the answer cue)
+REFERENCES = "references"  # evaluation inputs' key of each example's (answer, prompt) texts
 
 
 def shift_targets(targets: torch.Tensor) -> torch.Tensor:
@@ -62,6 +72,7 @@ class TextToText(Problem):
     """A causal LM that learns each task as prompt -> answer text (see the module docstring)."""
 
     kind = "text-to-text"
+    joins_answer = True  # the joined format puts prompt and answer in one sequence
 
     def __init__(
         self,
@@ -77,17 +88,23 @@ class TextToText(Problem):
         self.max_length = max_length
         self.prompt_keep = prompt_keep
         self.loss_average = loss_average
+        self.verbatim = stream.text_format == "joined"  # generations kept as decoded
+        self.joined = self.verbatim and self.joins_answer
         self.eos = self.tokenizer.eos_token_id
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        bos = self.tokenizer.bos_token_id
+        self.bos = [bos] if self.joined and bos is not None else []  # TRACE's collator adds it
         self.normalizers = [ANSWER_FORMS[task.answer_form] for task in stream.tasks]
         self.answers = [
             {normalize(name): label for label, name in enumerate(task.label_names)}
             for task, normalize in zip(stream.tasks, self.normalizers, strict=True)
         ]
-        self.max_new_tokens = [
-            max_new_tokens or max(len(self._target_ids(name)) for name in task.label_names)
+        self.text_metrics = [
+            TEXT_METRICS.get(task.metric) if is_text_metric(task.metric) else None
             for task in stream.tasks
         ]
+        self.answer_lengths = [self._longest_answer(task.label_names) for task in stream.tasks]
+        self.max_new_tokens = [max_new_tokens or length for length in self.answer_lengths]
         self.prompt_budget = self._prompt_budget(max_length)
         if self.prompt_budget < (2 * PROMPT_TAIL if prompt_keep == "ends" else 1):
             raise BadInputError(
@@ -102,50 +119,94 @@ class TextToText(Problem):
     def _prompt_budget(self, max_length: int) -> int:
         """Prompt tokens per example: prompt and answer share ``max_length`` in one sequence
         (the room of the longest answer, whatever the generation length)."""
-        longest = max(
-            (
-                len(self._target_ids(name))
-                for task in self.stream.tasks
-                for name in task.label_names
-            ),
-            default=1,
+        return max_length - max(self.answer_lengths, default=1)
+
+    def _longest_answer(self, names: Sequence[str]) -> int:
+        """Tokens of the longest of ``names`` as an answer, end-of-sequence token included
+        (1 without names)."""
+        if not names:
+            return 1
+        texts = [self._answer_text(name) for name in names]
+        return (
+            max(len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+            + 1
         )
-        return max_length - longest
 
     # -- batching ---------------------------------------------------------------------------
+    def _answer_text(self, target: str) -> str:
+        """What follows the prompt: `` target`` (``target`` alone in the ``joined`` format)."""
+        return target if self.joined else " " + target
+
     def _target_ids(self, target: str) -> list[int]:
-        """`` target`` and the end-of-sequence token: what the model learns to emit."""
-        return self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.eos]
+        """The answer's tokens and the end-of-sequence token: what the model learns to emit."""
+        ids = self.tokenizer(self._answer_text(target), add_special_tokens=False)["input_ids"]
+        return ids + [self.eos]
+
+    def _cut(self, ids: list[int], budget: int) -> list[int]:
+        """``ids`` cut to ``budget`` tokens as ``prompt_keep`` says (see :meth:`prompt_ids`)."""
+        if len(ids) <= budget:
+            return ids
+        if self.prompt_keep == "start":
+            return ids[:budget]
+        if self.prompt_keep == "end":
+            return ids[len(ids) - budget :]
+        return ids[: budget - PROMPT_TAIL] + ids[-PROMPT_TAIL:]
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's tokens, cut to the budget: the first tokens plus the last few
-        (``ends``), or the first tokens with the tokenizer's special tokens kept (``start``,
-        the tokenizer's own right-side truncation, as O-LoRA's collator cuts)."""
+        (``ends``), the first tokens with the tokenizer's special tokens kept (``start``, the
+        tokenizer's own right-side truncation, as O-LoRA's collator cuts) or the last tokens
+        (``end``, as TRACE's collator cuts). In the ``joined`` format the prompt is tokenized
+        without special tokens and follows the beginning-of-sequence token."""
+        if self.joined:
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            return self.bos + self._cut(ids, self.prompt_budget - len(self.bos))
         if self.prompt_keep == "start":
             return self.tokenizer(prompt, truncation=True, max_length=self.prompt_budget)[
                 "input_ids"
             ]
-        ids = self.tokenizer(prompt)["input_ids"]
-        if len(ids) <= self.prompt_budget:
-            return ids
-        return ids[: self.prompt_budget - PROMPT_TAIL] + ids[-PROMPT_TAIL:]
+        return self._cut(self.tokenizer(prompt)["input_ids"], self.prompt_budget)
+
+    def _joined_example(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
+        """One training sequence and its loss targets the way TRACE's collator builds them:
+        ``bos + tokens(prompt + target) + eos``, the loss on its last ``len(tokens(target))
+        + 1`` tokens; the prompt's part is cut to the budget as :meth:`prompt_ids` cuts."""
+        whole = self.tokenizer(prompt + target, add_special_tokens=False)["input_ids"]
+        answer = min(len(self.tokenizer(target, add_special_tokens=False)["input_ids"]), len(whole))
+        head = self._cut(whole[: len(whole) - answer], self.prompt_budget - len(self.bos))
+        answer_ids = whole[len(whole) - answer :] + [self.eos]
+        return self.bos + head + answer_ids, [IGNORE] * (len(self.bos) + len(head)) + answer_ids
+
+    def _training_example(self, example: dict[str, Any]) -> tuple[list[int], list[int]]:
+        """Token ids of ``prompt + " " + target + eos`` (or the ``joined`` format's) and the
+        loss targets: the answer's tokens, -100 elsewhere."""
+        if self.joined:
+            return self._joined_example(example["prompt"], example["target"])
+        prompt = self.prompt_ids(example["prompt"])
+        answer = self._target_ids(example["target"])
+        return prompt + answer, [IGNORE] * len(prompt) + answer
 
     def collate(
         self, examples: Sequence[dict[str, Any]], labels: Sequence[int] | None, training: bool
     ) -> Batch:
-        prompts = [self.prompt_ids(example["prompt"]) for example in examples]
         if not training:  # prompts only, left-padded for generation; targets are label ids
-            return self._prompt_inputs(prompts), _label_ids(labels)
-        answers = [self._target_ids(example["target"]) for example in examples]
-        ids = _pad([p + a for p, a in zip(prompts, answers, strict=True)], self.pad, left=False)
-        mask = _pad([[1] * (len(p) + len(a)) for p, a in zip(prompts, answers, strict=True)], 0,
-                    left=False)  # fmt: skip
-        targets = _pad(
-            [[IGNORE] * len(p) + a for p, a in zip(prompts, answers, strict=True)],
-            IGNORE,
-            left=False,
-        )
-        return {"input_ids": ids, "attention_mask": mask}, targets
+            prompts = [self.prompt_ids(example["prompt"]) for example in examples]
+            return self._evaluation_inputs(prompts, examples), _label_ids(labels)
+        sequences, answers = zip(*map(self._training_example, examples), strict=True)
+        ids = _pad(list(sequences), self.pad, left=False)
+        mask = _pad([[1] * len(sequence) for sequence in sequences], 0, left=False)
+        return {"input_ids": ids, "attention_mask": mask}, _pad(list(answers), IGNORE, left=False)
+
+    def _evaluation_inputs(
+        self, prompts: list[list[int]], examples: Sequence[dict[str, Any]]
+    ) -> Inputs:
+        """Left-padded prompts and, where a task of the stream is scored by a text metric, each
+        example's ``(answer, prompt)`` texts (what :meth:`predict` scores a generation
+        against)."""
+        inputs = self._prompt_inputs(prompts)
+        if any(self.text_metrics):
+            inputs[REFERENCES] = [(e.get("target", ""), e["prompt"]) for e in examples]
+        return inputs
 
     def _prompt_inputs(self, prompts: list[list[int]]) -> Inputs:
         """Token ids of prompts alone, left-padded (generation continues from the right)."""
@@ -212,12 +273,19 @@ class TextToText(Problem):
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, model: nn.Module, inputs: Inputs, max_new_tokens: int, stops: Sequence[str] = ("\n",)
+        self,
+        model: nn.Module,
+        inputs: Inputs,
+        max_new_tokens: int,
+        stops: Sequence[str] = ("\n",),
+        verbatim: bool = False,
     ) -> list[str]:
         """Greedy continuations of left-padded prompts (KV cache on), decoded and cut before
-        the first of ``stops``."""
+        the first of ``stops``; ``verbatim``: decoded as they are (special tokens dropped,
+        nothing stripped or cut, spaces as the tokens have them: TRACE's decoding)."""
         output = model.encoder.generate(
-            **inputs,
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
@@ -225,6 +293,12 @@ class TextToText(Problem):
             pad_token_id=self.pad,
             eos_token_id=self.eos,
         )
+        if verbatim:
+            return self.tokenizer.batch_decode(
+                self._continuation(output, inputs),
+                skip_special_tokens=True,
+                clean_up_tokenization_spaces=False,
+            )
         texts = self.tokenizer.batch_decode(
             self._continuation(output, inputs), skip_special_tokens=True
         )
@@ -236,29 +310,41 @@ class TextToText(Problem):
         return output[:, inputs["input_ids"].shape[1] :]
 
     def predict(self, model: nn.Module, inputs: Inputs, task_labels: Any) -> torch.Tensor:
+        """The label id each generation equals after normalization (-1: none), or, for a task
+        scored by a text metric, each example's value of that metric."""
         task = int(torch.as_tensor(task_labels).reshape(-1)[0])
-        texts = self.generate(model, inputs, self.max_new_tokens[task])
+        texts = self.generate(model, inputs, self.max_new_tokens[task], ("\n",), self.verbatim)
+        metric = self.text_metrics[task]
+        if metric is not None:
+            pairs = zip(texts, inputs[REFERENCES], strict=True)
+            values = [metric.score(text, answer, prompt) for text, (answer, prompt) in pairs]
+            return torch.tensor(values, dtype=torch.float64)
         answers, normalize = self.answers[task], self.normalizers[task]
         return torch.tensor([answers.get(normalize(text), -1) for text in texts])
 
     def record(self) -> dict[str, Any]:
+        joined = "bos + tokens(prompt + target) + eos (TRACE's collator)"
         return {
             "kind": self.kind,
             "max_length": self.max_length,
             "prompt_budget": self.prompt_budget,
             "prompt_keep": self.prompt_keep,
             "loss_average": self.loss_average,
-            "format": "prompt + ' ' + target + eos; loss on the target tokens only",
+            "text_format": self.stream.text_format,
+            "format": (joined if self.joined else "prompt + ' ' + target + eos")
+            + "; loss on the target tokens only",
             "generation": {
                 "decoding": "greedy",
                 "kv_cache": True,
-                "stop": "end-of-sequence token, then cut at the first newline",
+                "stop": "end-of-sequence token"
+                + ("; kept as decoded" if self.verbatim else ", then cut at the first newline"),
                 "max_new_tokens": dict(
                     zip([t.name for t in self.stream.tasks], self.max_new_tokens, strict=True)
                 ),
                 "scoring": "exact match against the task's label texts after its answer "
                 "form's normalization (squad: lower case, no punctuation or articles; o-lora: "
-                "articles kept)",
+                "articles kept), or the task's text metric (tasks[].metric) averaged over its "
+                "examples",
                 "answer_forms": {task.name: task.answer_form for task in self.stream.tasks},
             },
         }
@@ -271,8 +357,11 @@ class Seq2SeqTextToText(TextToText):
     ``max_source_length``); the decoder reads the answer shifted right behind the model's
     decoder-start token and learns each answer token at its own position (teacher forcing), so
     the loss, LwF's distillation and the knowledge probe's log-likelihood take the targets as
-    they are. Generation and scoring are the causal LM's.
+    they are. Generation and scoring are the causal LM's; in the ``joined`` format the encoder
+    still reads the prompt alone, and generations are kept as decoded.
     """
+
+    joins_answer = False
 
     def __init__(self, backbone: Backbone, stream: Stream, max_length: int, **options: Any) -> None:
         config = backbone.encoder.config
@@ -283,15 +372,16 @@ class Seq2SeqTextToText(TextToText):
     def _prompt_budget(self, max_length: int) -> int:
         return max_length
 
-    def _target_ids(self, target: str) -> list[int]:
-        return self.tokenizer(target, add_special_tokens=False)["input_ids"] + [self.eos]
+    def _answer_text(self, target: str) -> str:
+        return target
 
     def collate(
         self, examples: Sequence[dict[str, Any]], labels: Sequence[int] | None, training: bool
     ) -> Batch:
-        inputs = self._prompt_inputs([self.prompt_ids(e["prompt"]) for e in examples])
+        prompts = [self.prompt_ids(e["prompt"]) for e in examples]
         if not training:
-            return inputs, _label_ids(labels)
+            return self._evaluation_inputs(prompts, examples), _label_ids(labels)
+        inputs = self._prompt_inputs(prompts)
         answers = [self._target_ids(example["target"]) for example in examples]
         inputs["decoder_input_ids"] = _pad(
             [[self.decoder_start, *a[:-1]] for a in answers], self.pad, left=False

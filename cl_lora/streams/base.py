@@ -19,6 +19,12 @@ pd = lazy_module("pandas")
 
 SCENARIOS = ("task", "domain", "class")
 PROBLEMS = ("classification", "text-to-text")
+#: How a text-to-text stream's examples become token sequences and generations answers:
+#: ``spaced`` (the suite's: the prompt, then " " + answer, tokenized apart; a generation is
+#: stripped and cut at its first newline) or ``joined`` (TRACE's collator: prompt + answer as
+#: one string between the beginning- and end-of-sequence tokens; a generation is kept as
+#: decoded).
+TEXT_FORMATS = ("spaced", "joined")
 
 
 @dataclass(frozen=True)
@@ -30,9 +36,11 @@ class Task:
     ``"image"`` column for classification; for text-to-text tasks a ``"prompt"`` (instruction
     and input, ending with the answer cue) and a ``"target"`` (the answer text, which is
     ``label_names[label]``: a label word or an option letter). ``metric`` is the primary
-    metric, a key of :data:`cl_lora.streams.scoring.METRICS`. ``answer_form`` says how a
-    text-to-text task's generations are normalized before they are matched with the label
-    texts (a key of :data:`cl_lora.streams.scoring.ANSWER_FORMS`).
+    metric, a key of :data:`cl_lora.streams.scoring.METRICS`, or for free-text answers a text
+    metric of :data:`cl_lora.streams.scoring.TEXT_METRICS` (the label names are then the
+    distinct answers). ``answer_form`` says how a text-to-text task's generations are
+    normalized before they are matched with the label texts (a key of
+    :data:`cl_lora.streams.scoring.ANSWER_FORMS`).
     """
 
     name: str
@@ -43,7 +51,7 @@ class Task:
     answer_form: str = "squad"
 
     def __post_init__(self) -> None:
-        if self.metric not in scoring.METRICS:
+        if self.metric not in scoring.METRICS and not scoring.is_text_metric(self.metric):
             raise ValueError(f"task {self.name}: unknown metric {self.metric!r}")
         if self.answer_form not in scoring.ANSWER_FORMS:
             raise ValueError(f"task {self.name}: unknown answer form {self.answer_form!r}")
@@ -69,10 +77,17 @@ class Task:
 
     @property
     def chance(self) -> float:
-        """Score of always predicting the test set's most frequent label (lowest id on ties)."""
+        """Score of always predicting the test set's most frequent label (lowest id on ties):
+        for a text metric, of always answering the most frequent answer."""
         labels = self.test["label"]
         counts = Counter(labels)
         majority = min(counts, key=lambda label: (-counts[label], label))
+        if scoring.is_text_metric(self.metric):
+            answer = [self.label_names[majority]] * len(labels)
+            values = scoring.text_scores(
+                self.metric, answer, self.test["target"], self.test["prompt"]
+            )
+            return self.score(values, labels)["score"]
         return self.score([majority] * len(labels), labels)["score"]
 
     def score(
@@ -93,6 +108,7 @@ class Stream:
     (a backbone with task heads) or ``text-to-text`` (a language model that generates the
     answer; no heads, so ``shared_head`` is False). ``provenance`` says where a stream read
     from local files came from (folder, instruction source, task list) for ``result.json``.
+    ``text_format`` (a text-to-text stream's) is one of :data:`TEXT_FORMATS`.
     """
 
     name: str
@@ -103,12 +119,15 @@ class Stream:
     backbone: str | None = None
     problem: str = "classification"
     provenance: dict[str, Any] | None = None
+    text_format: str = "spaced"
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
             raise ValueError(f"stream {self.name}: scenario must be one of {SCENARIOS}")
         if self.problem not in PROBLEMS:
             raise ValueError(f"stream {self.name}: problem must be one of {PROBLEMS}")
+        if self.text_format not in TEXT_FORMATS:
+            raise ValueError(f"stream {self.name}: text_format must be one of {TEXT_FORMATS}")
 
     @property
     def knowledge(self) -> str:

@@ -179,7 +179,10 @@ def build_offline_instruct(options: StreamOptions) -> Stream:
 
 
 def language_model_stream(
-    name: str, tasks: Sequence[Task], provenance: dict[str, Any] | None = None
+    name: str,
+    tasks: Sequence[Task],
+    provenance: dict[str, Any] | None = None,
+    text_format: str = "spaced",
 ) -> Stream:
     """A task-incremental text-to-text stream of ``tasks`` on the packaged language model."""
     return Stream(
@@ -191,4 +194,5 @@ def language_model_stream(
         backbone=LM_BACKBONE,
         problem="text-to-text",
         provenance=provenance,
+        text_format=text_format,
     )

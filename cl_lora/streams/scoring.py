@@ -6,17 +6,25 @@ fetched from the Hub at run time, so they cannot be used offline; we call scikit
 MRPC and QQP are scored with accuracy *and* F1; their primary value ``acc_and_f1`` is the mean
 of the two, as the GLUE leaderboard averages them (and as transformers' former
 ``glue_compute_metrics`` named it).
+
+Free-text answers (a summary, a line of code) are scored by a *text metric* instead
+(:data:`TEXT_METRICS`): one example's value in [0, 1] from the generation, the gold answer and
+the prompt. The language model's problem computes it per example while it evaluates, and the
+task's score is the mean over its test examples.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib.util import find_spec
 
 import numpy as np
 
 from cl_lora.errors import BadInputError
+from cl_lora.registry import Registry
 
 ArrayLike = Sequence[int] | np.ndarray
 
@@ -88,14 +96,74 @@ METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
 COMPOSITE: dict[str, tuple[str, ...]] = {"acc_and_f1": ("accuracy", "f1")}
 
 
+@dataclass(frozen=True)
+class TextMetric:
+    """A metric of generated text: ``score(generation, answer, prompt)`` is one example's value
+    in [0, 1]. ``requires`` names the modules it imports (an optional extra's packages)."""
+
+    name: str
+    description: str
+    score: Callable[[str, str, str], float]
+    requires: tuple[str, ...] = ()
+
+
+TEXT_METRICS: Registry[TextMetric] = Registry("text metric")
+
+
+def register_text_metric(
+    name: str, description: str, requires: tuple[str, ...] = ()
+) -> Callable[[Callable[[str, str, str], float]], Callable[[str, str, str], float]]:
+    """Decorator that makes ``score(generation, answer, prompt) -> [0, 1]`` text metric
+    ``name``."""
+
+    def decorate(function: Callable[[str, str, str], float]) -> Callable[[str, str, str], float]:
+        TEXT_METRICS.add(name, TextMetric(name, description, function, tuple(requires)))
+        return function
+
+    return decorate
+
+
+def is_text_metric(metric: str) -> bool:
+    """Whether ``metric`` scores generated text (rather than predicted label ids)."""
+    return metric in TEXT_METRICS.available()
+
+
+def text_scores(
+    metric: str, generations: Iterable[str], answers: Iterable[str], prompts: Iterable[str]
+) -> list[float]:
+    """Text metric ``metric`` of each example."""
+    score_one = TEXT_METRICS.get(metric).score
+    return [
+        score_one(generation, answer, prompt)
+        for generation, answer, prompt in zip(generations, answers, prompts, strict=True)
+    ]
+
+
+def missing_packages(metrics: Iterable[str]) -> list[str]:
+    """The modules the text metrics among ``metrics`` import that are not installed."""
+    needed = {
+        module
+        for metric in metrics
+        if is_text_metric(metric)
+        for module in TEXT_METRICS.get(metric).requires
+    }
+    return sorted(module for module in needed if find_spec(module) is None)
+
+
 def score(metric: str, predictions: ArrayLike, labels: ArrayLike) -> dict[str, float]:
-    """Every metric a task with primary ``metric`` reports, plus ``"score"`` (the primary)."""
-    if metric not in METRICS:
-        raise BadInputError(f"unknown metric '{metric}': choose one of {', '.join(METRICS)}")
+    """Every metric a task with primary ``metric`` reports, plus ``"score"`` (the primary).
+    For a text metric the predictions are the examples' values, and the task's is their mean."""
+    known = metric in METRICS or is_text_metric(metric)
+    if not known:
+        choices = ", ".join([*METRICS, *TEXT_METRICS.available()])
+        raise BadInputError(f"unknown metric '{metric}': choose one of {choices}")
     predictions = np.asarray(predictions).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     if predictions.shape != labels.shape:
         raise ValueError(f"{predictions.size} predictions for {labels.size} labels")
+    if is_text_metric(metric):
+        mean = float(np.mean(predictions.astype(float)))
+        return {metric: mean, "score": mean}
     values = {part: METRICS[part](predictions, labels) for part in COMPOSITE.get(metric, ())}
     values[metric] = METRICS[metric](predictions, labels)
     values["score"] = values[metric]
