@@ -32,6 +32,9 @@ def summarize(
       every task has as many test examples; undefined without ``test_sizes``).
       ``avg_incremental_acc``: ``mean_k A_k``; ``learning_acc``: ``mean_j R[j][j]``.
     - ``bwt`` (GEM, Lopez-Paz & Ranzato 2017): ``mean_{j<T-1} (R[T-1][j] - R[j][j])``.
+      ``bwt_trace``: TRACE's BWT (Wang et al. 2023; SAPT's ``score.py`` too), the same sum
+      divided by ``T`` (its last term ``R[T-1][T-1] - R[T-1][T-1]`` is 0), so ``(T-1)/T`` of
+      ``bwt``. TRACE's other headline, OP (the mean of the last row), is ``acc``.
     - ``forgetting`` (Chaudhry et al. 2018): ``f_j = max_{l<T-1} R[l][j] - R[T-1][j]`` for
       ``j < T-1``, averaged; ``per_task_forgetting`` lists the ``f_j``. The max runs over the
       evaluated entries only: rows ``l >= j`` (after task ``j`` was trained) are required,
@@ -80,13 +83,17 @@ def summarize(
 
     out["learning_acc"] = _mean(R, [(j, j) for j in range(T)], "learning_acc", reasons)
 
-    out["bwt"], out["forgetting"], out["fwt"] = None, None, None
+    out["bwt"], out["bwt_trace"], out["forgetting"], out["fwt"] = None, None, None, None
     out["per_task_forgetting"] = []
     if T == 1:
-        for name in ("bwt", "forgetting", "fwt"):
+        for name in ("bwt", "bwt_trace", "forgetting", "fwt"):
             reasons[name] = _NEEDS_TWO
     else:
         out["bwt"] = _bwt(R, reasons)
+        if out["bwt"] is None:
+            reasons["bwt_trace"] = reasons["bwt"]
+        else:
+            out["bwt_trace"] = out["bwt"] * (T - 1) / T
         out["per_task_forgetting"], out["forgetting"] = _forgetting(R, reasons)
         out["fwt"] = _fwt(R, b, reasons)
 

@@ -13,6 +13,7 @@ KEYS = {
     "avg_incremental_acc",
     "learning_acc",
     "bwt",
+    "bwt_trace",
     "forgetting",
     "fwt",
     "running_acc",
