@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from cl_lora.backbones import Backbone
@@ -102,6 +103,48 @@ def tiny_t5(seed: int = 0) -> Backbone:
     model = T5ForConditionalGeneration(config)
     source = {"name": "tiny-t5", "dtype": str(torch.float32)}
     return language_model_backbone(model, tokenizer, source, False, FAMILY, SEQ2SEQ_TARGETS)
+
+
+def gold_loglik_by_hand(backbone: Backbone, rows: list[dict[str, Any]]) -> float:
+    """The knowledge probe's gold-answer log-likelihood, computed apart from the suite: per
+    question, one unpadded sequence through the bare transformers model, the log-softmax
+    probability of each token of the first gold answer after the prompt (a causal LM: the
+    tokens of `` answer`` after ``prompt``; an encoder-decoder: the decoder's tokens of
+    ``answer`` for the encoded prompt), averaged over the answer's tokens, then over the
+    questions (nats per token)."""
+    model, tokenizer = backbone.encoder.eval(), backbone.tokenizer
+    per_question = []
+    with torch.no_grad():
+        for row in rows:
+            prompt = tokenizer(row["prompt"])["input_ids"]
+            if model.config.is_encoder_decoder:  # T5 puts its decoder start before the labels
+                answer = tokenizer(row["answers"][0], add_special_tokens=False)["input_ids"]
+                output = model(input_ids=torch.tensor([prompt]), labels=torch.tensor([answer]))
+                logits = output.logits[0]  # position t predicts answer[t]
+            else:
+                answer = tokenizer(" " + row["answers"][0], add_special_tokens=False)["input_ids"]
+                logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
+                logits = logits[len(prompt) - 1 : -1]  # position t predicts token t + 1
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            per_question.append(logprobs[torch.arange(len(answer)), answer].mean().item())
+    return sum(per_question) / len(per_question)
+
+
+def check_gold_loglik(backbone: Backbone, stream: Any, questions: int = 5) -> None:
+    """The run's knowledge probe (built as a run builds it, in batches of two, so prompts are
+    padded) scores the probe split's first ``questions`` questions with the log-likelihood
+    :func:`gold_loglik_by_hand` computes."""
+    from cl_lora.problems import build_problem
+    from cl_lora.strategy.retention import knowledge_probe_for
+    from cl_lora.streams import knowledge_probe
+
+    problem = build_problem(stream, backbone, max_length=64)
+    probe = knowledge_probe_for(stream, problem, batch_size=2, max_test=questions)
+    probe.score(problem.build_model())
+    rows = [dict(row) for row in knowledge_probe(stream.knowledge).test.select(range(questions))]
+    assert len({len(row["answers"][0]) for row in rows}) > 1  # answers of several lengths
+    expected = gold_loglik_by_hand(backbone, rows)
+    assert probe.gold_loglik == [pytest.approx(expected, rel=1e-5, abs=1e-5)]
 
 
 def saved(backbone: Backbone, folder: Path) -> str:

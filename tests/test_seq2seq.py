@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_fixtures import saved, tiny_llama, tiny_t5, toy_text_to_text_stream
+from llm_fixtures import check_gold_loglik, saved, tiny_llama, tiny_t5, toy_text_to_text_stream
 
 from cl_lora.backbones import family_for
 from cl_lora.backbones.seq2seq_lm import is_encoder_decoder
@@ -69,6 +69,12 @@ def test_loss_equals_transformers_own_seq2seq_loss(problem) -> None:
         input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=targets
     ).loss  # T5 shifts the labels right itself
     torch.testing.assert_close(ours, theirs)
+
+
+def test_the_knowledge_probes_gold_loglik_is_the_answers_mean_log_probability() -> None:
+    """NQ-open's first five probe questions in batches of two (padded), against
+    :func:`gold_loglik_by_hand`'s one-question-at-a-time computation with T5's own labels."""
+    check_gold_loglik(tiny_t5(), toy_text_to_text_stream())
 
 
 def test_generation_returns_only_new_text_within_the_budget(problem) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_strategy
-from llm_fixtures import tiny_llama, toy_text_to_text_stream
+from llm_fixtures import check_gold_loglik, tiny_llama, toy_text_to_text_stream
 
 from cl_lora import inits
 from cl_lora.errors import BadInputError
@@ -78,6 +78,12 @@ def test_loss_is_the_cross_entropy_of_the_answer_tokens_only(problem) -> None:
                 log_probs = torch.log_softmax(row_logits[position - 1], dim=-1)
                 expected.append(-log_probs[row_targets[position]])
     torch.testing.assert_close(problem.loss(logits, targets), torch.stack(expected).mean())
+
+
+def test_the_knowledge_probes_gold_loglik_is_the_answers_mean_log_probability(stream) -> None:
+    """NQ-open's first five probe questions in batches of two (padded), against
+    :func:`gold_loglik_by_hand`'s one-question-at-a-time computation."""
+    check_gold_loglik(tiny_llama(), stream)
 
 
 def test_generations_map_to_label_ids_after_normalization(problem, monkeypatch) -> None:
