@@ -191,21 +191,24 @@ class TextToText(Problem):
     ) -> Batch:
         if not training:  # prompts only, left-padded for generation; targets are label ids
             prompts = [self.prompt_ids(example["prompt"]) for example in examples]
-            return self._evaluation_inputs(prompts, examples), _label_ids(labels)
+            return self._evaluation_inputs(prompts, examples, labels), _label_ids(labels)
         sequences, answers = zip(*map(self._training_example, examples), strict=True)
         ids = _pad(list(sequences), self.pad, left=False)
         mask = _pad([[1] * len(sequence) for sequence in sequences], 0, left=False)
         return {"input_ids": ids, "attention_mask": mask}, _pad(list(answers), IGNORE, left=False)
 
     def _evaluation_inputs(
-        self, prompts: list[list[int]], examples: Sequence[dict[str, Any]]
+        self,
+        prompts: list[list[int]],
+        examples: Sequence[dict[str, Any]],
+        labels: Sequence[int] | None,
     ) -> Inputs:
-        """Left-padded prompts and, where a task of the stream is scored by a text metric, each
-        example's ``(answer, prompt)`` texts (what :meth:`predict` scores a generation
-        against)."""
+        """Left-padded prompts and, for a labelled batch (a task of the stream, not a probe's
+        prompts) where a task of the stream is scored by a text metric, each example's
+        ``(answer, prompt)`` texts: what :meth:`predict` scores a generation against."""
         inputs = self._prompt_inputs(prompts)
-        if any(self.text_metrics):
-            inputs[REFERENCES] = [(e.get("target", ""), e["prompt"]) for e in examples]
+        if labels is not None and any(self.text_metrics):
+            inputs[REFERENCES] = [(e["target"], e["prompt"]) for e in examples]
         return inputs
 
     def _prompt_inputs(self, prompts: list[list[int]]) -> Inputs:
@@ -380,7 +383,7 @@ class Seq2SeqTextToText(TextToText):
     ) -> Batch:
         prompts = [self.prompt_ids(e["prompt"]) for e in examples]
         if not training:
-            return self._evaluation_inputs(prompts, examples), _label_ids(labels)
+            return self._evaluation_inputs(prompts, examples, labels), _label_ids(labels)
         inputs = self._prompt_inputs(prompts)
         answers = [self._target_ids(example["target"]) for example in examples]
         inputs["decoder_input_ids"] = _pad(
