@@ -29,6 +29,7 @@ def registries() -> list[tuple[str, Registry[Any], Extras]]:
     from cl_lora.inits import INITS
     from cl_lora.plugins import PLUGINS
     from cl_lora.streams import STREAMS
+    from cl_lora.streams.scoring import TEXT_METRICS
 
     return [
         ("streams (--stream):", STREAMS, None),
@@ -37,4 +38,5 @@ def registries() -> list[tuple[str, Registry[Any], Extras]]:
         ("baselines (--baseline):", BASELINES, None),
         ("plugins (--plugin, with any --init):", PLUGINS, None),
         ("calibration statistics (what an init's needs name):", STATISTICS, None),
+        ("text metrics (how a stream scores a task's generated text):", TEXT_METRICS, None),
     ]

@@ -4,8 +4,9 @@ A :class:`Stream` is an ordered tuple of :class:`Task` objects; builders registe
 name (:func:`register`) and are looked up with :func:`get`. Built-in streams: ``offline-text``
 and ``offline-domains`` (packaged data, no download), ``glue-seq`` (Hub or local GLUE TSVs), the
 image streams ``offline-vision`` (packaged), ``split-cifar100`` and ``imagenet-r``, and the
-text-to-text streams ``offline-instruct`` and ``offline-commonsense`` (packaged) and
-``cl-benchmark`` and ``long-15`` (O-LoRA's benchmark files, local).
+text-to-text streams ``offline-instruct`` and ``offline-commonsense`` (packaged),
+``cl-benchmark`` and ``long-15`` (O-LoRA's benchmark files, local) and ``trace`` (TRACE's
+released files, local).
 """
 
 import cl_lora._torchvision_compat  # noqa: F401  (before anything imports torchvision)
@@ -15,6 +16,7 @@ from cl_lora.streams import (  # noqa: F401  (registers the built-in streams)
     glue,
     instruct,
     offline,
+    trace,
     vision,
 )
 from cl_lora.streams.base import Stream, StreamOptions, Task

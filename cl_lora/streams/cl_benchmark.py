@@ -62,7 +62,7 @@ BWT is (T-1)/T of ours.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,12 +201,20 @@ def benchmark_root(data_dir: Path | None, stream: str) -> Path:
 
 def require_files(root: Path, names: Sequence[str]) -> None:
     """Bad input naming every file the tasks ``names`` need that ``root`` lacks."""
-    missing = [
-        str(POOL[name].path / file)
-        for name in names
-        for file in ("train.json", "test.json", "labels.json")
-        if not (root / POOL[name].path / file).is_file()
-    ]
+    require_paths(
+        root,
+        [
+            POOL[name].path / file
+            for name in names
+            for file in ("train.json", "test.json", "labels.json")
+        ],
+    )
+
+
+def require_paths(root: Path, paths: Iterable[Path]) -> None:
+    """Bad input, one line naming every one of ``paths`` (relative to ``root``) that is not a
+    file."""
+    missing = [str(path) for path in paths if not (root / path).is_file()]
     if missing:
         raise BadInputError(
             f"{root} lacks {len(missing)} file(s) the chosen tasks need: {', '.join(missing)}"
@@ -233,7 +241,8 @@ def read_instructions(root: Path) -> tuple[dict[str, str], str]:
     return found, str(path.resolve())
 
 
-def _read_json(path: Path) -> object:
+def read_json(path: Path) -> object:
+    """The JSON in ``path``; invalid JSON is bad input naming the file."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as error:
@@ -246,7 +255,7 @@ def read_split(path: Path, label_names: Sequence[str]) -> pd.DataFrame:
     has 131 examples labelled ``-``) is kept as O-LoRA keeps it: its id is
     :data:`UNLISTED`, so it counts in the test set and is never answered right, and its text
     is still what a training example teaches."""
-    frame = pd.DataFrame(_read_json(path))
+    frame = pd.DataFrame(read_json(path))
     if not {"sentence", "label"} <= set(frame.columns):
         raise BadInputError(f"{path} lacks 'sentence'/'label' fields: pass O-LoRA's files")
     ids = {name: label for label, name in enumerate(label_names)}
@@ -283,7 +292,7 @@ def load_task(
     per split, how many of its examples carry a label outside ``labels.json``."""
     task = POOL[name]
     folder = root / task.path
-    label_names = tuple(_read_json(folder / "labels.json"))
+    label_names = tuple(read_json(folder / "labels.json"))
     instruction = instructions.get(task.group, "")
     unlisted = {}
 
