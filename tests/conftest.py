@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+# isort: off
+import cl_lora  # noqa: F401  (its torchvision shim must run before avalanche imports it)
+
+# isort: on
 from functools import partial
 
 import pandas as pd
 import pytest
 import torch
+from avalanche.core import SupervisedPlugin
 
 from cl_lora.backbones import Backbone, linear_layer_names
 from cl_lora.backbones.text import mean_pool, packaged_minilm_path, tokenize
@@ -116,6 +121,18 @@ def make_strategy(
     )
     problem = build_problem(stream, backbone, max_length=64)
     return resolve(config).build_strategy(problem, stream, "cpu", plugins=plugins or ())
+
+
+class ExtraLoss(SupervisedPlugin):
+    """Records, per step, what earlier plugins added to the loss on top of the task loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra: dict[int, list[float]] = {}
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        extra = (strategy.loss - strategy.criterion()).item()
+        self.extra.setdefault(strategy.task_id, []).append(extra)
 
 
 def tiny_vit(num_classes: int = 0, seed: int = 0):

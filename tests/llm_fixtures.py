@@ -18,9 +18,12 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import ExtraLoss
 
 from cl_lora.backbones import Backbone
 from cl_lora.backbones.causal_lm import language_model_backbone, smollm2_dir
+from cl_lora.lora import ADAPTER, lora_layers
+from cl_lora.problems.text_to_text import IGNORE
 
 TINY_LLAMA = {
     "hidden_size": 32,
@@ -145,6 +148,143 @@ def check_gold_loglik(backbone: Backbone, stream: Any, questions: int = 5) -> No
     assert len({len(row["answers"][0]) for row in rows}) > 1  # answers of several lengths
     expected = gold_loglik_by_hand(backbone, rows)
     assert probe.gold_loglik == [pytest.approx(expected, rel=1e-5, abs=1e-5)]
+
+
+class PluginObserver(ExtraLoss):
+    """Placed after the plugins it watches, on a stream of plain ``lora`` adapters. Per task and
+    step: what they added to the loss (``extra``) and, for the plugin it is told about, the same
+    term computed here from the model as it stands (``by_hand``):
+
+    - EWC (``ewc_lambda``): ``lambda * sum F (s B A)^2`` over the adapted layers, ``F`` the
+      plugin's importance when the task started; the new adapter's ``s B A`` is the effective
+      weight's distance from its anchor, the weight the last task's merge wrote;
+    - LwF (``lwf = (alpha, temperature)``): ``alpha * KL(teacher || student)`` of the next-token
+      distributions at the answer positions, the teacher the model with its adapter switched
+      off (the previous task's merged model) in eval mode.
+
+    Also every micro-batch's task ids with its decoded inputs (``batches``), and each adapted
+    layer's ``s B A`` at each task's end (``updates``)."""
+
+    def __init__(self, ewc_lambda: float | None = None, lwf: tuple | None = None) -> None:
+        super().__init__()
+        self.ewc_lambda, self.lwf = ewc_lambda, lwf
+        self.importance: dict[str, torch.Tensor] = {}
+        self.by_hand: dict[int, list[float]] = {}
+        self.batches: dict[int, list[tuple[list[int], list[str]]]] = {}
+        self.updates: dict[int, dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def _updates(strategy: Any) -> dict[str, torch.Tensor]:
+        return {
+            name: layer.scaling[ADAPTER]
+            * layer.lora_B[ADAPTER].weight
+            @ layer.lora_A[ADAPTER].weight
+            for name, layer in lora_layers(strategy.model.encoder).items()
+        }
+
+    def before_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        ewc = next((p for p in strategy.plugins if hasattr(p, "importance")), None)
+        if ewc is not None:
+            self.importance = {k: v.clone() for k, v in ewc.importance.items()}
+
+    def after_forward(self, strategy: Any, **kwargs: Any) -> None:
+        texts = strategy.problem.tokenizer.batch_decode(
+            strategy.mb_x["input_ids"], skip_special_tokens=True
+        )
+        self.batches.setdefault(strategy.task_id, []).append((strategy.mb_task_id.tolist(), texts))
+
+    def before_backward(self, strategy: Any, **kwargs: Any) -> None:
+        super().before_backward(strategy)
+        with torch.no_grad():
+            if self.ewc_lambda is not None and self.importance:
+                updates = self._updates(strategy)
+                term = self.ewc_lambda * sum(
+                    (self.importance[name] * update.square()).sum()
+                    for name, update in updates.items()
+                )
+            elif self.lwf is not None and strategy.task_id > 0:
+                term = self._distillation(strategy, *self.lwf)
+            else:
+                term = torch.zeros(())
+        self.by_hand.setdefault(strategy.task_id, []).append(float(term))
+
+    @staticmethod
+    def _distillation(strategy: Any, alpha: float, temperature: float) -> torch.Tensor:
+        encoder, targets = strategy.model.encoder, strategy.mb_y
+        if encoder.config.is_encoder_decoder:  # decoder position t predicts answer token t
+            answer = targets != IGNORE
+        else:  # position t predicts token t + 1
+            answer = torch.zeros_like(targets, dtype=torch.bool)
+            answer[:, :-1] = targets[:, 1:] != IGNORE
+        encoder.eval()
+        with encoder.disable_adapter():
+            teacher = encoder(**strategy.mb_x).logits[answer].double() / temperature
+        encoder.train()
+        student = strategy.mb_output[answer].double() / temperature
+        p = torch.softmax(teacher, dim=-1)
+        kl = (p * (torch.log_softmax(teacher, -1) - torch.log_softmax(student, -1))).sum(-1)
+        return alpha * kl.mean()
+
+    def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:
+        with torch.no_grad():
+            self.updates[strategy.task_id] = self._updates(strategy)
+
+
+def observed_run(make_backbone, stream, plugins: list, observer: PluginObserver) -> Any:
+    """A run of ``stream`` with ``plugins`` then ``observer`` (2 epochs, seeded as every other
+    run of this helper, so two runs differ only by their plugins); returns the strategy."""
+    from conftest import make_strategy
+
+    from cl_lora.strategy import run_stream
+
+    torch.manual_seed(0)
+    strategy = make_strategy(make_backbone(), stream, epochs=2, plugins=[*plugins, observer])
+    run_stream(strategy)
+    return strategy
+
+
+def check_ewc_pulls_towards_the_anchor(make_backbone, stream, ewc_lambda: float = 1e4) -> None:
+    """EWC on a language model: nothing on the first task; on the second, the penalty EWC adds
+    is ``lambda sum F (W_eff - anchor)^2`` computed by hand (0 on the first step, where the
+    fresh adapter sits at the anchor, then positive), with a non-zero importance on every
+    adapted layer; and the same run without EWC ends the task farther from the anchor (in
+    that F-weighted distance), so the penalty pulls towards it."""
+    from cl_lora.plugins import PLUGINS
+
+    ewc = PLUGINS.get("ewc").build({"ewc_lambda": ewc_lambda})
+    with_ewc = PluginObserver(ewc_lambda=ewc_lambda)
+    observed_run(make_backbone, stream, [ewc], with_ewc)
+    without = PluginObserver()
+    observed_run(make_backbone, stream, [], without)
+    assert all(extra == 0 for extra in with_ewc.extra[0])
+    assert with_ewc.extra[1][0] == pytest.approx(0, abs=1e-7) and max(with_ewc.extra[1]) > 1e-3
+    assert with_ewc.extra[1] == pytest.approx(with_ewc.by_hand[1], rel=1e-4, abs=1e-7)
+    importance = with_ewc.importance
+    assert importance.keys() == with_ewc.updates[1].keys()
+    assert all(f.sum() > 0 for f in importance.values())
+
+    def distance(observer: PluginObserver) -> float:
+        return sum(
+            (importance[k] * d.square()).sum().item() for k, d in observer.updates[1].items()
+        )
+
+    assert distance(with_ewc) < 0.5 * distance(without)
+
+
+def check_lwf_distils(make_backbone, stream, alpha: float = 50.0, temperature: float = 2.0) -> None:
+    """LwF on a language model: nothing on the first task; on the second, the term it adds is
+    ``alpha * KL`` from the previous model's softened next-token distributions to the current
+    model's at the answer positions, computed by hand, and it is non-zero."""
+    from cl_lora.plugins import PLUGINS
+
+    lwf = PLUGINS.get("lwf").build({"alpha": alpha, "temperature": temperature})
+    observer = PluginObserver(lwf=(alpha, temperature))
+    observed_run(make_backbone, stream, [lwf], observer)
+    assert all(extra == 0 for extra in observer.extra[0])
+    # float32's KL over a 49k vocabulary is good to about 1e-7 (alpha times that here), and
+    # the term is read off a float32 loss of about 11; a large alpha keeps it far above both
+    assert observer.extra[1] == pytest.approx(observer.by_hand[1], rel=1e-3, abs=2e-5)
+    assert max(observer.extra[1]) > 1e-3
 
 
 def saved(backbone: Backbone, folder: Path) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from avalanche.core import SupervisedPlugin
-from conftest import make_strategy, tiny_backbone
+from conftest import ExtraLoss, make_strategy, tiny_backbone
 
 from cl_lora.baselines import BASELINES
 from cl_lora.baselines.inflora import (
@@ -39,18 +39,6 @@ def _seeded() -> None:
 
 def baseline_strategy(name: str, stream, epochs: int = 1, **args):
     return make_strategy(tiny_backbone(), stream, epochs=epochs, baseline=name, baseline_args=args)
-
-
-class ExtraLoss(SupervisedPlugin):
-    """Records, per step, what earlier plugins added to the loss on top of the task loss."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.extra: dict[int, list[float]] = {}
-
-    def before_backward(self, strategy, **kwargs) -> None:
-        extra = (strategy.loss - strategy.criterion()).item()
-        self.extra.setdefault(strategy.task_id, []).append(extra)
 
 
 # -- o-lora ---------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_fixtures import check_gold_loglik, saved, tiny_llama, tiny_t5, toy_text_to_text_stream
+from llm_fixtures import (
+    check_ewc_pulls_towards_the_anchor,
+    check_gold_loglik,
+    check_lwf_distils,
+    saved,
+    tiny_llama,
+    tiny_t5,
+    toy_text_to_text_stream,
+)
 
 from cl_lora.backbones import family_for
 from cl_lora.backbones.seq2seq_lm import is_encoder_decoder
@@ -107,15 +115,10 @@ def test_a_t5_run_end_to_end(tmp_path: Path) -> None:
     assert all(value < 0 for value in result["retention"]["gold_loglik"]["curve"])
 
 
-def test_lwf_and_ewc_run_on_a_t5() -> None:
-    """LwF distils the decoder's answer positions, EWC's Fisher reads the seq2seq loss."""
-    from conftest import make_strategy
+def test_lwf_distils_a_t5s_decoder_tokens() -> None:
+    check_lwf_distils(tiny_t5, toy_text_to_text_stream())
 
-    from cl_lora.plugins import PLUGINS
-    from cl_lora.strategy import run_stream
 
-    plugins = [PLUGINS.get("lwf").build({}), PLUGINS.get("ewc").build({})]
-    strategy = make_strategy(tiny_t5(), toy_text_to_text_stream(), plugins=plugins)
-    outcome = run_stream(strategy)
-    assert all(0.0 <= score <= 1.0 for score in outcome.matrix[-1])
-    assert all(torch.isfinite(p).all() for p in strategy.model.parameters())
+def test_ewc_pulls_a_t5_towards_the_anchor() -> None:
+    """EWC's Fisher reads the seq2seq loss; its penalty pulls the T5 back to the anchor."""
+    check_ewc_pulls_towards_the_anchor(tiny_t5, toy_text_to_text_stream())
