@@ -1,12 +1,16 @@
-"""The findings' statistics and verdict rules on constructed grids with a known answer."""
+"""The findings' statistics and verdict rules on constructed grids with a known answer, and
+results/FINDINGS.md's tables and verdicts rebuilt from its committed run folders."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cl_lora.leaderboard.collect import collect_runs
 from cl_lora.leaderboard.findings import intermediate_report, main, plot_intermediate
 
 F = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -103,3 +107,74 @@ def test_a_folder_of_several_streams_asks_for_one(tmp_path: Path, capsys, monkey
     assert main(["intermediate", str(tmp_path), "--out", str(tmp_path)]) == 2
     assert "holds runs of 2 streams (a, b" in capsys.readouterr().err
     assert main(["intermediate", str(tmp_path), "--stream", "a", "--out", str(tmp_path)]) == 0
+
+
+# -- results/FINDINGS.md rebuilt from its run folders -----------------------------------------
+REPOSITORY = Path(__file__).resolve().parent.parent
+COMMAND = re.compile(r"^python -m cl_lora\.leaderboard\.findings (.+)$", re.MULTILINE)
+OUTCOME = re.compile(r"not supported|(?<!not )supported|inconclusive")
+
+
+def findings_commands(text: str) -> list[list[str]]:
+    """The arguments of every ``python -m cl_lora.leaderboard.findings`` command that starts a
+    line of ``text`` (continued lines joined), without ``--out``."""
+    commands = []
+    for line in COMMAND.findall(re.sub(r"\\\n\s*", " ", text)):
+        args = shlex.split(line, comments=True)
+        if "--out" in args:
+            del args[args.index("--out") : args.index("--out") + 2]
+        commands.append(args)
+    return commands
+
+
+def table_blocks(text: str) -> list[list[str]]:
+    """The markdown tables of ``text``: runs of consecutive lines that start with ``|``."""
+    blocks, block = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            block.append(line)
+        elif block:
+            blocks.append(block)
+            block = []
+    return blocks
+
+
+def test_findings_tables_and_verdicts_are_rebuilt_from_their_run_folders(tmp_path, capsys) -> None:
+    """Each section of results/FINDINGS.md that gives a ``findings`` command: the command, run
+    on the committed run folder, prints exactly the section's tables (every row, no row more),
+    its other lines, and the verdicts the section's verdict paragraph states in emphasis
+    (``**Verdict: supported.**``, ``*U-shape: inconclusive*``); every run of the
+    folder is read and used. The README's findings commands are FINDINGS.md's."""
+    from cl_lora.leaderboard.findings import FINDINGS
+
+    text = (REPOSITORY / "results" / "FINDINGS.md").read_text()
+    sections = [section for section in text.split("\n## ")[1:] if findings_commands(section)]
+    assert len(sections) >= 3
+    for section in sections:
+        title = section.splitlines()[0]
+        ((finding, folder, *options),) = findings_commands(section)
+        runs = REPOSITORY / folder
+        collected = collect_runs(runs)
+        assert not collected.skipped, (title, collected.skipped)
+        grid = FINDINGS[finding][0](collected.table)
+        assert len(grid) == len(list(runs.rglob("result.json"))), title  # no run left out
+        out = tmp_path / finding
+        assert main([finding, str(runs), *options, "--out", str(out)]) == 0, title
+        printed, verdict = capsys.readouterr().out.split("\nverdict: ")
+        written = {block[0]: block for block in table_blocks(section)}
+        rebuilt = {block[0]: block for block in table_blocks(printed)}
+        assert rebuilt.keys() == written.keys(), title  # no table typed in beside them
+        for header, block in rebuilt.items():
+            assert written[header] == block, (title, header)
+        lines = section.splitlines()
+        for line in printed.splitlines():
+            assert not line or line.startswith("|") or line in lines, (title, line)
+        paragraph = next(p for p in section.split("\n\n") if p.startswith("**Verdict"))
+        emphasized = " ".join(re.findall(r"\*+([^*]+)\*+", paragraph.replace("\n", " ")))
+        stated = set(OUTCOME.findall(emphasized))  # what the verdict's emphasis says
+        assert stated == set(OUTCOME.findall(verdict.splitlines()[0])), (title, verdict)
+        assert (out / f"{finding}.png").stat().st_size > 0
+    readme = (REPOSITORY / "README.md").read_text()
+    assert {tuple(c) for c in findings_commands(readme)} <= {
+        tuple(c) for c in findings_commands(text)
+    }
