@@ -289,7 +289,8 @@ def problem(layout: Path):
 
     from cl_lora.problems import build_problem
 
-    stream = streams.build("trace", options(data_dir=layout, tasks=("fomc", "20minuten")))
+    tasks = ("fomc", "20minuten", "numglue-cm")  # numbers: " 12" takes a token more than "12"
+    stream = streams.build("trace", options(data_dir=layout, tasks=tasks))
     return build_problem(stream, tiny_llama(), max_length=64, prompt_keep="end")
 
 
@@ -304,6 +305,11 @@ def test_training_reads_bos_prompt_and_answer_as_one_string_and_eos(problem) -> 
     expected = [tokenizer.bos_token_id, *whole, tokenizer.eos_token_id]
     assert inputs["input_ids"][0].tolist() == expected
     assert targets[0].tolist() == [-100] * (len(expected) - answer) + expected[-answer:]
+    # generation budget: the longest answer's tokens (no space before it) and eos
+    assert problem.max_new_tokens == [
+        max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in task.label_names) + 1
+        for task in problem.stream.tasks
+    ]
 
 
 def test_evaluation_prompts_keep_their_last_tokens_and_carry_references(problem) -> None:
