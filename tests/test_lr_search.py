@@ -92,11 +92,16 @@ def test_a_run_with_lr_search_trains_at_the_chosen_rate(
         return 1.0 if lr == 3e-3 else 0.0
 
     monkeypatch.setattr(experiment, "_validation_score", rigged)
-    steps: dict[int, list[tuple[float, float]]] = {}  # per optimizer: (rate, base rate) per step
+    optimizers: list = []  # held, so that no later optimizer can reuse an earlier one's id
+    steps: list[list[tuple[float, float]]] = []  # per optimizer: (rate, base rate) per step
 
     def observe(optimizer, args, kwargs) -> None:
+        if not any(optimizer is seen for seen in optimizers):
+            optimizers.append(optimizer)
+            steps.append([])
+        index = next(i for i, seen in enumerate(optimizers) if seen is optimizer)
         adapter = optimizer.param_groups[0]  # the encoder's (adapter's) parameters
-        steps.setdefault(id(optimizer), []).append((adapter["lr"], adapter["initial_lr"]))
+        steps[index].append((adapter["lr"], adapter["initial_lr"]))
 
     argv = ["--stream", "offline-instruct", "--backbone", tiny_llama_dir(tmp_path),
             "--lr-search", "1e-5,3e-3,1e-4", "--max-train-per-task", "5",
@@ -114,9 +119,9 @@ def test_a_run_with_lr_search_trains_at_the_chosen_rate(
     assert search["validation_scores"] == [0.0, 1.0, 0.0]
     # three one-task search runs, then the stream's five tasks: one optimizer per task, one
     # step each (4 or 5 examples, batch 16), the rate's warm-up peak on that step
-    trained = [max(rate for rate, _ in each) for each in steps.values()]
+    trained = [max(rate for rate, _ in each) for each in steps]
     assert trained == [1e-5, 3e-3, 1e-4] + [3e-3] * 5
-    assert all(base == rate for each in steps.values() for rate, base in each)
+    assert all(base == rate for each in steps for rate, base in each)
     assert [task["lr"] for task in result["training"]] == [3e-3] * 5
     assert search["tasks"] == ["movie-sentiment"]
     assert search["fit_sizes"] == [4] and search["validation_sizes"] == [1]

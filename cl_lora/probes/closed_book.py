@@ -1,4 +1,4 @@
-"""Closed-book question answering as the knowledge probe of a language model.
+"""``nq-open``: closed-book question answering, the knowledge probe of a language model.
 
 What a language model knew before the stream is measured the way LoRA-Null and CorDA measure
 it: closed-book NQ-open (questions from Natural Questions, answered from the model's weights
@@ -33,6 +33,8 @@ from torch import nn
 from cl_lora.metrics import retention_summary
 from cl_lora.problems import TextToText
 from cl_lora.problems.text_to_text import IGNORE
+from cl_lora.probes.registry import ProbeContext, register_probe
+from cl_lora.streams.knowledge_qa import nq_open
 from cl_lora.streams.scoring import normalize_answer
 
 MAX_NEW_TOKENS = 16
@@ -114,3 +116,12 @@ class ClosedBookQAProbe:
                 "cut_before": list(STOPS),
             },
         }
+
+
+@register_probe(
+    "nq-open", "closed-book NQ-open: exact match of greedy answers, gold log-likelihood", chance="0"
+)
+def nq_open_probe(context: ProbeContext) -> ClosedBookQAProbe:
+    test = nq_open("probe")
+    test = test.select(range(min(context.size, len(test))))
+    return ClosedBookQAProbe(test, context.problem, batch_size=context.batch_size)
