@@ -278,8 +278,20 @@ class RunConfig:
     knowledge: str | None = setting(
         None,
         "runtime",
-        "language models' knowledge probe: nq-open (packaged, default) or "
-        "lm-eval:TASK[,TASK...] (lm-evaluation-harness tasks; needs lm-eval and the Hub)",
+        "language models' knowledge probes, comma-separated: nq-open (the default), mmlu, "
+        "boolq, piqa, siqa, openbookqa, commonsenseqa, asdiv (see --list), then optionally "
+        "lm-eval:TASK[,TASK...] (lm-evaluation-harness tasks)",
+        added=True,
+    )
+    probe_size: int = setting(
+        100, "runtime", "examples each knowledge probe scores (a fixed held-out sample)",
+        added=True,
+    )  # fmt: skip
+    lm_eval_include: str | None = setting(
+        None,
+        "runtime",
+        "a folder of lm-evaluation-harness task YAMLs for --knowledge lm-eval:TASK (local "
+        "data_files run offline)",
         added=True,
     )
 
@@ -287,6 +299,7 @@ class RunConfig:
         require_at_least_one(
             self,
             ("rank", "epochs", "batch_size", "eval_batch_size", "max_length", "calib_size")
+            + ("probe_size",)
             + ("max_train_per_task", "max_test_per_task", "grad_accumulation", "max_new_tokens"),
         )
         if self.batch_size % self.grad_accumulation:

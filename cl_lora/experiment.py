@@ -28,10 +28,11 @@ from cl_lora.lora import LoRASettings
 from cl_lora.lr_search import SEARCH_FILE, search_learning_rate
 from cl_lora.method import Method, check_per_task, resolve
 from cl_lora.metrics import summarize
+from cl_lora.probes.harness import check_knowledge
+from cl_lora.probes.spec import parse_knowledge
 from cl_lora.problems import Problem, build_problem
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
 from cl_lora.strategy import StreamOutcome, run_stream
-from cl_lora.strategy.lm_eval_probe import check_knowledge, parse_knowledge
 from cl_lora.strategy.retention import knowledge_probe_for
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -262,7 +263,8 @@ def run_experiment(
     )
     method.check_problem(stream.problem)
     check_per_task(config, stream)
-    harness_tasks = check_knowledge(config.knowledge, stream.problem)
+    knowledge = parse_knowledge(config.knowledge)
+    check_knowledge(knowledge, stream.problem, config.lm_eval_include)
     # the stream's defaults this run resolves to (recorded under "backbone" and "stream";
     # "config" stays as given, None meaning "the stream's default", and is what the id hashes)
     family, name = prepare_backbone(config, stream)
@@ -291,7 +293,9 @@ def run_experiment(
         batch_size=config.eval_batch_size,
         max_fit=config.max_train_per_task,
         max_test=config.max_test_per_task,
-        harness_tasks=harness_tasks,
+        knowledge=knowledge,
+        probe_size=config.probe_size,
+        lm_eval_include=config.lm_eval_include,
     )
     outcome = run_stream(
         strategy,

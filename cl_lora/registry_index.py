@@ -28,6 +28,7 @@ def registries() -> list[tuple[str, Registry[Any], Extras]]:
     from cl_lora.calibration import STATISTICS
     from cl_lora.inits import INITS
     from cl_lora.plugins import PLUGINS
+    from cl_lora.probes import PROBES
     from cl_lora.streams import STREAMS
     from cl_lora.streams.scoring import TEXT_METRICS
 
@@ -39,4 +40,9 @@ def registries() -> list[tuple[str, Registry[Any], Extras]]:
         ("plugins (--plugin, with any --init):", PLUGINS, None),
         ("calibration statistics (what an init's needs name):", STATISTICS, None),
         ("text metrics (how a stream scores a task's generated text):", TEXT_METRICS, None),
+        ("knowledge probes (--knowledge, language models):", PROBES, _probe_extras),
     ]
+
+
+def _probe_extras(probe: Any) -> list[str]:
+    return [f"chance {probe.chance}"]

@@ -133,7 +133,27 @@ def summary(result: dict[str, Any]) -> str:
             f"{'':<20} {curve}  (gold log-likelihood per token; "
             f"drop {_fmt(loglik['drop']).strip()})"
         )
+    lines += _probe_lines(retention or {})
     return "\n".join(lines)
+
+
+def _probe_lines(retention: dict[str, Any]) -> list[str]:
+    """One line per probe after the first (whose curve is the retention line), then TRACE's
+    general-ability change."""
+    probes = list(retention.get("probes", {}).items())[1:]
+    lines = []
+    for name, probe in probes:
+        curve = " ".join(_fmt(v).strip() for v in probe["curve"])
+        chance = probe.get("chance")
+        lines.append(
+            f"{'probe ' + name:<20} {curve}  ({probe['metric']}"
+            + (f", chance {_fmt(chance).strip()}" if chance is not None else "")
+            + f"; drop {_fmt(probe['drop']).strip()})"
+        )
+    if "general_ability" in retention:
+        delta = retention["general_ability"]["delta"]
+        lines.append(f"{'general ability':<20} {_fmt(delta)}  (mean change over the probes)")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:

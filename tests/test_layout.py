@@ -87,7 +87,8 @@ def test_the_cycle_check_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.Monke
 def test_list_shows_every_kind_from_one_registry_mechanism() -> None:
     text = listing()
     kinds = registries()
-    assert len(kinds) == 7  # streams, backbones, inits, baselines, plugins, statistics, metrics
+    assert len(kinds) == 8  # streams, backbones, inits, baselines, plugins, statistics, metrics,
+    # knowledge probes
     for title, registry, _ in kinds:
         assert isinstance(registry, Registry)
         assert title in text

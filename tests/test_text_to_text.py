@@ -218,7 +218,7 @@ def test_frozen_refuses_a_language_model_in_one_line(tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--knowledge", "trivia"], "unknown --knowledge 'trivia'"),
+        (["--knowledge", "trivia"], "unknown knowledge probe 'trivia'"),
         (["--knowledge", "lm-eval:nq_open", "--stream", "offline-text"], "probes a language"),
         (["--knowledge", "lm-eval:nq_open"], "lm-eval"),  # not installed, or no Hub here
         (["--backbone", "all-minilm-l6-v2"], "cannot learn a text-to-text stream"),
@@ -233,41 +233,6 @@ def test_language_model_bad_input_is_one_line(argv, message, tmp_path, capsys) -
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
     assert not list(tmp_path.glob("*/result.json"))
-
-
-def test_lm_eval_probe_reads_the_harness_results(monkeypatch) -> None:
-    """The harness is not installed here: a stand-in ``simple_evaluate`` returns results in
-    the harness's shape, and the probe must take each task's first metric (not its stderr)."""
-    import sys
-    import types
-
-    from cl_lora.strategy.lm_eval_probe import LMEvalProbe
-
-    calls = []
-
-    def simple_evaluate(model, tasks, limit):
-        calls.append((type(model).__name__, tuple(tasks), limit))
-        return {"results": {"nq_open": {"alias": "nq_open", "exact_match,remove_whitespace": 0.25,
-                                        "exact_match_stderr,remove_whitespace": 0.1},
-                            "triviaqa": {"exact_match,remove_whitespace": 0.5}}}  # fmt: skip
-
-    harness = types.ModuleType("lm_eval")
-    harness.simple_evaluate = simple_evaluate
-    models = types.ModuleType("lm_eval.models.huggingface")
-    models.HFLM = lambda pretrained, tokenizer, batch_size: types.SimpleNamespace()
-    monkeypatch.setitem(sys.modules, "lm_eval", harness)
-    monkeypatch.setitem(sys.modules, "lm_eval.models", types.ModuleType("lm_eval.models"))
-    monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", models)
-    backbone = tiny_llama()
-    probe = LMEvalProbe(["nq_open", "triviaqa"], backbone.tokenizer, batch_size=4, limit=10)
-    model = build_problem(toy_text_to_text_stream(), backbone, 64).build_model()
-    assert probe.start(model) == pytest.approx(0.375)
-    assert calls == [("SimpleNamespace", ("nq_open", "triviaqa"), 10)]
-    record = probe.record([0.375, 0.375])
-    assert record["metric"] == (
-        "mean of nq_open:exact_match,remove_whitespace, triviaqa:exact_match,remove_whitespace"
-    )
-    assert record["per_task"]["nq_open"][0]["exact_match,remove_whitespace"] == 0.25
 
 
 def test_a_language_model_run_resumes_to_the_same_weights_and_knowledge_curve(tmp_path) -> None:

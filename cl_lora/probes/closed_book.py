@@ -24,18 +24,19 @@ from the calibration split that knowledge-preserving inits read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from cl_lora.metrics import retention_summary
-from cl_lora.problems import TextToText
-from cl_lora.problems.text_to_text import IGNORE
 from cl_lora.probes.registry import ProbeContext, register_probe
 from cl_lora.streams.knowledge_qa import nq_open
 from cl_lora.streams.scoring import normalize_answer
+
+if TYPE_CHECKING:  # (the problems load on first use: --list registers probes)
+    from cl_lora.problems import TextToText
 
 MAX_NEW_TOKENS = 16
 STOPS = ("\n", ".", ",")  # lm-evaluation-harness nq_open's "until" strings
@@ -59,6 +60,8 @@ class ClosedBookQAProbe:
 
     @torch.no_grad()
     def _scores(self, model: nn.Module) -> tuple[float, float]:
+        from cl_lora.problems.text_to_text import IGNORE
+
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()

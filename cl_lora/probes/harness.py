@@ -6,79 +6,137 @@ base model in place) through its own ``HFLM`` wrapper and ``simple_evaluate``, w
 own prompts, few-shot setting and metric, so the numbers read like the harness's (e.g.
 ``nq_open``, ``triviaqa``, ``webqs``: LoRA-Null's three closed-book QA probes). The primary
 score is the mean over tasks of each task's first reported metric; every metric is kept per
-evaluation. The harness downloads its task data from the Hugging Face Hub, so the probe needs
-``lm-eval`` installed and the Hub reachable (or the datasets cached): otherwise the run stops
-before any work with a one-line error.
+evaluation. ``--lm-eval-include DIR`` adds the task YAMLs of a folder (the harness's
+``TaskManager(include_path=...)``): a task whose YAML reads local files (``dataset_path: json``
+with ``data_files``) runs without the Hub, which is how a user offline, or with probes of their
+own, runs the harness. A task that reads a Hub dataset needs the Hub (or the dataset cached, in
+``datasets``'s offline mode); otherwise, and for an unknown task or a missing ``lm-eval``, the
+run stops before any work with a one-line error.
 """
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from peft import PeftModel
 from torch import nn
 
-from cl_lora.errors import BadInputError
+from cl_lora.errors import BadInputError, did_you_mean
 from cl_lora.hub import require_hub
+from cl_lora.lazy import lazy_module
 from cl_lora.metrics import retention_summary
+from cl_lora.probes.spec import HARNESS_PREFIX, KnowledgeSpec
 
-PREFIX = "lm-eval:"
+datasets = lazy_module("datasets")
 
-
-def parse_knowledge(spec: str | None) -> tuple[str, ...] | None:
-    """The harness tasks of ``--knowledge lm-eval:a,b`` (``None`` for the default probe)."""
-    if spec is None or spec == "nq-open":
-        return None
-    tasks = (
-        tuple(t for t in spec.removeprefix(PREFIX).split(",") if t)
-        if spec.startswith(PREFIX)
-        else ()
-    )
-    if not tasks:
-        raise BadInputError(
-            f"unknown --knowledge '{spec}': use nq-open (packaged, the default) or "
-            "lm-eval:TASK[,TASK...] (lm-evaluation-harness task names, e.g. lm-eval:nq_open)"
-        )
-    return tasks
+#: ``datasets`` builders that read local files (``dataset_kwargs: {data_files: ...}``).
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 
 
 def require_lm_eval(tasks: Sequence[str]) -> None:
-    """Fail at once, in one line, when the harness cannot run here."""
-    spec = f"--knowledge {PREFIX}{','.join(tasks)}"
+    """Fail at once, in one line, when the harness is not installed."""
     if importlib.util.find_spec("lm_eval") is None:
         raise BadInputError(
-            f"{spec} needs lm-evaluation-harness: pip install lm-eval (or drop --knowledge "
-            "for the packaged NQ-open probe)"
+            f"--knowledge {HARNESS_PREFIX}{','.join(tasks)} needs lm-evaluation-harness: "
+            'pip install -e ".[lm-eval]" (or drop the lm-eval: tasks)'
         )
-    require_hub(
-        f"{spec} downloads its task data from the Hugging Face Hub, which cannot be reached: "
-        "drop --knowledge for the packaged NQ-open probe, or run where the Hub is reachable "
-        "(or with HF_DATASETS_OFFLINE=1 and the task data cached)"
-    )
 
 
-def check_knowledge(spec: str | None, problem: str) -> tuple[str, ...] | None:
-    """``--knowledge`` parsed and checked before any work: harness tasks need a language model
-    (a text-to-text stream), lm-eval installed and the Hub reachable."""
-    tasks = parse_knowledge(spec)
-    if tasks is None:
-        return None
+def task_manager(include: str | None) -> Any:
+    """The harness's task index, with the task YAMLs of ``include`` (a folder) added."""
+    from lm_eval.tasks import TaskManager
+
+    if include is not None and not Path(include).is_dir():
+        raise BadInputError(f"--lm-eval-include {include} is not a folder of task YAML files")
+    return TaskManager(include_path=include)
+
+
+def _task_configs(manager: Any, name: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(task, config)`` of every task ``name`` stands for (itself, or a group's or tag's
+    members), configs read from their YAML files with includes resolved; unknown names are one
+    line with close matches."""
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    entry = manager.task_index.get(name)
+    if entry is None:
+        raise BadInputError(
+            f"unknown lm-eval task '{name}': {did_you_mean(name, manager.all_tasks)}(lm-eval ls "
+            "tasks lists the harness's; --lm-eval-include DIR adds a folder of your own)"
+        )
+    if entry.kind == Kind.TAG:
+        members = [n for n, e in manager.task_index.items() if name in e.tags]
+    elif entry.kind == Kind.GROUP:
+        group = load_yaml(entry.yaml_path, resolve_func=False) if entry.yaml_path else {}
+        members = [t for t in group.get("task", []) if isinstance(t, str)]
+    else:
+        config = load_yaml(entry.yaml_path, resolve_func=False) if entry.yaml_path else {}
+        return [(name, config or entry.cfg or {})]
+    return [pair for member in members for pair in _task_configs(manager, member)]
+
+
+def _local(config: dict[str, Any]) -> bool:
+    """Whether the task's data is in local files (a YAML with ``dataset_path: json`` and
+    ``data_files`` that exist), so it loads without the Hub."""
+    if config.get("dataset_path") not in LOCAL_BUILDERS:
+        return False
+    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    paths = files.values() if isinstance(files, dict) else [files]
+    flat = [f for path in paths for f in (path if isinstance(path, list) else [path])]
+    return bool(flat) and all(f and Path(f).expanduser().exists() for f in flat)
+
+
+def check_harness(tasks: Sequence[str], include: str | None) -> None:
+    """Before any work: lm-eval installed, every task known (built-in or in ``include``), and
+    its data loadable here -- local files, or a Hub dataset with the Hub reachable (or cached,
+    in ``datasets``'s offline mode)."""
+    require_lm_eval(tasks)
+    manager = task_manager(include)
+    remote = [
+        (task, config)
+        for name in tasks
+        for task, config in _task_configs(manager, name)
+        if not _local(config)
+    ]
+    for task, config in remote:
+        hint = (
+            f"--knowledge {HARNESS_PREFIX}{task} reads the Hub dataset "
+            f"{config.get('dataset_path')}, which cannot be reached here: give a local task "
+            "YAML (dataset_path: json with local data_files) with --lm-eval-include DIR"
+        )
+        if not datasets.config.HF_HUB_OFFLINE:
+            require_hub(hint)
+            continue
+        try:  # datasets' offline mode reads only its cache: is the task's data there?
+            datasets.load_dataset_builder(config["dataset_path"], config.get("dataset_name"))
+        except Exception as error:  # not cached, or no such dataset
+            raise BadInputError(f"{hint} ({type(error).__name__})") from error
+
+
+def check_knowledge(
+    knowledge: KnowledgeSpec | None, problem: str, include: str | None = None
+) -> None:
+    """``--knowledge`` checked before any work: probes of a language model need a
+    text-to-text stream; harness tasks need lm-eval and their data (:func:`check_harness`)."""
+    if knowledge is None:
+        return
     if problem != "text-to-text":
         raise BadInputError(
-            f"--knowledge {spec} probes a language model: drop it for {problem} streams "
-            "(their probe is a frozen head on held-out data)"
+            "--knowledge probes a language model: drop it for "
+            f"{problem} streams (their probe is a frozen head on held-out data)"
         )
-    require_lm_eval(tasks)
-    return tasks
+    if knowledge.harness:
+        check_harness(knowledge.harness, include)
 
 
 def first_metric(values: dict[str, Any]) -> tuple[str, float]:
-    """A harness task's first numeric metric (its primary one), skipping standard errors."""
+    """A harness task's first metric (its primary one): the first ``METRIC,FILTER`` entry that
+    is not a standard error (the harness also reports ``alias`` and ``sample_len``)."""
     for key, value in values.items():
-        if isinstance(value, int | float) and "_stderr" not in key and key != "alias":
+        if isinstance(value, int | float) and "," in key and "_stderr" not in key:
             return key, float(value)
     raise RuntimeError(f"lm-eval reported no metric: {sorted(values)}")
 
@@ -87,23 +145,35 @@ class LMEvalProbe:
     """Runs the harness tasks before the first task and after each (see the module docstring)."""
 
     def __init__(
-        self, tasks: Sequence[str], tokenizer: Any, batch_size: int, limit: int | None
+        self,
+        tasks: Sequence[str],
+        tokenizer: Any,
+        batch_size: int,
+        limit: int | None,
+        include: str | None = None,
     ) -> None:
         self.tasks = list(tasks)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.limit = limit
+        self.include = include
         self.evaluations: list[dict[str, dict[str, float]]] = []
 
     def _evaluate(self, model: nn.Module) -> dict[str, dict[str, float]]:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
+        from peft import PeftModel
 
         network = model.encoder
         if isinstance(network, PeftModel):  # the LoRA layers live inside the base model
             network = network.get_base_model()
         harness = HFLM(pretrained=network, tokenizer=self.tokenizer, batch_size=self.batch_size)
-        results = lm_eval.simple_evaluate(model=harness, tasks=self.tasks, limit=self.limit)
+        results = lm_eval.simple_evaluate(
+            model=harness,
+            tasks=self.tasks,
+            limit=self.limit,
+            task_manager=task_manager(self.include),
+        )
         return {
             task: {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
             for task, values in results["results"].items()
@@ -132,7 +202,7 @@ class LMEvalProbe:
     def record(self, curve: Sequence[float]) -> dict[str, Any]:
         names = {task: first_metric(v)[0] for task, v in self.evaluations[0].items()}
         return {
-            "probe": PREFIX + ",".join(self.tasks),
+            "probe": HARNESS_PREFIX + ",".join(self.tasks),
             "head": "none (lm-evaluation-harness)",
             "fit_examples": 0,
             "test_size": self.limit,

@@ -34,6 +34,7 @@ from torch import nn
 
 from cl_lora.deltas import replay
 from cl_lora.errors import BadInputError
+from cl_lora.probes import Probe
 from cl_lora.safe_state import DamagedStateError, load_state, save_state
 from cl_lora.strategy.outcome import StreamOutcome
 from cl_lora.strategy.plugins import TaskScorePlugin
@@ -153,7 +154,7 @@ def save_checkpoint(
     strategy: LoRAStrategy,
     outcome: StreamOutcome,
     finished_task: int,
-    probe: RetentionProbe | None = None,
+    probe: RetentionProbe | Probe | None = None,
 ) -> int:
     """Write the checkpoint after ``finished_task``, replacing the previous one atomically;
     returns its size in bytes. ``TypeError`` when a plugin's state is not plain data and
@@ -177,7 +178,7 @@ def load_checkpoint(
     path: Path,
     strategy: LoRAStrategy,
     experiences: Sequence,
-    probe: RetentionProbe | None = None,
+    probe: RetentionProbe | Probe | None = None,
 ) -> tuple[StreamOutcome, int]:
     """Restore ``strategy`` (built from the same config, pretrained model) and ``probe`` to the
     checkpoint's state; ``experiences`` are the stream's training experiences (a replay memory

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from cl_lora.errors import RunFailure
+from cl_lora.probes import Probe
 from cl_lora.strategy.calibrate import CalibrationOutOfMemory
 from cl_lora.strategy.checkpoint import load_checkpoint, save_checkpoint
 from cl_lora.strategy.experiences import to_benchmark
@@ -68,7 +69,7 @@ def _checkpointed(
     strategy: LoRAStrategy,
     outcome: StreamOutcome,
     task: int,
-    probe: RetentionProbe | None,
+    probe: RetentionProbe | Probe | None,
 ) -> Path | None:
     """Write the checkpoint after ``task``; ``None`` (no more checkpoints) when some state
     cannot be stored: the run goes on, it just cannot be resumed."""
@@ -99,7 +100,7 @@ def run_stream(
     checkpoint: Path | None = None,
     on_task_end: Callable[[int, StreamOutcome], None] | None = None,
     resume: bool = False,
-    probe: RetentionProbe | None = None,
+    probe: RetentionProbe | Probe | None = None,
 ) -> StreamOutcome:
     """Train the stream's tasks in order and evaluate, after each one, the tasks trained so far
     and the next one (see :func:`_evaluate`).

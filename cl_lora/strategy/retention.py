@@ -1,5 +1,5 @@
 """How much pretrained knowledge survives the stream: a held-out probe task, scored with a frozen
-head before the first task and after every task (language models: see :mod:`.qa_probe`).
+head before the first task and after every task (language models: see :mod:`cl_lora.probes`).
 
 The probe data is the modality's knowledge probe (:func:`cl_lora.streams.knowledge_probe`: Rotten
 Tomatoes reviews for text, MNIST for vision), outside every stream. Its head is frozen for the
@@ -28,9 +28,10 @@ from torch import nn
 from cl_lora.backbones import Backbone, ContinualClassifier
 from cl_lora.backbones.base import Inputs
 from cl_lora.metrics import retention_summary
+from cl_lora.probes import HARNESS_PREFIX, PROBES, KnowledgeSpec, Probe, ProbeContext, ProbeSet
+from cl_lora.probes.closed_book import DEFAULT_QUESTIONS
+from cl_lora.probes.harness import LMEvalProbe
 from cl_lora.problems import Problem, TextToText
-from cl_lora.strategy.lm_eval_probe import LMEvalProbe
-from cl_lora.strategy.qa_probe import DEFAULT_QUESTIONS, ClosedBookQAProbe
 from cl_lora.streams import Stream, Task, knowledge_probe
 from cl_lora.streams.sampling import balanced_sample
 
@@ -182,17 +183,29 @@ def knowledge_probe_for(
     batch_size: int = 64,
     max_fit: int | None = None,
     max_test: int | None = None,
-    harness_tasks: Sequence[str] | None = None,
-) -> RetentionProbe | ClosedBookQAProbe | LMEvalProbe:
-    """The retention probe of a run: a frozen head on the held-out probe task for a classifier,
-    closed-book NQ-open for a language model, or lm-evaluation-harness's ``harness_tasks``.
-    ``max_fit``/``max_test`` (the run's per-task caps) shrink the probe for quick runs."""
-    if harness_tasks:  # checked up front by lm_eval_probe.check_knowledge
-        return LMEvalProbe(harness_tasks, problem.tokenizer, batch_size, max_test)
-    data = knowledge_probe(stream.knowledge)
-    if isinstance(problem, TextToText):
-        test = data.test.select(range(min(max_test or DEFAULT_QUESTIONS, len(data.test))))
-        return ClosedBookQAProbe(test, problem, batch_size=batch_size)
-    return RetentionProbe.for_backbone(
-        data, problem.backbone, batch_size=batch_size, max_fit=max_fit, max_test=max_test
-    )
+    knowledge: KnowledgeSpec | None = None,
+    probe_size: int = DEFAULT_QUESTIONS,
+    lm_eval_include: str | None = None,
+) -> RetentionProbe | Probe:
+    """The retention probe of a run: a frozen head on the held-out probe task for a classifier;
+    for a language model, closed-book NQ-open by default, else the probes ``knowledge`` names
+    (several: a :class:`~cl_lora.probes.ProbeSet`), lm-evaluation-harness tasks among them.
+    Each language-model probe scores ``probe_size`` examples (at most ``max_test``, the run's
+    per-task cap, for quick runs); ``max_fit``/``max_test`` shrink a classifier's probe."""
+    if not isinstance(problem, TextToText):
+        return RetentionProbe.for_backbone(
+            knowledge_probe(stream.knowledge),
+            problem.backbone,
+            batch_size=batch_size,
+            max_fit=max_fit,
+            max_test=max_test,
+        )
+    knowledge = knowledge or KnowledgeSpec(("nq-open",), ())
+    context = ProbeContext(problem, stream, min(probe_size, max_test or probe_size), batch_size)
+    probes: dict[str, Probe] = {n: PROBES.get(n).build(context) for n in knowledge.probes}
+    if knowledge.harness:  # checked up front by probes.harness.check_knowledge
+        harness = LMEvalProbe(
+            knowledge.harness, problem.tokenizer, batch_size, max_test, lm_eval_include
+        )
+        probes[HARNESS_PREFIX + ",".join(knowledge.harness)] = harness
+    return next(iter(probes.values())) if len(probes) == 1 else ProbeSet(probes)

