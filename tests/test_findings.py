@@ -139,41 +139,44 @@ def table_blocks(text: str) -> list[list[str]]:
     return blocks
 
 
-def test_findings_tables_and_verdicts_are_rebuilt_from_their_run_folders(tmp_path, capsys) -> None:
-    """Each section of results/FINDINGS.md that gives a ``findings`` command: the command, run
-    on the committed run folder, prints exactly the section's tables (every row, no row more),
-    its other lines, and the verdicts the section's verdict paragraph states in emphasis
-    (``**Verdict: supported.**``, ``*U-shape: inconclusive*``); every run of the
-    folder is read and used. The README's findings commands are FINDINGS.md's."""
+def rebuild(finding: str, folder: str, options: list[str], out: Path, capsys) -> tuple[str, str]:
+    """What ``python -m cl_lora.leaderboard.findings FINDING FOLDER`` prints (its markdown and
+    its verdict line), checking first that every run of the folder is read and used."""
     from cl_lora.leaderboard.findings import FINDINGS
 
+    runs = REPOSITORY / folder
+    collected = collect_runs(runs)
+    assert not collected.skipped, collected.skipped
+    grid = FINDINGS[finding][0](collected.table)
+    assert len(grid) == len(list(runs.rglob("result.json")))  # no run left out
+    assert main([finding, str(runs), *options, "--out", str(out)]) == 0
+    assert (out / f"{finding}.png").stat().st_size > 0
+    printed, verdict = capsys.readouterr().out.split("\nverdict: ")
+    return printed, verdict.splitlines()[0]
+
+
+def test_findings_tables_and_verdicts_are_rebuilt_from_their_run_folders(tmp_path, capsys) -> None:
+    """Each section of results/FINDINGS.md that gives ``findings`` commands: the commands, run
+    on the committed run folders, print exactly the section's tables (every row, no row more,
+    no table typed in beside them) and its other lines, and their verdicts are the outcomes
+    its verdict paragraphs state in emphasis (``**Verdict: supported.**``, ``*U-shape:
+    inconclusive*``). The README's findings commands are FINDINGS.md's."""
     text = (REPOSITORY / "results" / "FINDINGS.md").read_text()
     sections = [section for section in text.split("\n## ")[1:] if findings_commands(section)]
     assert len(sections) >= 3
-    for section in sections:
-        title = section.splitlines()[0]
-        ((finding, folder, *options),) = findings_commands(section)
-        runs = REPOSITORY / folder
-        collected = collect_runs(runs)
-        assert not collected.skipped, (title, collected.skipped)
-        grid = FINDINGS[finding][0](collected.table)
-        assert len(grid) == len(list(runs.rglob("result.json"))), title  # no run left out
-        out = tmp_path / finding
-        assert main([finding, str(runs), *options, "--out", str(out)]) == 0, title
-        printed, verdict = capsys.readouterr().out.split("\nverdict: ")
-        written = {block[0]: block for block in table_blocks(section)}
-        rebuilt = {block[0]: block for block in table_blocks(printed)}
-        assert rebuilt.keys() == written.keys(), title  # no table typed in beside them
-        for header, block in rebuilt.items():
-            assert written[header] == block, (title, header)
-        lines = section.splitlines()
-        for line in printed.splitlines():
-            assert not line or line.startswith("|") or line in lines, (title, line)
-        paragraph = next(p for p in section.split("\n\n") if p.startswith("**Verdict"))
-        emphasized = " ".join(re.findall(r"\*+([^*]+)\*+", paragraph.replace("\n", " ")))
-        stated = set(OUTCOME.findall(emphasized))  # what the verdict's emphasis says
-        assert stated == set(OUTCOME.findall(verdict.splitlines()[0])), (title, verdict)
-        assert (out / f"{finding}.png").stat().st_size > 0
+    for number, section in enumerate(sections):
+        title, lines = section.splitlines()[0], section.splitlines()
+        tables, outcomes = [], set()
+        for finding, folder, *options in findings_commands(section):
+            printed, verdict = rebuild(finding, folder, options, tmp_path / f"{number}", capsys)
+            tables += table_blocks(printed)
+            outcomes |= set(OUTCOME.findall(verdict))
+            for line in printed.splitlines():
+                assert not line or line.startswith("|") or line in lines, (title, line)
+        assert tables and sorted(tables) == sorted(table_blocks(section)), title
+        verdicts = [p for p in section.split("\n\n") if p.startswith("**Verdict")]
+        emphasized = re.findall(r"\*+([^*]+)\*+", " ".join(verdicts).replace("\n", " "))
+        assert set(OUTCOME.findall(" ".join(emphasized))) == outcomes, title
     readme = (REPOSITORY / "README.md").read_text()
     assert {tuple(c) for c in findings_commands(readme)} <= {
         tuple(c) for c in findings_commands(text)
