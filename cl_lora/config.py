@@ -275,6 +275,14 @@ class RunConfig:
         "recompute activations in the backward pass (language models: less GPU memory)",
         added=True,
     )
+    answer_by: str = setting(
+        "generate",
+        "data",
+        "language models: how a multiple-choice task is answered: generate (greedy generation "
+        "matched to the options) or likelihood (the option whose tokens are most likely)",
+        added=True,
+        choices=("generate", "likelihood"),
+    )
     knowledge: str | None = setting(
         None,
         "runtime",

@@ -87,6 +87,7 @@ def problem_for(stream: streams.Stream, backbone: Backbone, config: RunConfig) -
         config.prompt_keep,
         config.max_new_tokens,
         config.loss_average,
+        config.answer_by,
     )
 
 

@@ -14,9 +14,9 @@ from llm_fixtures import tiny_llama, tiny_llama_dir, toy_text_to_text_stream
 
 from cl_lora.errors import BadInputError
 from cl_lora.probes import PROBES, ProbeContext, ProbeSet, parse_knowledge
-from cl_lora.probes.likelihood import encode_pair, loglikelihoods
 from cl_lora.probes.multiple_choice import TASKS, MultipleChoiceProbe
 from cl_lora.problems import build_problem
+from cl_lora.problems.likelihood import encode_pair, loglikelihoods
 
 lm_eval = pytest.importorskip("lm_eval")  # an extra that CI installs (pip install -e ".[lm-eval]")
 HARNESS_TASKS = Path(lm_eval.__file__).parent / "tasks"
@@ -267,3 +267,52 @@ def test_a_harness_task_that_needs_the_hub_offline_is_one_line(tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "lm-eval:piqa" in err and "--lm-eval-include" in err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_likelihood_answers_pick_the_most_likely_option_by_hand(family) -> None:
+    """--answer-by likelihood: per example, the label whose answer tokens (as training writes
+    them) have the largest summed log-probability after the prompt, computed apart with the
+    bare model one example and one option at a time."""
+    import torch
+    from llm_fixtures import tiny_t5
+
+    backbone = tiny_llama(seed=5) if family == "causal" else tiny_t5(seed=5)
+    stream = toy_text_to_text_stream()
+    problem = build_problem(stream, backbone, 64, answer_by="likelihood")
+    model = problem.build_model()
+    rows = [dict(stream.tasks[0].test[i]) for i in range(6)]
+    inputs, _ = problem.collate(rows, [r["label"] for r in rows], training=False)
+    chosen = problem.predict(model, inputs, torch.zeros(len(rows), dtype=torch.long))
+    logliks = problem.answer_logliks(model, inputs, 0)
+    network, tokenizer = backbone.encoder.eval(), backbone.tokenizer
+    expected, by_hand = [], []
+    with torch.no_grad():
+        for row in rows:
+            prompt = problem.prompt_ids(row["prompt"])
+            scores = []
+            for name in ("no", "yes"):
+                if family == "causal":
+                    answer = tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+                    logits = network(input_ids=torch.tensor([prompt + answer])).logits[0]
+                    logits = logits[len(prompt) - 1 : -1]
+                else:
+                    answer = tokenizer(name, add_special_tokens=False)["input_ids"]
+                    logits = network(
+                        input_ids=torch.tensor([prompt]), labels=torch.tensor([answer])
+                    ).logits[0]
+                logprobs = torch.log_softmax(logits, -1)
+                scores.append(logprobs[torch.arange(len(answer)), answer].sum().item())
+            expected.append(int(np.argmax(scores)))
+            by_hand.append(scores)
+    assert chosen.tolist() == expected
+    np.testing.assert_allclose(logliks.numpy(), np.array(by_hand), atol=1e-4)
+
+
+def test_likelihood_answers_are_refused_for_free_text_and_head_streams(tmp_path, capsys) -> None:
+    from cl_lora.run import main
+
+    argv = ["--stream", "offline-text", "--answer-by", "likelihood", "--output-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--answer-by" in err and "trains task heads" in err

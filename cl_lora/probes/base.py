@@ -17,12 +17,12 @@ import numpy as np
 from torch import nn
 
 from cl_lora.metrics import retention_summary
-from cl_lora.probes.likelihood import Loglikelihood, loglikelihoods
 from cl_lora.streams.commonsense import squash
 from cl_lora.streams.sampling import SPLIT_SEED
 
 if TYPE_CHECKING:  # (the problems and PEFT load on first use: --list registers probes)
     from cl_lora.problems import TextToText
+    from cl_lora.problems.likelihood import Loglikelihood
     from cl_lora.streams import Stream
 
 T = TypeVar("T")
@@ -54,7 +54,7 @@ def held_out_sample(
 
 class LikelihoodProbe:
     """A probe scored from log-likelihoods of continuations (lm-evaluation-harness's way, see
-    :mod:`cl_lora.probes.likelihood`); subclasses say what is asked and how it is scored.
+    :mod:`cl_lora.problems.likelihood`); subclasses say what is asked and how it is scored.
 
     Each evaluation's metrics are kept (``evaluations``); the primary one (``metric``) is the
     retention curve the run loop keeps, the others sit beside it in :meth:`record`.
@@ -79,6 +79,7 @@ class LikelihoodProbe:
         from peft import PeftModel
 
         from cl_lora.problems import Seq2SeqTextToText
+        from cl_lora.problems.likelihood import loglikelihoods
 
         network = model.encoder
         if isinstance(network, PeftModel):  # the LoRA layers live inside the base model

@@ -19,10 +19,12 @@ def build_problem(
     prompt_keep: str = "ends",
     max_new_tokens: int | None = None,
     loss_average: str = "tokens",
+    answer_by: str = "generate",
 ) -> Problem:
     """The problem ``stream`` declares, for ``backbone`` (which must be able to learn it).
-    ``prompt_keep``, ``max_new_tokens`` and ``loss_average`` shape a language model's prompts,
-    generations and loss (:class:`TextToText`); a classification stream has none of them."""
+    ``prompt_keep``, ``max_new_tokens``, ``loss_average`` and ``answer_by`` shape a language
+    model's prompts, generations, loss and answers (:class:`TextToText`); a classification
+    stream has none of them."""
     if stream.problem == TextToText.kind:
         if backbone.tokenizer is None:
             raise BadInputError(
@@ -37,11 +39,13 @@ def build_problem(
             prompt_keep=prompt_keep,
             max_new_tokens=max_new_tokens,
             loss_average=loss_average,
+            answer_by=answer_by,
         )
-    if prompt_keep != "ends" or max_new_tokens is not None or loss_average != "tokens":
+    shaped = (prompt_keep, max_new_tokens, loss_average, answer_by)
+    if shaped != ("ends", None, "tokens", "generate"):
         raise BadInputError(
-            f"--prompt-keep, --max-new-tokens and --loss-average shape a language model's "
-            f"prompts, answers and loss; stream {stream.name} trains task heads: drop them"
+            f"--prompt-keep, --max-new-tokens, --loss-average and --answer-by shape a language "
+            f"model's prompts, answers and loss; stream {stream.name} trains task heads: drop them"
         )
     if backbone.collate is None:
         raise BadInputError(

@@ -70,7 +70,6 @@ def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([row + [value] * (width - len(row)) for row in rows])
 
 
-@torch.no_grad()
 def loglikelihoods(
     network: nn.Module,
     tokenizer: Any,
@@ -79,18 +78,36 @@ def loglikelihoods(
     seq2seq: bool = False,
     batch_size: int = 16,
 ) -> list[Loglikelihood]:
-    """``(context, continuation)`` pairs scored on ``network`` (a transformers model, PEFT
-    wrapped or not), in the order given; batches go longest first, as the harness's do.
+    """``(context, continuation)`` texts scored on ``network`` (a transformers model, PEFT
+    wrapped or not), in the order given, split into tokens as the harness splits them."""
+    pairs = [encode_pair(tokenizer, c, x, seq2seq) for c, x in requests]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    max_length = model_max_length(network, tokenizer)
+    return token_loglikelihoods(
+        network, pairs, seq2seq=seq2seq, batch_size=batch_size, pad=pad, max_length=max_length
+    )
+
+
+@torch.no_grad()
+def token_loglikelihoods(
+    network: nn.Module,
+    pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+    *,
+    seq2seq: bool,
+    batch_size: int,
+    pad: int,
+    max_length: int,
+) -> list[Loglikelihood]:
+    """``(context, continuation)`` token ids scored on ``network``, in the order given;
+    batches go longest first, as the harness's do.
 
     Causal requests that feed the model the same tokens (the options of a lettered question,
     ``" A"`` .. ``" D"``, all read the context alone) share one forward pass, as the harness's
     logits cache shares it; only the continuations' positions go through the log-softmax."""
     device = next(network.parameters()).device
-    max_length = model_max_length(network, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = [encode_pair(tokenizer, c, x, seq2seq) for c, x in requests]
+    encoded = [(list(c), list(x)) for c, x in pairs]
     if seq2seq:  # encoder input and decoder labels
-        inputs = [(c[-max_length:], x[-max_length:]) for c, x in encoded]
+        inputs = [(tuple(c[-max_length:]), tuple(x[-max_length:])) for c, x in encoded]
     else:  # one sequence, the last token not fed
         inputs = [(tuple((c + x)[-(max_length + 1) :][:-1]), ()) for c, x in encoded]
     distinct = list(dict.fromkeys(inputs))  # causal options that read the same tokens: once

@@ -82,12 +82,14 @@ class TextToText(Problem):
         prompt_keep: str = "ends",
         max_new_tokens: int | None = None,
         loss_average: str = "tokens",
+        answer_by: str = "generate",
     ) -> None:
         super().__init__(backbone, stream)
         self.tokenizer = backbone.tokenizer
         self.max_length = max_length
         self.prompt_keep = prompt_keep
         self.loss_average = loss_average
+        self.answer_by = answer_by
         self.verbatim = stream.text_format == "joined"  # generations kept as decoded
         self.joined = self.verbatim and self.joins_answer
         self.eos = self.tokenizer.eos_token_id
@@ -106,6 +108,12 @@ class TextToText(Problem):
         self.answer_lengths = [self._longest_answer(task.label_names) for task in stream.tasks]
         self.max_new_tokens = [max_new_tokens or length for length in self.answer_lengths]
         self.prompt_budget = self._prompt_budget(max_length)
+        free_text = [t.name for t, m in zip(stream.tasks, self.text_metrics, strict=True) if m]
+        if answer_by == "likelihood" and free_text:
+            raise BadInputError(
+                f"--answer-by likelihood ranks a task's answer options, but {', '.join(free_text)}"
+                " of this stream answer in free text (scored by a text metric): drop --answer-by"
+            )
         if self.prompt_budget < (2 * PROMPT_TAIL if prompt_keep == "ends" else 1):
             raise BadInputError(
                 f"--max-length {max_length} leaves {self.prompt_budget} tokens for a prompt "
@@ -316,6 +324,8 @@ class TextToText(Problem):
         """The label id each generation equals after normalization (-1: none), or, for a task
         scored by a text metric, each example's value of that metric."""
         task = int(torch.as_tensor(task_labels).reshape(-1)[0])
+        if self.answer_by == "likelihood":
+            return self.rank_answers(model, inputs, task)
         texts = self.generate(model, inputs, self.max_new_tokens[task], ("\n",), self.verbatim)
         metric = self.text_metrics[task]
         if metric is not None:
@@ -325,6 +335,33 @@ class TextToText(Problem):
         answers, normalize = self.answers[task], self.normalizers[task]
         return torch.tensor([answers.get(normalize(text), -1) for text in texts])
 
+    @torch.no_grad()
+    def answer_logliks(self, model: nn.Module, inputs: Inputs, task: int) -> torch.Tensor:
+        """``[examples, labels]``: the summed log-probability of each label's answer tokens (as
+        training writes them, without the end-of-sequence token) after each prompt."""
+        from cl_lora.problems.likelihood import token_loglikelihoods
+
+        names = self.stream.tasks[task].label_names
+        answers = [self._target_ids(name)[:-1] for name in names]
+        ids, mask = inputs["input_ids"].cpu(), inputs["attention_mask"].bool().cpu()
+        prompts = [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
+        network = model.encoder
+        network = network.get_base_model() if hasattr(network, "get_base_model") else network
+        scores = token_loglikelihoods(
+            network,
+            [(prompt, answer) for prompt in prompts for answer in answers],
+            seq2seq=isinstance(self, Seq2SeqTextToText),
+            batch_size=max(len(prompts), 1),
+            pad=self.pad,
+            max_length=self.max_length + max(map(len, answers)),
+        )
+        return torch.tensor([s.loglik for s in scores]).reshape(len(prompts), len(names))
+
+    def rank_answers(self, model: nn.Module, inputs: Inputs, task: int) -> torch.Tensor:
+        """Per example, the most likely label (:meth:`answer_logliks`), as
+        lm-evaluation-harness's ``acc`` ranks options."""
+        return self.answer_logliks(model, inputs, task).argmax(1)
+
     def record(self) -> dict[str, Any]:
         joined = "bos + tokens(prompt + target) + eos (TRACE's collator)"
         return {
@@ -333,6 +370,7 @@ class TextToText(Problem):
             "prompt_budget": self.prompt_budget,
             "prompt_keep": self.prompt_keep,
             "loss_average": self.loss_average,
+            "answer_by": self.answer_by,
             "text_format": self.stream.text_format,
             "format": (joined if self.joined else "prompt + ' ' + target + eos")
             + "; loss on the target tokens only",
