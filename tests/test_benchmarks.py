@@ -216,3 +216,14 @@ def test_decompositions_times_the_replaced_forms_side_by_side() -> None:
         "InfLoRA, eigh (after)",
     }
     assert all(len(times) == 1 for times in result["seconds"].values())
+
+
+def test_probes_benchmark_scores_each_probe_once_on_its_sample() -> None:
+    """Each probe's row: its sample size, its chance level, and the score its record holds."""
+    from benchmarks import probes
+
+    result = probes.main(["--size", "3", "--probes", "piqa", "asdiv"])["probes"]
+    assert list(result) == ["piqa", "asdiv"]
+    assert result["piqa"]["size"] == 3 and result["piqa"]["chance"] == "0.5"
+    assert result["piqa"]["score"] in (0, 1 / 3, 2 / 3, 1)
+    assert result["asdiv"]["record"]["curve"] == [result["asdiv"]["score"]]

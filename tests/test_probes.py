@@ -250,6 +250,12 @@ def test_a_run_scores_several_probes_and_a_local_harness_task(tmp_path, capsys) 
     assert result["retention"]["general_ability"]["delta"] is not None
     out = capsys.readouterr().out
     assert "probe piqa" in out and "general ability" in out
+    from cl_lora.leaderboard.__main__ import main as leaderboard
+
+    assert leaderboard([str(tmp_path / "runs"), "--out", str(tmp_path / "board")]) == 0
+    board = next((tmp_path / "board").glob("*.md")).read_text()
+    delta = result["retention"]["general_ability"]["delta"]
+    assert "general ability change" in board and f"{delta:.3f}" in board
 
 
 def test_a_harness_task_that_needs_the_hub_offline_is_one_line(tmp_path, capsys, monkeypatch):

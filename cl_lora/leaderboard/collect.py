@@ -32,7 +32,9 @@ from cl_lora.results import RESULT_FILE, load_run, matrix_array
 
 GROUP = ["stream", "scenario", "backbone", "method"]
 _MATRIX_METRICS = ["acc", "acc_pooled", "avg_incremental_acc", "bwt", "forgetting", "learning_acc"]
-METRICS = [*_MATRIX_METRICS, "retention_drop", "trainable_params", "wall_s"]
+METRICS = [*_MATRIX_METRICS, "retention_drop", "general_ability", "trainable_params", "wall_s"]
+#: Metrics only some runs have (several knowledge probes): shown where a stream's runs do.
+OPTIONAL_METRICS = {"general_ability"}
 
 # Config fields that name the method (they make up the method's name) or the group, and
 # fields that do not change what is trained (where it ran, where the data lies).
@@ -111,6 +113,8 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "path": path,
         **{key: metrics[key] for key in _MATRIX_METRICS},
         "retention_drop": retention.get("drop"),
+        # TRACE's Delta R^G: the mean change of the knowledge probes (several --knowledge)
+        "general_ability": (retention.get("general_ability") or {}).get("delta"),
         "trainable_params": max(trainable) if trainable else None,
         "wall_s": result["timings"].get("total_s"),
         "matrix": matrix,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from cl_lora.leaderboard.aggregate import PAIRED_METRICS, REFERENCE_METHOD, STREAM, of_stream
-from cl_lora.leaderboard.collect import METRICS
+from cl_lora.leaderboard.collect import METRICS, OPTIONAL_METRICS
 from cl_lora.leaderboard.plots import stream_slug
 
 LABELS = {
@@ -28,6 +28,7 @@ LABELS = {
     "forgetting": "forgetting",
     "learning_acc": "learning ACC",
     "retention_drop": "retention drop",
+    "general_ability": "general ability change",
     "trainable_params": "trainable params",
     "wall_s": "wall time (s)",
 }
@@ -73,6 +74,8 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
         "seeds": rows["seeds"].map(lambda seeds: ",".join(map(str, seeds))),
     }
     for metric in METRICS:
+        if metric in OPTIONAL_METRICS and not rows[f"{metric}_n"].any():
+            continue
         digits = {"trainable_params": 0, "wall_s": 0}.get(metric, 3)
         shown[LABELS[metric]] = [metric_cell(r, metric, digits) for _, r in rows.iterrows()]
     return pd.DataFrame(shown)
@@ -267,9 +270,12 @@ def to_html(board: Leaderboard, out_dir: Path) -> str:
 def to_csv(board: Leaderboard, runs_dir: Path) -> dict[str, str]:
     """``leaderboard.csv`` (per method, numbers unformatted), ``paired.csv`` and ``runs.csv``
     (one row per run; the matrix and curves stay in the result files)."""
-    runs = board.runs[[*STREAM, "method", "seed", "run_id", "path", *METRICS]].copy()
+    shown = [m for m in METRICS if m not in OPTIONAL_METRICS or board.runs[m].notna().any()]
+    runs = board.runs[[*STREAM, "method", "seed", "run_id", "path", *shown]].copy()
     runs["path"] = runs["path"].map(lambda p: Path(p).relative_to(runs_dir).as_posix())
-    table = board.table.assign(seeds=board.table["seeds"].map(lambda s: " ".join(map(str, s))))
+    absent = [m for m in METRICS if m not in shown]
+    table = board.table.drop(columns=[c for c in board.table if c.rsplit("_", 1)[0] in absent])
+    table = table.assign(seeds=table["seeds"].map(lambda s: " ".join(map(str, s))))
     return {
         "leaderboard.csv": table.to_csv(index=False, float_format="%.6g"),
         "paired.csv": board.paired.to_csv(index=False, float_format="%.6g"),
