@@ -192,13 +192,35 @@ def _stage(run_dir: Path, name: str, write: Callable[[BinaryIO], object]) -> Pat
 def _render_heatmap(
     data: Mapping[str, Any], matrix: np.ndarray, names: list[str], fh: BinaryIO
 ) -> None:
-    """Draw the run's accuracy matrix as an annotated heatmap PNG into ``fh``."""
+    """Draw the run's accuracy matrix as an annotated heatmap PNG into ``fh``; beside it, when
+    the run scored several knowledge probes, each probe's curve over the stream."""
     side = 2.5 + 0.7 * matrix.shape[0]
-    fig = Figure(figsize=(side + 1.0, side), layout="constrained")
+    probes = (data.get("retention") or {}).get("probes")
+    fig = Figure(figsize=(side + 1.0 + (side if probes else 0), side), layout="constrained")
+    axes = fig.subplots(1, 2 if probes else 1, squeeze=False)[0]
     method = _name(data.get("method")) or _name(data.get("init"))  # a baseline's, else the init
     title = " / ".join(n for n in (_name(data.get("stream")), method) if n)
-    draw_matrix(fig, fig.subplots(), matrix, names, title or "accuracy matrix")
+    draw_matrix(fig, axes[0], matrix, names, title or "accuracy matrix")
+    if probes:
+        draw_probe_curves(axes[1], probes, names)
     fig.savefig(fh, format="png", dpi=100)
+
+
+def draw_probe_curves(ax: Any, probes: Mapping[str, Any], names: list[str]) -> None:
+    """Each knowledge probe's primary score before the stream and after each task, its chance
+    level dashed in the same colour."""
+    steps = ["before", *names]
+    for index, (name, probe) in enumerate(probes.items()):
+        colour = f"C{index % 10}"
+        curve = [np.nan if v is None else v for v in probe["curve"]]
+        ax.plot(range(len(curve)), curve, marker="o", color=colour, label=name)
+        chance = probe.get("chance")
+        if chance is not None:
+            ax.axhline(float(chance), color=colour, linestyle="--", linewidth=0.8)
+    ax.set_xticks(range(len(steps)), steps, rotation=45, ha="right")
+    ax.set_ylabel("probe score (dashed: chance)")
+    ax.set_title("general abilities after each task")
+    ax.legend(fontsize=7)
 
 
 def draw_matrix(
