@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 
 from cl_lora.errors import BadInputError
+
+
+def setup_logging() -> None:
+    """The suite's own progress lines (the ``cl_lora`` loggers, INFO) on stderr as bare
+    messages; other libraries' only from WARNING up (their INFO lines, such as ``datasets``
+    announcing the JAX version it found, are not the run's)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("cl_lora").setLevel(logging.INFO)
 
 
 class OneLineParser(argparse.ArgumentParser):

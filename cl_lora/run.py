@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cl_lora.cli import OneLineParser
+from cl_lora.cli import OneLineParser, setup_logging
 from cl_lora.config import RunConfig
 from cl_lora.config_cli import add_settings, given_settings
 from cl_lora.errors import BadInputError, RunFailure
@@ -134,7 +134,34 @@ def summary(result: dict[str, Any]) -> str:
             f"drop {_fmt(loglik['drop']).strip()})"
         )
     lines += _probe_lines(retention or {})
+    lines += _lr_lines(result)
     return "\n".join(lines)
+
+
+def _lr_lines(result: dict[str, Any]) -> list[str]:
+    """The adapter rate the stream trained at; when searched, how (candidates, task, cost) and
+    a line when the best rate sat at an edge of the rates tried."""
+    from cl_lora.lr_search import LRSearch
+    from cl_lora.results import trained_lr
+
+    lr = trained_lr(result)
+    if lr is None:
+        return []
+    if not result.get("lr_search"):
+        return [f"{'lr (trained)':<20} {lr:g}  (fixed)"]
+    search = LRSearch.from_record(result["lr_search"])
+    added = len(search.extended)
+    tried = f"{len(search.candidates) - added}" + (f" + {added} added" if added else "")
+    cost = f", {sum(search.seconds):.0f} s" if search.seconds else ""
+    lines = [
+        f"{'lr (trained)':<20} {lr:g}  (searched: best of {tried} rates, "
+        f"{min(search.candidates):g}..{max(search.candidates):g}, on "
+        f"{', '.join(search.tasks)}'s validation split{cost})"
+    ]
+    note = search.edge_note()
+    if note:
+        lines.append(f"{'':<20} {note}; the rates tried do not bracket it")
+    return lines
 
 
 def _probe_lines(retention: dict[str, Any]) -> list[str]:
@@ -157,7 +184,7 @@ def _probe_lines(retention: dict[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     try:
         args = build_parser().parse_args(argv)
         if args.list:

@@ -170,3 +170,19 @@ def test_progress_is_written_once_per_update_when_output_is_a_log(capsys, caplog
     assert "\r" not in captured.out + captured.err
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
     assert [line.split("]")[0] for line in progress] == [f"[{i}/5" for i in range(1, 6)]
+
+
+def test_a_run_prints_its_own_lines_not_other_libraries_info() -> None:
+    """Set up as the command lines set it up, the suite's INFO lines reach stderr and another
+    library's INFO lines do not (datasets announces the JAX version it found on import)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; from cl_lora.cli import setup_logging; setup_logging(); "
+        "logging.getLogger('datasets.config').info('JAX version 0.0 available.'); "
+        "import datasets; logging.getLogger('cl_lora').info('ours'); "
+        "logging.getLogger('transformers').warning('theirs, a warning')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stderr.splitlines() == ["ours", "theirs, a warning"]

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from cl_lora import recipes
-from cl_lora.cli import OneLineParser
+from cl_lora.cli import OneLineParser, setup_logging
 from cl_lora.config import RunConfig
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import CHECKPOINT, finished_result, run_id_of
@@ -168,7 +168,7 @@ def summary(records: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging()
     try:
         args = build_parser().parse_args(argv)
         records = run_sweep(args)
