@@ -246,3 +246,20 @@ def test_weights_fingerprint_sees_one_changed_value() -> None:
     assert weights_fingerprint(first.to(torch.bfloat16)) != weights_fingerprint(
         tiny_llama().encoder
     )
+
+
+def test_the_packaged_gguf_converts_with_one_line_and_no_progress_bars(tmp_path: Path) -> None:
+    """The real one-time conversion, as a fresh machine runs it (a fresh cache): stderr holds
+    the run's one announcing line, none of the converter's progress bars."""
+    import subprocess
+    import sys
+
+    code = (
+        "from pathlib import Path; from cl_lora.cli import setup_logging; setup_logging(); "
+        "from cl_lora.backbones.causal_lm import converted_gguf, packaged_smollm2_gguf, log; "
+        f"converted_gguf(packaged_smollm2_gguf(), Path({str(tmp_path)!r}) / 'model', log.info)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("converting SmolLM2"), done.stderr[-300:]
+    assert (tmp_path / "model" / "config.json").exists()

@@ -19,8 +19,10 @@ never the embeddings or the LM head. Tokenizers pad on the left, as batched gene
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
+import io
 import logging
 import os
 import shutil
@@ -122,15 +124,18 @@ def load_gguf(gguf: Path) -> tuple[nn.Module, Any]:
     and the model keeps a GGUF quantizer that makes ``save_pretrained`` refuse to write.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils import logging as hf_logging
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent,
-            gguf_file=gguf.name,
-            dtype=torch.float32,
-            quantization_config=GgufConfig(dequantize=True),
-        )
+    hf_logging.disable_progress_bar()
+    try:  # the converter's own bars (plain tqdm) kept off stderr: the run announced it in a line
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent,
+                gguf_file=gguf.name,
+                dtype=torch.float32,
+                quantization_config=GgufConfig(dequantize=True),
+            )
     except ImportError as error:
         raise BadInputError(
             f"cannot read GGUF files ({first_line(error)}): run pip install gguf"
@@ -184,6 +189,7 @@ def load_pretrained(
     Hub's cache only when it cannot be reached), or a one-line error saying what to pass."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # loading is one step, not progress
     local = Path(location).is_dir()
     reachable = True
     try:
