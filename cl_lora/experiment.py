@@ -31,6 +31,7 @@ from cl_lora.metrics import summarize
 from cl_lora.probes.harness import check_knowledge
 from cl_lora.probes.spec import parse_knowledge
 from cl_lora.problems import Problem, build_problem
+from cl_lora.problems.text_to_text import check_answer_by
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
 from cl_lora.strategy import StreamOutcome, run_stream
 from cl_lora.strategy.retention import knowledge_probe_for
@@ -266,6 +267,7 @@ def run_experiment(
     check_per_task(config, stream)
     knowledge = parse_knowledge(config.knowledge)
     check_knowledge(knowledge, stream.problem, config.lm_eval_include)
+    check_answer_by(stream, config.answer_by)
     # the stream's defaults this run resolves to (recorded under "backbone" and "stream";
     # "config" stays as given, None meaning "the stream's default", and is what the id hashes)
     family, name = prepare_backbone(config, stream)

@@ -427,3 +427,17 @@ def test_a_run_with_the_recipe(layout: Path, tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "MeetingBank/test.json" in err and len(err.splitlines()) == 1
     assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing written for the failure
+
+
+def test_likelihood_answers_are_refused_before_any_weights_load(layout: Path, capsys, monkeypatch):
+    """TRACE's generative tasks have no options to rank: --answer-by likelihood is one line,
+    before the backbone is loaded."""
+    from cl_lora import experiment
+    from cl_lora.run import main
+
+    monkeypatch.setattr(experiment, "load_backbone", lambda *a, **k: pytest.fail("loaded"))
+    argv = ["--stream", "trace", "--data-dir", str(layout), "--answer-by", "likelihood",
+            "--output-dir", str(layout / "runs")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "free text" in err and "--answer-by" in err

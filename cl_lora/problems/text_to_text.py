@@ -68,6 +68,18 @@ def _label_ids(labels: Sequence[int] | None) -> torch.Tensor | None:
     return None if labels is None else torch.tensor(list(labels))
 
 
+def check_answer_by(stream: Stream, answer_by: str) -> None:
+    """Bad input when ``--answer-by likelihood`` meets tasks that answer in free text (scored
+    by a text metric): there are no options to rank. Needs only the stream, so a run checks it
+    before loading any weights."""
+    free_text = [task.name for task in stream.tasks if is_text_metric(task.metric)]
+    if answer_by == "likelihood" and free_text:
+        raise BadInputError(
+            f"--answer-by likelihood ranks a task's answer options, but {', '.join(free_text)}"
+            " of this stream answer in free text (scored by a text metric): drop --answer-by"
+        )
+
+
 class TextToText(Problem):
     """A causal LM that learns each task as prompt -> answer text (see the module docstring)."""
 
@@ -108,12 +120,7 @@ class TextToText(Problem):
         self.answer_lengths = [self._longest_answer(task.label_names) for task in stream.tasks]
         self.max_new_tokens = [max_new_tokens or length for length in self.answer_lengths]
         self.prompt_budget = self._prompt_budget(max_length)
-        free_text = [t.name for t, m in zip(stream.tasks, self.text_metrics, strict=True) if m]
-        if answer_by == "likelihood" and free_text:
-            raise BadInputError(
-                f"--answer-by likelihood ranks a task's answer options, but {', '.join(free_text)}"
-                " of this stream answer in free text (scored by a text metric): drop --answer-by"
-            )
+        check_answer_by(stream, answer_by)
         if self.prompt_budget < (2 * PROMPT_TAIL if prompt_keep == "ends" else 1):
             raise BadInputError(
                 f"--max-length {max_length} leaves {self.prompt_budget} tokens for a prompt "
