@@ -16,7 +16,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -27,10 +27,18 @@ from torch import nn
 from cl_lora.backbones import ContinualClassifier
 from cl_lora.inits import InitMethod
 
-if TYPE_CHECKING:
-    from cl_lora.deltas import LoRAHistory
-
 ADAPTER = "default"
+
+
+class AdapterHistory(Protocol):
+    """What the adapter life cycle here tells a history of adapters (the run's is
+    :class:`~cl_lora.deltas.LoRAHistory`, which replays them from a checkpoint)."""
+
+    def begin(self) -> None: ...
+
+    def record_init(self, name: str, layer: LoraLayer) -> None: ...
+
+    def record_merge(self, encoder: nn.Module) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,7 @@ def attach_adapters(
     settings: LoRASettings,
     target_modules: Sequence[str],
     adapters: Mapping[str, InitialAdapter],
-    history: LoRAHistory | None = None,
+    history: AdapterHistory | None = None,
 ) -> int:
     """Wrap ``model.encoder`` in a fresh LoRA whose layers start from ``adapters`` (see
     :func:`initial_adapters`); each layer holds ``-s B_0 A_0`` pending (:func:`set_factors`),
@@ -270,7 +278,7 @@ def attach_lora(
     init_args: Mapping[str, Any],
     stats: Mapping[str, Mapping[str, torch.Tensor]],
     generator: torch.Generator,
-    history: LoRAHistory | None = None,
+    history: AdapterHistory | None = None,
 ) -> int:
     """Wrap ``model.encoder`` in a fresh LoRA initialized by ``init`` on every target layer
     (:func:`initial_adapters`, then :func:`attach_adapters`); returns the number of trainable
@@ -281,7 +289,7 @@ def attach_lora(
     return attach_adapters(model, settings, target_modules, adapters, history)
 
 
-def merge_lora(model: ContinualClassifier, history: LoRAHistory | None = None) -> None:
+def merge_lora(model: ContinualClassifier, history: AdapterHistory | None = None) -> None:
     """Fold the current adapter and its pending terms into the backbone's weights
     (:func:`merge_adapter`) and drop the PEFT wrapper (``history``, optional, records the
     adapter's final factors first)."""

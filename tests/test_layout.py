@@ -55,14 +55,14 @@ def _package_graph() -> dict[str, set[str]]:
     return graph
 
 
-def test_no_import_cycle_between_packages() -> None:
-    graph = _package_graph()
+def _fail_on_a_cycle(graph: dict[str, set[str]], what: str) -> None:
+    """Depth-first walk of ``graph``; the first cycle found fails the test, named in full."""
     done: set[str] = set()
 
     def visit(node: str, path: list[str]) -> None:
         if node in path:
             cycle = path[path.index(node) :] + [node]
-            pytest.fail(f"import cycle: {' -> '.join(cycle)}")
+            pytest.fail(f"import cycle{what}: {' -> '.join(cycle)}")
         if node in done:
             return
         for target in sorted(graph.get(node, ())):
@@ -71,6 +71,11 @@ def test_no_import_cycle_between_packages() -> None:
 
     for node in sorted(graph):
         visit(node, [])
+
+
+def test_no_import_cycle_between_packages() -> None:
+    graph = _package_graph()
+    _fail_on_a_cycle(graph, "")
     assert len(graph) > 1  # the walk saw imports between packages
 
 
@@ -82,6 +87,55 @@ def test_the_cycle_check_finds_a_cycle(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "cl_lora")
     with pytest.raises(pytest.fail.Exception, match="import cycle"):
         test_no_import_cycle_between_packages()
+
+
+def _every_import(path: Path) -> set[str]:
+    """cl_lora modules ``path`` imports anywhere: at module level, inside functions (a lazy
+    import that dodges a cycle is still one) and under ``TYPE_CHECKING``; ``from pkg import
+    name`` counts ``pkg.name`` when that is a module."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            for alias in node.names:
+                found.add(f"{node.module}.{alias.name}")
+    return {name for name in found if name.split(".")[0] == "cl_lora"}
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the modules it imports; a package's ``__init__`` is a leaf (it gathers its
+    modules for others, so a module importing its own package is not a cycle)."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        modules[".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)] = path
+    graph = {}
+    for module, path in modules.items():
+        if module.endswith("__init__"):
+            continue
+        targets = {t if t in modules else f"{t}.__init__" for t in _every_import(path)}
+        graph[module] = {t for t in targets if t in modules and t != module}
+    return graph
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """No module imports, however lazily, a module that imports it back (so none needs a
+    function-level import to dodge a cycle)."""
+    graph = _module_graph()
+    _fail_on_a_cycle(graph, " between modules")
+    assert sum(map(len, graph.values())) > 100  # the walk saw the imports
+
+
+def test_the_module_cycle_check_finds_a_lazy_cycle(tmp_path: Path, monkeypatch) -> None:
+    """Two modules, one importing the other inside a function, fail the module check."""
+    (tmp_path / "cl_lora").mkdir()
+    (tmp_path / "cl_lora" / "__init__.py").write_text("")
+    (tmp_path / "cl_lora" / "a.py").write_text("from cl_lora.b import x\n" + "y = 1\n" * 120)
+    (tmp_path / "cl_lora" / "b.py").write_text("def f():\n    from cl_lora.a import y\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "cl_lora")
+    with pytest.raises(pytest.fail.Exception, match="cl_lora.a -> cl_lora.b -> cl_lora.a"):
+        test_no_import_cycle_between_modules()
 
 
 def test_list_shows_every_kind_from_one_registry_mechanism() -> None:

@@ -9,16 +9,18 @@ gradients turned into LoRA factors and dropped before the next), at the training
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
 from cl_lora.backbones.base import Inputs
-from cl_lora.calibration.registry import CalibrationData, Collected, register_statistic
-
-#: ``loss(model, inputs, targets)``: the training loss of one batch (the run's problem decides).
-BatchLoss = Callable[[nn.Module, Inputs, torch.Tensor], torch.Tensor]
+from cl_lora.calibration.registry import (
+    BatchLoss,
+    CalibrationData,
+    Collected,
+    register_statistic,
+)
 
 
 def collect_gradients(

@@ -18,9 +18,11 @@ from torch import nn
 
 from cl_lora.registry import Registry
 
+#: ``loss(model, inputs, targets)``: the training loss of one batch (the run's problem decides).
+BatchLoss = Callable[[nn.Module, "Inputs", torch.Tensor], torch.Tensor]
+
 if TYPE_CHECKING:  # types only: listing the statistics must not load PEFT
     from cl_lora.backbones.base import Inputs
-    from cl_lora.calibration.gradients import BatchLoss
     from cl_lora.lora import LoRASettings
 
 

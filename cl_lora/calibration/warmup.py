@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from cl_lora.backbones.base import Inputs
-from cl_lora.calibration.gradients import BatchLoss
-from cl_lora.calibration.registry import CalibrationData, Collected, register_statistic
+from cl_lora.calibration.registry import BatchLoss, CalibrationData, Collected, register_statistic
 
 if TYPE_CHECKING:
     from cl_lora.lora import LoRASettings

@@ -26,7 +26,8 @@ from torch import nn
 from cl_lora.backbones.base import Inputs
 from cl_lora.calibration import collect_statistics
 from cl_lora.calibration.covariance import covariance_passes, free_memory
-from cl_lora.calibration.gradients import BatchLoss, gradient_passes
+from cl_lora.calibration.gradients import gradient_passes
+from cl_lora.calibration.registry import BatchLoss
 from cl_lora.inits import InitMethod
 from cl_lora.lora import LoRASettings
 from cl_lora.problems import Problem

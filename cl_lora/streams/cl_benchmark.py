@@ -71,7 +71,8 @@ import numpy as np
 from cl_lora.errors import BadInputError, unknown_name
 from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task
-from cl_lora.streams.instruct import ANSWER_CUE, language_model_stream, text_to_text_task
+from cl_lora.streams.instruct import language_model_stream, text_to_text_task
+from cl_lora.streams.prompts import ANSWER_CUE
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
 

@@ -72,14 +72,10 @@ from typing import Any
 
 from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task
-from cl_lora.streams.instruct import (
-    choose_one_of,
-    language_model_stream,
-    prompt,
-    text_to_text_task,
-)
+from cl_lora.streams.instruct import language_model_stream, text_to_text_task
 from cl_lora.streams.offline import reject_data_dir
 from cl_lora.streams.packaged import packaged_file
+from cl_lora.streams.prompts import choose_one_of, prompt
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_split, clean
 

@@ -47,7 +47,7 @@ trec-question (9 of 50) and 0.34 for tweet-sentiment (17 of 50).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,7 @@ import numpy as np
 from cl_lora.lazy import lazy_module
 from cl_lora.streams.base import Stream, StreamOptions, Task, to_dataset
 from cl_lora.streams.offline import offline_text_tasks, reject_data_dir
+from cl_lora.streams.prompts import choose_one_of, prompt
 from cl_lora.streams.registry import register
 from cl_lora.streams.sampling import balanced_sample
 from cl_lora.streams.scoring import ANSWER_FORMS
@@ -65,7 +66,6 @@ pd = lazy_module("pandas")
 
 DEFAULT_TRAIN = 96  # x 2 epochs: the whole default run fits 15 minutes on 2 CPU cores
 DEFAULT_TEST = 50
-ANSWER_CUE = "Answer:"
 LM_BACKBONE = "smollm2-135m"
 
 
@@ -106,16 +106,6 @@ WORDINGS = {
         ("negative", "neutral", "positive"),
     ),
 }
-
-
-def prompt(instruction: str, lines: Iterable[str]) -> str:
-    """The instruction, the input ``lines`` and the answer cue, one per line."""
-    return "\n".join([instruction, *lines, ANSWER_CUE])
-
-
-def choose_one_of(instruction: str, label_names: Sequence[str]) -> str:
-    """``instruction`` followed by the answers it allows, so an untrained model knows them."""
-    return f"{instruction} Choose one of: {', '.join(label_names)}"
 
 
 def text_to_text_task(

@@ -32,8 +32,8 @@ import numpy as np
 
 from cl_lora.errors import BadInputError
 from cl_lora.lazy import lazy_module
-from cl_lora.streams.instruct import prompt
 from cl_lora.streams.packaged import packaged_file
+from cl_lora.streams.prompts import prompt
 from cl_lora.streams.sampling import SPLIT_SEED
 from cl_lora.streams.scoring import normalize_answer
 
