@@ -101,6 +101,7 @@ def run_stream(
     on_task_end: Callable[[int, StreamOutcome], None] | None = None,
     resume: bool = False,
     probe: RetentionProbe | Probe | None = None,
+    save_task: Callable[[int], object] | None = None,
 ) -> StreamOutcome:
     """Train the stream's tasks in order and evaluate, after each one, the tasks trained so far
     and the next one (see :func:`_evaluate`).
@@ -109,7 +110,9 @@ def run_stream(
     checkpoint present, training continues after its last finished task. ``b`` (scores before
     any training) is defined only with a shared head: per-task heads do not exist before their
     task, so there is nothing to score. ``probe`` (optional) is scored before the first task
-    and after each task (``outcome.retention``).
+    and after each task (``outcome.retention``). ``save_task(i)`` (optional) writes what a run
+    keeps of task ``i``'s model (its adapters) before the checkpoint, so that a checkpointed task
+    has always been saved.
     """
     stream = strategy.stream
     benchmark = to_benchmark(stream)
@@ -147,6 +150,8 @@ def run_stream(
             if probe is not None:
                 outcome.retention.append(probe.score(strategy.model))
         outcome.timings["eval_s"].append(time.perf_counter() - start)
+        if save_task is not None:
+            save_task(i)
         if checkpoint is not None:
             checkpoint = _checkpointed(checkpoint, strategy, outcome, i, probe)
         if on_task_end is not None:
