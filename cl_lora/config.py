@@ -47,6 +47,13 @@ PROMPT_KEEP = ("ends", "start", "end")
 #: What ``--per-task`` may set besides a baseline's arguments.
 PER_TASK_SETTINGS = {"epochs": int, "lr": float}
 
+#: The adapter rates a bare ``--lr-search`` tries unless a recipe sets ``lr_grid``: 7 points, half
+#: a decade apart, from 1e-5 to 1e-2 (three significant digits).
+DEFAULT_LR_GRID = tuple(float(f"{10 ** (-5 + step / 2):.3g}") for step in range(7))
+
+#: How many rates a bare ``--lr-search`` may add past the grid's edge when the best is there.
+DEFAULT_LR_EXTEND = 2
+
 #: Where input covariances may be collected (``--calib``).
 CALIBRATION_SOURCES = ("probe", "task", "memory")
 
@@ -84,12 +91,22 @@ def setting(
     added: bool = False,
     choices: tuple[str, ...] | None = None,
     flag: bool = True,
+    bare: Any = None,
 ) -> Any:
     """One declared setting (a dataclass field). ``added``: introduced after the first
     published runs, so left out of run ids while it holds ``default`` (earlier runs keep their
     ids); ``choices``: the only values allowed; ``flag``: whether the command line has a flag
-    for it (a recipe's name is set by ``--recipe``/``--config`` instead)."""
-    metadata = {"group": group, "help": help, "added": added, "choices": choices, "flag": flag}
+    for it (a recipe's name is set by ``--recipe``/``--config`` instead); ``bare``: what the
+    flag stands for when given without a value (also written ``default`` in a recipe or a
+    sweep's ``--set``), None when it needs one."""
+    metadata = {
+        "group": group,
+        "help": help,
+        "added": added,
+        "choices": choices,
+        "flag": flag,
+        "bare": bare,
+    }
     if isinstance(default, dict):
         return dataclasses.field(default_factory=dict, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -175,8 +192,25 @@ class RunConfig:
     lr_search: tuple[float, ...] | None = setting(
         None,
         "training",
-        "candidate adapter learning rates, comma-separated: each trains the first task on 80% "
-        "of its training data, the best on the other 20% trains the stream",
+        "search the adapter learning rate first: alone, over the --lr-grid rates; or over the "
+        "candidates given, comma-separated. Each trains the first task on 80% of its training "
+        "data; the best on the other 20% trains the stream",
+        added=True,
+        bare=(),
+    )
+    lr_grid: tuple[float, ...] = setting(
+        DEFAULT_LR_GRID,
+        "training",
+        "the rates a bare --lr-search tries, comma-separated; a recipe may set its own. The "
+        "default: 7, half a decade apart",
+        added=True,
+    )
+    lr_extend: int | None = setting(
+        None,
+        "training",
+        "rates the search may add past the edge of its grid while the best is there, each "
+        "10^0.5 times further, never beyond 1e-6..1e-1 (default 2 with a bare --lr-search, "
+        "0 with a list)",
         added=True,
     )
     head_lr: float = setting(2e-3, "training", "task heads' learning rate")
@@ -324,10 +358,18 @@ class RunConfig:
         object.__setattr__(self, "per_task", normalize_per_task(self.per_task))
         if self.lr <= 0 or self.head_lr <= 0:
             raise BadInputError("--lr and --head-lr must be positive")
+        if len(self.lr_grid) < 2 or any(lr <= 0 for lr in self.lr_grid):
+            raise BadInputError("--lr-grid takes two or more positive rates, e.g. 1e-5,1e-4,1e-3")
+        if self.lr_search == ():  # a bare --lr-search: the grid, extended by default
+            object.__setattr__(self, "lr_search", tuple(self.lr_grid))
+            if self.lr_extend is None:
+                object.__setattr__(self, "lr_extend", DEFAULT_LR_EXTEND)
         if self.lr_search is not None and (
             len(self.lr_search) < 2 or any(lr <= 0 for lr in self.lr_search)
         ):
             raise BadInputError("--lr-search takes two or more positive rates, e.g. 1e-4,5e-4,1e-3")
+        if self.lr_extend is not None and self.lr_extend < 0:
+            raise BadInputError("--lr-extend must be 0 or more")
         if self.calib_max_memory is not None:
             parse_bytes(self.calib_max_memory)
         if self.calib is not None and (
@@ -422,6 +464,14 @@ _TUPLES = [
 ]
 
 
+#: Settings whose flag may be given without a value, and what it then stands for.
+_BARE = {
+    spec.name: spec.metadata["bare"]
+    for spec in dataclasses.fields(RunConfig)
+    if spec.metadata["bare"] is not None
+}
+
+
 def flag_of(name: str) -> str:
     """The command-line flag of setting ``name`` (``max_length`` -> ``--max-length``)."""
     return _FLAGS.get(name, "--" + name.replace("_", "-"))
@@ -435,6 +485,9 @@ def parse_setting(name: str, text: str, option: str | None = None) -> Any:
     declared, optional = declared_type(name)
     if optional and text.strip().lower() == "none":
         return None
+    bare = _BARE.get(name)
+    if bare is not None and text.strip().lower() == "default":
+        return bare
     kind = typing.get_origin(declared) or declared  # tuple[str, ...] -> tuple
     if kind is dict:
         raise BadInputError(f"{option}: set {name} in a --config file or with {flag_of(name)}")
@@ -456,9 +509,18 @@ _WORDS = {int: "an integer", float: "a number", str: "text"}
 
 DEFAULT_MAX_LENGTH = 64  # tokens of a text example, unless the stream's recipe says otherwise
 
-#: Settings added after the first published runs, with the default that leaves a run as before.
+
+def _stored(value: Any) -> Any:
+    """``value`` as :meth:`RunConfig.to_dict` and ``result.json`` hold it (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+#: Settings added after the first published runs, with the default that leaves a run as before
+#: (in the form ``result.json`` stores, so a stored config compares equal).
 ADDED_SETTINGS: dict[str, Any] = {
-    spec.name: spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+    spec.name: _stored(
+        spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+    )
     for spec in dataclasses.fields(RunConfig)
     if spec.metadata["added"]
 }

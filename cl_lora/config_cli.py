@@ -2,6 +2,10 @@
 per setting (``max_length`` -> ``--max-length``), grouped as the settings are, with the help
 text and default the field declares.
 
+A setting declared with a ``bare`` value may be given without one (``--lr-search`` alone: the
+default grid); the flag then takes its value only from the next word if that word does not
+start with ``-``.
+
 Only the flags a user typed reach the namespace (their argparse default is ``SUPPRESS``), so a
 recipe or config file can sit between the defaults and the command line:
 defaults < recipe/config file < flags (:func:`given_settings`).
@@ -47,15 +51,22 @@ def add_settings(parser: argparse.ArgumentParser) -> None:
             )
         else:
             default = spec.default
-            shown = f" (default {default})" if default not in (None, "") else ""
+            shown = f" (default {_shown(default)})" if default not in (None, "") else ""
+            bare = {} if meta["bare"] is None else {"nargs": "?", "const": meta["bare"]}
             group.add_argument(
                 flag,
                 choices=meta["choices"],
                 type=lambda text, name=spec.name: parse_setting(name, text),
                 metavar=spec.name.upper() if meta["choices"] is None else None,
                 help=help_text + shown,
+                **bare,  # a flag that may stand alone: argparse passes const as it is
                 **common,
             )
+
+
+def _shown(default: Any) -> str:
+    """A default as ``--help`` shows it (a tuple comma-separated, as the flag takes it)."""
+    return ",".join(f"{item:g}" for item in default) if isinstance(default, tuple) else str(default)
 
 
 def parse_per_task(pairs: Sequence[str]) -> dict[str, dict[str, str]]:

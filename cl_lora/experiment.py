@@ -281,6 +281,7 @@ def run_experiment(
                 method, config, family, name, search, device, candidate
             ),
             cache=run_dir / SEARCH_FILE,
+            extend=config.lr_extend or 0,
         )
         lr = lr_search.chosen
     seed_everything(config.seed)
@@ -326,6 +327,9 @@ def run_experiment(
         probe.record(outcome.retention),
         [strategy.training_records.get(i) for i in range(len(stream.tasks))],
     )
+    # the adapter rate the stream trained at (config.lr keeps what the run id hashes, the
+    # default when the rate was searched; --per-task rates are in "training")
+    result["lr_trained"] = lr
     if config.lr_search:
         result["lr_search"] = lr_search.record()
     result["determinism"] = {

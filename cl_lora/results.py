@@ -282,6 +282,20 @@ def load_run(path: Path | str) -> dict[str, Any]:
     return data
 
 
+def trained_lr(result: Mapping[str, Any]) -> float | None:
+    """The adapter learning rate a run's stream trained at, as every reader should show it:
+    ``lr_trained``; in files written before that field, the searched rate
+    (``lr_search.chosen``) or else ``config.lr``. ``config.lr`` alone is not it: it keeps
+    the default when the rate was searched, because it is what the run id hashes."""
+    if result.get("lr_trained") is not None:
+        return float(result["lr_trained"])
+    chosen = (result.get("lr_search") or {}).get("chosen")
+    if chosen is not None:
+        return float(chosen)
+    lr = (result.get("config") or {}).get("lr")
+    return None if lr is None else float(lr)
+
+
 def method_label(config: Mapping[str, Any]) -> str:
     """What a run trains, in one word: its baseline or init method, then its plugins joined
     with ``+`` (``lora``, ``seq-ft``, ``pissa+replay``)."""

@@ -40,13 +40,15 @@ def interval(values: np.ndarray) -> tuple[float, float, int, float]:
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (stream, scenario, backbone, method): ``seeds`` (the seeds, sorted),
-    ``<metric>_mean``, ``_std``, ``_n`` and ``_ci`` (95% half-width) for every metric, and
-    ``rank`` (1 = the highest mean ACC of its stream; ties share the better rank)."""
+    """One row per (stream, scenario, backbone, method): ``seeds`` (the seeds, sorted), ``lr``
+    (the adapter rates its runs trained at, sorted, once each: a searched rate may differ by
+    seed), ``<metric>_mean``, ``_std``, ``_n`` and ``_ci`` (95% half-width) for every metric,
+    and ``rank`` (1 = the highest mean ACC of its stream; ties share the better rank)."""
     rows = []
     for key, group in runs.groupby(GROUP, sort=True, dropna=False):
         row = dict(zip(GROUP, key, strict=True))
         row["seeds"] = sorted(int(seed) for seed in group["seed"])
+        row["lr"] = trained_rates(group)
         for metric in METRICS:
             mean, std, n, half = interval(pd.to_numeric(group[metric], errors="coerce"))
             row.update(
@@ -65,6 +67,13 @@ def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
         ascending=False, method="min"
     )
     return table.sort_values([*STREAM, "rank", "method"], na_position="last").reset_index(drop=True)
+
+
+def trained_rates(runs: pd.DataFrame) -> list[float]:
+    """The distinct adapter rates ``runs`` trained at, sorted (none known: empty)."""
+    if "lr" not in runs:
+        return []
+    return sorted({float(lr) for lr in pd.to_numeric(runs["lr"], errors="coerce").dropna()})
 
 
 def paired_with_reference(runs: pd.DataFrame, reference: str = REFERENCE_METHOD) -> pd.DataFrame:

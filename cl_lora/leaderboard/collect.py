@@ -28,7 +28,7 @@ import pandas as pd
 
 from cl_lora.config import ADDED_SETTINGS, without_added_arguments
 from cl_lora.metrics import summarize
-from cl_lora.results import RESULT_FILE, load_run, matrix_array
+from cl_lora.results import RESULT_FILE, load_run, matrix_array, trained_lr
 
 GROUP = ["stream", "scenario", "backbone", "method"]
 _MATRIX_METRICS = ["acc", "acc_pooled", "avg_incremental_acc", "bwt", "forgetting", "learning_acc"]
@@ -58,8 +58,9 @@ def collect_runs(runs_dir: Path) -> Runs:
     """Every usable run under ``runs_dir`` (searched recursively), in path order.
 
     ``table`` has the :data:`GROUP` columns, ``seed``, ``run_id``, ``path``, every metric of
-    :data:`METRICS`, and for plotting ``matrix`` (array), ``tasks`` (names), ``retention``
-    (curve, or None), ``init``/``init_args``.
+    :data:`METRICS`, ``lr`` (the adapter rate the run trained at, searched or not:
+    :func:`~cl_lora.results.trained_lr`), and for plotting ``matrix`` (array), ``tasks``
+    (names), ``retention`` (curve, or None), ``init``/``init_args``.
     """
     rows: list[dict[str, Any]] = []
     skipped: list[tuple[Path, str]] = []
@@ -123,7 +124,7 @@ def _row(path: Path, result: Mapping[str, Any]) -> dict[str, Any]:
         "loglik_drop": (retention.get("gold_loglik") or {}).get("drop"),  # language models
         "init": config.get("init"),
         "init_args": config.get("init_args") or {},
-        "lr": (result.get("lr_search") or {}).get("chosen", config.get("lr")),  # as trained
+        "lr": trained_lr(result),  # as trained: the searched rate when searched
         "fingerprint": result["backbone"].get("fingerprint"),
         "setup": {
             key: value

@@ -34,6 +34,12 @@ LABELS = {
 }
 FORMATS = ("md", "csv", "html")
 _TEXT_COLUMNS = {"backbone", "method", "seeds", "from", "checked in paper", "source", "skipped"}
+_TEXT_COLUMNS |= {"lr (trained)"}
+
+
+def rates_text(rates: list[float], separator: str = ", ") -> str:
+    """The adapter rates a method's runs trained at, as a cell (``-`` when none is known)."""
+    return separator.join(f"{lr:g}" for lr in rates) or "-"
 
 
 @dataclass
@@ -72,6 +78,7 @@ def method_table(rows: pd.DataFrame) -> pd.DataFrame:
         "rank": rows["rank"].map(lambda r: "" if pd.isna(r) else str(int(r))),
         "method": rows["method"],
         "seeds": rows["seeds"].map(lambda seeds: ",".join(map(str, seeds))),
+        "lr (trained)": rows["lr"].map(rates_text),
     }
     for metric in METRICS:
         if metric in OPTIONAL_METRICS and not rows[f"{metric}_n"].any():
@@ -268,14 +275,18 @@ def to_html(board: Leaderboard, out_dir: Path) -> str:
 
 
 def to_csv(board: Leaderboard, runs_dir: Path) -> dict[str, str]:
-    """``leaderboard.csv`` (per method, numbers unformatted), ``paired.csv`` and ``runs.csv``
-    (one row per run; the matrix and curves stay in the result files)."""
+    """``leaderboard.csv`` (per method, numbers unformatted; ``lr`` the rates its runs trained
+    at), ``paired.csv`` and ``runs.csv`` (one row per run with the rate it trained at; the
+    matrix and curves stay in the result files)."""
     shown = [m for m in METRICS if m not in OPTIONAL_METRICS or board.runs[m].notna().any()]
-    runs = board.runs[[*STREAM, "method", "seed", "run_id", "path", *shown]].copy()
+    runs = board.runs[[*STREAM, "method", "seed", "lr", "run_id", "path", *shown]].copy()
     runs["path"] = runs["path"].map(lambda p: Path(p).relative_to(runs_dir).as_posix())
     absent = [m for m in METRICS if m not in shown]
     table = board.table.drop(columns=[c for c in board.table if c.rsplit("_", 1)[0] in absent])
-    table = table.assign(seeds=table["seeds"].map(lambda s: " ".join(map(str, s))))
+    table = table.assign(
+        seeds=table["seeds"].map(lambda s: " ".join(map(str, s))),
+        lr=table["lr"].map(lambda rates: rates_text(rates, " ")),
+    )
     return {
         "leaderboard.csv": table.to_csv(index=False, float_format="%.6g"),
         "paired.csv": board.paired.to_csv(index=False, float_format="%.6g"),
