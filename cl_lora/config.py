@@ -336,6 +336,20 @@ class RunConfig:
         "data_files run offline)",
         added=True,
     )
+    save_adapters: bool = setting(
+        False,
+        "runtime",
+        "after each task, write the model as one PEFT adapter on the pretrained weights (and the "
+        "task heads) to the run's adapters/ folder; python -m cl_lora.export merges one",
+        added=True,
+    )
+    save_task_adapters: bool = setting(
+        False,
+        "runtime",
+        "with --save-adapters: also each task's own adapter, relative to the model after the "
+        "task before",
+        added=True,
+    )
 
     def __post_init__(self) -> None:
         require_at_least_one(
@@ -355,6 +369,8 @@ class RunConfig:
             raise BadInputError("--warmup-steps must be 0 or more")
         if not 0 <= self.lora_dropout < 1:
             raise BadInputError("--lora-dropout must be in [0, 1)")
+        if self.save_task_adapters and not self.save_adapters:
+            raise BadInputError("--save-task-adapters goes with --save-adapters: add it")
         object.__setattr__(self, "per_task", normalize_per_task(self.per_task))
         if self.lr <= 0 or self.head_lr <= 0:
             raise BadInputError("--lr and --head-lr must be positive")

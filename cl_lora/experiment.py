@@ -24,6 +24,7 @@ from cl_lora import streams
 from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
 from cl_lora.backbones.base import weights_fingerprint
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
+from cl_lora.export import ADAPTERS, AdapterSaver
 from cl_lora.lora import LoRASettings
 from cl_lora.lr_search import SEARCH_FILE, search_learning_rate
 from cl_lora.method import Method, check_per_task, resolve
@@ -33,7 +34,7 @@ from cl_lora.probes.spec import parse_knowledge
 from cl_lora.problems import Problem, build_problem
 from cl_lora.problems.text_to_text import check_answer_by
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
-from cl_lora.strategy import StreamOutcome, run_stream
+from cl_lora.strategy import LoRAStrategy, StreamOutcome, run_stream
 from cl_lora.strategy.retention import knowledge_probe_for
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -235,6 +236,15 @@ def _progress(stream: streams.Stream) -> Callable[[int, StreamOutcome], None]:
     return report
 
 
+def _adapter_saver(
+    config: RunConfig, strategy: LoRAStrategy, run_dir: Path
+) -> Callable[[int], object] | None:
+    """With ``--save-adapters``: what writes the run's PEFT adapters after each task."""
+    if not config.save_adapters:
+        return None
+    return AdapterSaver(strategy, run_dir / ADAPTERS, own=config.save_task_adapters).save
+
+
 def run_experiment(
     config: RunConfig, output_dir: Path, verbose: bool = True, resume: bool = False
 ) -> RunOutput:
@@ -307,6 +317,7 @@ def run_experiment(
         on_task_end=_progress(stream),
         resume=resume,
         probe=probe,
+        save_task=_adapter_saver(config, strategy, run_dir),
     )
     calibration = {
         "sources": list(strategy.calibrator.sources) if strategy.init.needs else [],

@@ -212,6 +212,11 @@ def resolve(config: RunConfig) -> Method:
             f"not with --baseline {baseline.name} (a baseline is already a way to train the "
             f"stream): drop one of them"
         )
+    if config.save_adapters and baseline.no_adapter:
+        raise BadInputError(
+            f"--save-adapters: --baseline {baseline.name} has no adapter to save: "
+            f"{baseline.no_adapter}"
+        )
     args = baseline.resolve_args(config.baseline_args)
     if baseline.uses_init:
         init = inits.get(config.init or DEFAULT_INIT)

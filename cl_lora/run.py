@@ -207,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"already finished: {output.run_dir} (nothing ran)")
     print(summary(output.result))
     print(f"result: {output.run_dir / 'result.json'}")
+    if output.result["config"].get("save_adapters"):
+        print(f"adapters (PEFT, after each task): {output.run_dir / 'adapters'}")
     return 0
 
 

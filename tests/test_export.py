@@ -256,3 +256,70 @@ def _export_error(run_dir: Path, argv: list[str]) -> str:
     message = err.getvalue().strip()
     assert "\n" not in message and message.startswith("error: ")
     return message
+
+
+# -- the command lines ----------------------------------------------------------------------------
+def test_a_run_saves_adapters_and_the_export_merges_one(llama_dir: str, tmp_path: Path) -> None:
+    """``python -m cl_lora.run ... --save-adapters --save-task-adapters`` on a tiny Llama
+    folder, then ``python -m cl_lora.export RUN --task 2 --merged DIR``; bad input to the
+    export is one line, exit 2, and leaves nothing behind."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cl_lora.run import main as run
+
+    argv = ["--stream", "offline-instruct", "--tasks", "sms-spam,trec-question",
+            "--backbone", llama_dir, "--init", "pissa", "--rank", "2",
+            "--max-train-per-task", "4", "--max-test-per-task", "4", "--epochs", "1",
+            "--probe-size", "2", "--quiet", "--save-adapters", "--save-task-adapters",
+            "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert run(argv) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    adapters = run_dir / ADAPTERS
+    manifest = json.loads((adapters / MANIFEST).read_text())
+    assert manifest["saved"] == {
+        "1": {"adapter": "after-1-sms-spam", "own": "task-1-sms-spam"},
+        "2": {"adapter": "after-2-trec-question", "own": "task-2-trec-question"},
+    }
+    assert manifest["backbone"]["name"] == llama_dir and manifest["backbone"]["fingerprint"]
+    assert sorted(p.name for p in adapters.iterdir()) == [
+        MANIFEST, "after-1-sms-spam", "after-2-trec-question", "task-1-sms-spam",
+        "task-2-trec-question",
+    ]  # fmt: skip
+    own = json.loads((adapters / "task-2-trec-question" / "adapter_config.json").read_text())
+    assert own["r"] == 2 * 2  # task 2's own adapter: its B A and -B_0 A_0, nothing of task 1
+
+    out = tmp_path / "model-after-task-2"
+    assert main([str(run_dir), "--task", "2", "--merged", str(out)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    adapted = _peft(_fresh_llama(llama_dir), adapters / "after-2-trec-question")
+    tokenizer = AutoTokenizer.from_pretrained(out, padding_side="left")
+    inputs = tokenizer(["Is this spam? Win a prize now", "What is a question?"],
+                       return_tensors="pt", padding=True)  # fmt: skip
+    with torch.no_grad():
+        _same(merged(**inputs).logits, adapted(**inputs).logits)
+
+    before = sorted(p.name for p in tmp_path.iterdir())
+    merged_to = ["--merged", str(tmp_path / "m")]
+    assert "no run folder" in _export_error(tmp_path / "none", ["--task", "1", *merged_to])
+    assert "tasks 1..2" in _export_error(run_dir, ["--task", "3", *merged_to])
+    assert "tasks 1..2" in _export_error(run_dir, ["--task", "0", *merged_to])
+    (tmp_path / "plain").mkdir()
+    message = _export_error(tmp_path / "plain", ["--task", "1", *merged_to])
+    assert "saved no adapters: rerun it with --save-adapters" in message
+    assert "exists" in _export_error(run_dir, ["--task", "1", "--merged", str(out)])
+    assert "--task" in _export_error(run_dir, ["--merged", str(tmp_path / "m")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "plain"])
+
+
+def test_save_adapters_is_refused_where_there_is_no_adapter() -> None:
+    from cl_lora.config import RunConfig
+    from cl_lora.errors import BadInputError
+    from cl_lora.method import resolve
+
+    with pytest.raises(BadInputError, match="goes with --save-adapters"):
+        RunConfig(save_task_adapters=True)
+    for baseline in ("seq-ft", "frozen"):
+        config = RunConfig(baseline=baseline, init=None, save_adapters=True)
+        with pytest.raises(BadInputError, match=f"--baseline {baseline} has no adapter to save"):
+            resolve(config)
+    assert resolve(RunConfig(baseline="seq-lora", save_adapters=True)).config.save_adapters

@@ -20,6 +20,7 @@ from cl_lora.baselines.registry import register
         "text-to-text": "a language model has no task heads to train, so nothing would learn "
         "(use seq-lora or seq-ft as the reference instead)"
     },
+    no_adapter="its backbone never changes (only the task heads train)",
 )
 class FrozenBackbone:
     """Linear probing per task: no adapter, every encoder parameter frozen."""

@@ -45,6 +45,8 @@ class Baseline:
     matrix: str = SEQUENTIAL_MATRIX
     #: problem kind -> why the baseline means nothing there (it refuses such streams)
     refuses: Mapping[str, str] = field(default_factory=dict)
+    #: why the baseline leaves no LoRA adapter to save (``--save-adapters`` refuses it)
+    no_adapter: str | None = None
 
     @property
     def strategy(self) -> type[LoRAStrategy]:
@@ -76,13 +78,23 @@ def register(
     arguments: Mapping[str, Argument] | None = None,
     matrix: str = SEQUENTIAL_MATRIX,
     refuses: Mapping[str, str] | None = None,
+    no_adapter: str | None = None,
 ) -> Callable[[type], type]:
     """Class decorator: make a strategy mixin selectable as ``--baseline name``."""
 
     def decorate(cls: type) -> type:
         BASELINES.add(
             name,
-            Baseline(name, description, cls, uses_init, arguments or {}, matrix, refuses or {}),
+            Baseline(
+                name,
+                description,
+                cls,
+                uses_init,
+                arguments or {},
+                matrix,
+                refuses or {},
+                no_adapter,
+            ),
         )
         return cls
 

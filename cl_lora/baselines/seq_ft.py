@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # types only: registering a baseline must not load Avalanche 
     "sequential full fine-tuning, no LoRA: the forgetting ceiling",
     uses_init=False,
     arguments={"encoder_lr": Argument(float, 5e-5, "learning rate of the encoder's weights")},
+    no_adapter="it trains every encoder weight, which no low-rank adapter holds",
 )
 class SequentialFineTuning:
     """All encoder weights train on each task in turn (AdamW, the suite's schedule)."""
