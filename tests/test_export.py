@@ -245,6 +245,50 @@ def test_a_tasks_own_adapter_takes_the_model_before_it_to_the_model_after_it(
     assert ranks == ([4, 4, 4] if baseline is None else [4, 8, 8])
 
 
+def test_a_resumed_run_saves_the_adapters_of_an_unbroken_one(tmp_path: Path) -> None:
+    """Stopped after its first task and resumed from the checkpoint, a run writes the same
+    adapters, heads and manifest, bit for bit, as one that never stopped: the replayed LoRA
+    history is the history."""
+    from safetensors.torch import load_file
+
+    stream = make_toy_stream(tasks=3)
+
+    def build():
+        return make_strategy(tiny_backbone(), stream, "lora-dash", METHODS["lora-dash"])
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(task: int, _outcome: Any) -> None:
+        if task == 0:
+            raise Interrupted
+
+    torch.manual_seed(0)
+    unbroken = build()
+    run_stream(unbroken, save_task=AdapterSaver(unbroken, tmp_path / "a", own=True).save)
+    checkpoint = tmp_path / "checkpoint.safetensors"
+    torch.manual_seed(0)
+    first = build()
+    with pytest.raises(Interrupted):
+        saver = AdapterSaver(first, tmp_path / "b", own=True)
+        run_stream(first, checkpoint=checkpoint, on_task_end=stop, save_task=saver.save)
+    torch.manual_seed(123)
+    resumed = build()
+    saver = AdapterSaver(resumed, tmp_path / "b", own=True)
+    run_stream(resumed, checkpoint=checkpoint, resume=True, save_task=saver.save)
+    want = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*"))
+    assert sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*")) == want
+    assert Path("after-3-has-question", HEADS) in want and Path("task-3-has-question") in want
+    for name in want:
+        a, b = tmp_path / "a" / name, tmp_path / "b" / name
+        if name.suffix == ".safetensors":
+            got, expected = load_file(str(b)), load_file(str(a))
+            assert got.keys() == expected.keys()
+            assert all(torch.equal(got[key], expected[key]) for key in expected), name
+        elif a.is_file():
+            assert b.read_text() == a.read_text(), name
+
+
 def _export_error(run_dir: Path, argv: list[str]) -> str:
     """``python -m cl_lora.export RUN_DIR ARGV`` must fail with exit 2 and one line."""
     import contextlib
