@@ -37,7 +37,8 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +237,17 @@ class AdapterSaver:
         self.folder = Path(folder)
         self.own = own
 
+    @contextmanager
+    def _staged(self, name: str) -> Iterator[Path]:
+        """A fresh folder to write into, moved to ``name`` in the adapters folder when the
+        block ends without an error (and removed either way)."""
+        staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=".staging."))
+        try:
+            yield staging
+            _put(staging, self.folder / name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
     def _manifest(self, task: int) -> dict[str, Any]:
         """What the folder holds so far; a run starting its first task starts it afresh."""
         path = self.folder / MANIFEST
@@ -255,7 +267,7 @@ class AdapterSaver:
                 "dtype": str(next(encoder.parameters()).dtype).removeprefix("torch."),
             },
             "problem": strategy.problem.kind,
-            "tasks": [task.name for task in strategy.stream.tasks],
+            "tasks": [t.name for t in strategy.stream.tasks],
             "saved": {},
         }
 
@@ -263,10 +275,10 @@ class AdapterSaver:
         """Write the adapter after ``task`` (0-based), its heads and, if asked, its own
         adapter; returns the adapter's folder, or ``None`` when the model has not changed from
         the pretrained one (no LoRA was attached yet)."""
+        from cl_lora.lora import lora_scale  # PEFT: loaded by a run, not by the export's --help
+
         strategy = self.strategy
         manifest = self._manifest(task)
-        from cl_lora.lora import lora_scale
-
         episodes = strategy.history.state(strategy.model.encoder)
         layers = history_terms(episodes, lora_scale(strategy.lora))
         if not layers:
@@ -276,17 +288,12 @@ class AdapterSaver:
         task_type = TASK_TYPES.get(base["family"])
         name = _slug(strategy.stream.tasks[task].name)
         entry: dict[str, Any] = {"adapter": f"after-{task + 1}-{name}"}
-        staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=".staging."))
-        try:
-            adapter = {layer: stacked(terms) for layer, terms in layers.items()}
+        adapter = {layer: stacked(terms) for layer, terms in layers.items()}
+        features = _describe(strategy.backbone.features)
+        with self._staged(entry["adapter"]) as staging:
             write_adapter(staging, adapter, task_type, base["name"])
-            features = _describe(strategy.backbone.features)
             write_heads(staging / HEADS, strategy.model, task + 1, features)
-            _put(staging, self.folder / entry["adapter"])
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         if self.own:
-            entry["own"] = f"task-{task + 1}-{name}"
             earlier = [int(t) for t in manifest["saved"] if int(t) < task + 1]
             before = (
                 read_adapter(self.folder / manifest["saved"][str(max(earlier))]["adapter"])
@@ -294,15 +301,10 @@ class AdapterSaver:
                 else {}
             )
             own = {layer: stacked(terms) for layer, terms in own_terms(layers, before).items()}
-            staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=".staging."))
-            try:
-                if own:  # else the task changed nothing
+            entry["own"] = f"task-{task + 1}-{name}" if own else None  # None: nothing changed
+            if own:
+                with self._staged(entry["own"]) as staging:
                     write_adapter(staging, own, task_type, None)
-                    _put(staging, self.folder / entry["own"])
-                else:
-                    entry["own"] = None
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
         manifest["saved"][str(task + 1)] = entry
         _write_json(self.folder / MANIFEST, manifest)
         return self.folder / entry["adapter"]
