@@ -11,7 +11,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +36,7 @@ from cl_lora.problems.text_to_text import check_answer_by
 from cl_lora.results import SCHEMA_VERSION, environment, load_run, new_run_id, write_run
 from cl_lora.strategy import LoRAStrategy, StreamOutcome, run_stream
 from cl_lora.strategy.retention import knowledge_probe_for
+from cl_lora.trackers import RunTrackers
 
 CHECKPOINT = "checkpoint.safetensors"
 log = logging.getLogger("cl_lora")
@@ -217,10 +218,18 @@ def _use_deterministic_algorithms(on: bool) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _progress(stream: streams.Stream) -> Callable[[int, StreamOutcome], None]:
-    """A log line per finished task: a summary that survives ``--quiet`` and log files."""
+def _progress(
+    stream: streams.Stream, trackers: RunTrackers | None = None, probe: Any = None
+) -> Callable[[int, StreamOutcome], None]:
+    """A log line per finished task: a summary that survives ``--quiet`` and log files; the
+    matrix row and the knowledge scores to the run's trackers, if any."""
 
     def report(task: int, outcome: StreamOutcome) -> None:
+        if trackers is not None:
+            curves = getattr(probe, "curves", None) or {"retention": outcome.retention}
+            scores = {name: curve[-1] for name, curve in curves.items() if curve}
+            names = [t.name for t in stream.tasks]
+            trackers.task_done(task, names, outcome.matrix[task].tolist(), scores)
         row = outcome.matrix[task, : task + 1]
         scored = row[np.isfinite(row)]  # joint scores nothing before its last task
         mean = f"{scored.mean():.3f}" if scored.size else "- (not evaluated yet)"
@@ -246,12 +255,17 @@ def _adapter_saver(
 
 
 def run_experiment(
-    config: RunConfig, output_dir: Path, verbose: bool = True, resume: bool = False
+    config: RunConfig,
+    output_dir: Path,
+    verbose: bool = True,
+    resume: bool = False,
+    track: Sequence[str] = (),
 ) -> RunOutput:
     """Run ``config`` and write ``<output_dir>/<run-id>/result.json``; bad input fails early.
 
     With ``resume``, a run that already finished is returned as it is (nothing runs), and one
-    that stopped part-way continues from the checkpoint of its last finished task.
+    that stopped part-way continues from the checkpoint of its last finished task. ``track``
+    names the experiment trackers the run also logs to (``--track``).
     """
     start = time.perf_counter()
     method = resolve_method(config)
@@ -298,7 +312,11 @@ def run_experiment(
     backbone = load_backbone(family, name, config, device)
     backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
     problem = problem_for(stream, backbone, config)
-    strategy = method.build_strategy(problem, stream, device, lr=lr, verbose=verbose)
+    trackers = RunTrackers(track, run_id, config.to_dict(), run_dir) if track else None
+    plugins = [trackers.plugin()] if trackers else []
+    strategy = method.build_strategy(
+        problem, stream, device, lr=lr, verbose=verbose, plugins=plugins
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = run_dir / CHECKPOINT
     probe = knowledge_probe_for(
@@ -314,7 +332,7 @@ def run_experiment(
     outcome = run_stream(
         strategy,
         checkpoint=checkpoint,
-        on_task_end=_progress(stream),
+        on_task_end=_progress(stream, trackers, probe),
         resume=resume,
         probe=probe,
         save_task=_adapter_saver(config, strategy, run_dir),
@@ -343,6 +361,8 @@ def run_experiment(
     result["lr_trained"] = lr
     if config.lr_search:
         result["lr_search"] = lr_search.record()
+    if trackers is not None:
+        trackers.finish({**result["metrics"], "lr_trained": lr})
     result["determinism"] = {
         **_determinism(config, device),
         "resumed_after_task": outcome.resumed_after,

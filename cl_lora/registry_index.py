@@ -31,6 +31,7 @@ def registries() -> list[tuple[str, Registry[Any], Extras]]:
     from cl_lora.probes import PROBES
     from cl_lora.streams import STREAMS
     from cl_lora.streams.scoring import TEXT_METRICS
+    from cl_lora.trackers import TRACKERS
 
     return [
         ("streams (--stream):", STREAMS, None),
@@ -41,6 +42,7 @@ def registries() -> list[tuple[str, Registry[Any], Extras]]:
         ("calibration statistics (what an init's needs name):", STATISTICS, None),
         ("text metrics (how a stream scores a task's generated text):", TEXT_METRICS, None),
         ("knowledge probes (--knowledge, language models):", PROBES, _probe_extras),
+        ("experiment trackers (--track):", TRACKERS, None),
     ]
 
 

@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue this config's run after its last finished task; skip it if finished",
     )
     output.add_argument("--quiet", action="store_true", help="no progress bars")
+    output.add_argument(
+        "--track",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also log to an experiment tracker: tensorboard, wandb or mlflow (repeatable)",
+    )
     return p
 
 
@@ -195,8 +202,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(printed_config(config))
             return 0
         from cl_lora.experiment import run_experiment
+        from cl_lora.trackers import check_trackers
 
-        output = run_experiment(config, args.output_dir, verbose=not args.quiet, resume=args.resume)
+        check_trackers(args.track)
+        output = run_experiment(
+            config, args.output_dir, verbose=not args.quiet, resume=args.resume, track=args.track
+        )
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -141,8 +141,8 @@ def test_the_module_cycle_check_finds_a_lazy_cycle(tmp_path: Path, monkeypatch) 
 def test_list_shows_every_kind_from_one_registry_mechanism() -> None:
     text = listing()
     kinds = registries()
-    assert len(kinds) == 8  # streams, backbones, inits, baselines, plugins, statistics, metrics,
-    # knowledge probes
+    assert len(kinds) == 9  # streams, backbones, inits, baselines, plugins, statistics, metrics,
+    # knowledge probes, trackers
     for title, registry, _ in kinds:
         assert isinstance(registry, Registry)
         assert title in text
