@@ -15,6 +15,11 @@ class RunFailure(Exception):
     """A failure while running that is not the user's input (e.g. a NaN loss)."""
 
 
+class LossNotFinite(RunFailure):
+    """Training diverged: the loss became NaN or infinite (a learning-rate search scores such
+    a candidate NaN instead of ending the run)."""
+
+
 def did_you_mean(name: str, known: list[str], n: int = 3, cutoff: float = 0.6) -> str:
     """``"did you mean 'a', 'b'? "`` for the names of ``known`` close to ``name``, else ``""``."""
     close = difflib.get_close_matches(name, known, n=n, cutoff=cutoff)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import random
 import time
@@ -24,6 +25,7 @@ from cl_lora import streams
 from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
 from cl_lora.backbones.base import weights_fingerprint
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
+from cl_lora.errors import LossNotFinite
 from cl_lora.export import ADAPTERS, AdapterSaver
 from cl_lora.lora import LoRASettings
 from cl_lora.lr_search import SEARCH_FILE, search_learning_rate
@@ -384,9 +386,14 @@ def _validation_score(
     lr: float,
 ) -> float:
     """Train ``search`` (fit data) on a fresh copy of the backbone at ``lr``, seeded as the run
-    is; the mean validation score of its tasks after the last one."""
+    is; the mean validation score of its tasks after the last one. A rate at which training
+    diverges (the loss turns NaN or infinite) scores NaN, which never wins: the run goes on."""
     seed_everything(config.seed)
     backbone = load_backbone(family, name, config, device)
     problem = problem_for(search, backbone, config)
     strategy = method.build_strategy(problem, search, device, lr=lr)
-    return float(np.nanmean(run_stream(strategy).matrix[-1]))
+    try:
+        return float(np.nanmean(run_stream(strategy).matrix[-1]))
+    except LossNotFinite as diverged:
+        log.info("lr search: lr %g diverged (%s); scored NaN", lr, diverged)
+        return math.nan

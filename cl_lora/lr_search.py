@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from cl_lora.results import write_atomic
+from cl_lora.results import to_jsonable, write_atomic
 from cl_lora.streams import Stream, Task
 from cl_lora.streams.sampling import balanced_split
 
@@ -153,10 +153,16 @@ class LRSearch:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LRSearch:
         """The inverse of :meth:`record` (records from before grids grew read as they were)."""
-        keys = ("candidates", "validation_scores", "tasks", "fit_sizes", "validation_sizes")
+        keys = ("candidates", "tasks", "fit_sizes", "validation_sizes")
+        candidates, tasks, fit_sizes, validation_sizes = (tuple(record[key]) for key in keys)
+        scores = tuple(math.nan if s is None else float(s) for s in record["validation_scores"])
         cost = record.get("cost") or {}
         return cls(
-            *(tuple(record[key]) for key in keys),
+            candidates,
+            scores,
+            tasks,
+            fit_sizes,
+            validation_sizes,
             grid=tuple(record.get("grid", record["candidates"])),
             extend=int(record.get("extend", 0)),
             seconds=tuple(cost.get("candidate_seconds", ())),
@@ -188,8 +194,9 @@ class LRSearch:
         }
 
 
-def _finite(score: float) -> float:
-    return score if math.isfinite(score) else -math.inf
+def _finite(score: float | None) -> float:
+    """``score`` for ranking: NaN, infinite or missing (null in JSON) ranks below any."""
+    return score if score is not None and math.isfinite(score) else -math.inf
 
 
 def _best(scores: Sequence[float]) -> int:
@@ -251,7 +258,8 @@ def search_learning_rate(
                  spent)  # fmt: skip
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(cache, json.dumps(current().record(), indent=2).encode())
+            record = to_jsonable(current().record())  # NaN as null, as in result.json
+            write_atomic(cache, json.dumps(record, indent=2, allow_nan=False).encode())
 
     for lr in grid:
         score(lr)

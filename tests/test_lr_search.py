@@ -186,6 +186,21 @@ def test_a_stopped_search_resumes_without_training_a_candidate_twice(tmp_path: P
     assert json.loads(cache.read_text())["extend"] == 0
 
 
+def test_a_nan_score_is_kept_as_null_and_read_back_as_nan(tmp_path: Path) -> None:
+    stream = make_toy_stream(tasks=2)
+    cache = tmp_path / SEARCH_FILE
+    scores = {1e-4: 0.5, 1e-3: math.nan}
+    first = search_learning_rate(list(scores), stream, lambda lr, search: scores[lr], cache)
+    assert json.loads(cache.read_text())["validation_scores"] == [0.5, None]
+
+    def never(lr: float, search) -> float:
+        raise AssertionError("a cached candidate trained again")
+
+    again = search_learning_rate(list(scores), stream, never, cache)
+    assert again.chosen == first.chosen == 1e-4 and math.isnan(again.scores[1])
+    assert again.edge == "low"  # the NaN rate is tried but no best
+
+
 def test_the_trained_rate_is_lr_trained_else_the_search_s_choice_else_config_lr() -> None:
     config = {"lr": 5e-4}
     assert trained_lr({"config": config, "lr_trained": 3e-3, "lr_search": {"chosen": 1e-4}}) == 3e-3
@@ -314,3 +329,32 @@ def test_a_bare_search_grows_to_the_floor_and_every_reader_shows_the_trained_rat
     runs = collect_runs(tmp_path / "runs").table
     assert runs["lr"].tolist() == [1e-6]
     assert method_table(aggregate(runs))["lr (trained)"].tolist() == ["1e-06"]
+
+
+def test_a_rate_that_diverges_scores_nan_and_the_run_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """The loss turns NaN whenever the adapter trains at 1e-2 (through the real check that ends
+    a run on a NaN loss): the search scores that candidate NaN (null in result.json), chooses
+    among the others, and the stream trains at the choice."""
+    from llm_fixtures import tiny_llama_dir
+
+    from cl_lora.run import main
+    from cl_lora.strategy import LoRAStrategy
+
+    criterion = LoRAStrategy.criterion
+
+    def diverges_at_1e_2(self):
+        loss = criterion(self)
+        return loss * float("nan") if self.lr == 1e-2 else loss
+
+    monkeypatch.setattr(LoRAStrategy, "criterion", diverges_at_1e_2)
+    argv = ["--stream", "offline-instruct", "--backbone", tiny_llama_dir(tmp_path),
+            "--tasks", "movie-sentiment,sms-spam", "--lr-search", "1e-4,1e-3,1e-2",
+            "--max-train-per-task", "5", "--max-test-per-task", "4", "--epochs", "1",
+            "--quiet", "--output-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(next((tmp_path / "runs").rglob("result.json")).read_text())
+    search = result["lr_search"]
+    assert search["validation_scores"][2] is None  # NaN, written as null
+    assert all(score is not None for score in search["validation_scores"][:2])
+    assert search["chosen"] in (1e-4, 1e-3) and result["lr_trained"] == search["chosen"]
+    assert search["edge"] != "high"  # a diverged rate is no best at the top

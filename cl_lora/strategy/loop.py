@@ -32,8 +32,8 @@ def _failures_named(
     kept = f"; the tasks before it are checkpointed in {checkpoint}" if checkpoint else ""
     try:
         yield
-    except RunFailure as failure:
-        raise RunFailure(f"{failure}{kept}") from None
+    except RunFailure as failure:  # its own kind kept (a diverged loss stays LossNotFinite)
+        raise type(failure)(f"{failure}{kept}") from None
     except CalibrationOutOfMemory as error:
         raise RunFailure(
             _out_of_memory(strategy, task, "calibrating for", error.fixes) + kept

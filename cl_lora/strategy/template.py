@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from cl_lora.backbones import Backbone
 from cl_lora.deltas import LoRAHistory
-from cl_lora.errors import RunFailure
+from cl_lora.errors import LossNotFinite
 from cl_lora.inits import InitMethod
 from cl_lora.inits.factors import decomposing_in
 from cl_lora.lora import LoRASettings, attach_adapters, initial_adapters, merge_lora
@@ -341,7 +341,7 @@ class LoRAStrategy(SupervisedTemplate):
         step)."""
         if not torch.isfinite(self.loss):
             task = self.stream.tasks[self.task_id].name
-            raise RunFailure(
+            raise LossNotFinite(
                 f"loss became {self.loss.item()} on task {self.task_id} ({task}) at step "
                 f"{self.clock.train_exp_iterations}: lower --lr or use --precision fp32"
             )
