@@ -92,13 +92,15 @@ def setting(
     choices: tuple[str, ...] | None = None,
     flag: bool = True,
     bare: Any = None,
+    hashed: bool = True,
 ) -> Any:
     """One declared setting (a dataclass field). ``added``: introduced after the first
     published runs, so left out of run ids while it holds ``default`` (earlier runs keep their
     ids); ``choices``: the only values allowed; ``flag``: whether the command line has a flag
     for it (a recipe's name is set by ``--recipe``/``--config`` instead); ``bare``: what the
     flag stands for when given without a value (also written ``default`` in a recipe or a
-    sweep's ``--set``), None when it needs one."""
+    sweep's ``--set``), None when it needs one; ``hashed``: whether the run id depends on it
+    (not for what a run writes besides its results, such as its saved adapters)."""
     metadata = {
         "group": group,
         "help": help,
@@ -106,6 +108,7 @@ def setting(
         "choices": choices,
         "flag": flag,
         "bare": bare,
+        "hashed": hashed,
     }
     if isinstance(default, dict):
         return dataclasses.field(default_factory=dict, metadata=metadata)
@@ -342,6 +345,7 @@ class RunConfig:
         "after each task, write the model as one PEFT adapter on the pretrained weights (and the "
         "task heads) to the run's adapters/ folder; python -m cl_lora.export merges one",
         added=True,
+        hashed=False,
     )
     save_task_adapters: bool = setting(
         False,
@@ -349,6 +353,7 @@ class RunConfig:
         "with --save-adapters: also each task's own adapter, relative to the model after the "
         "task before",
         added=True,
+        hashed=False,
     )
 
     def __post_init__(self) -> None:
@@ -417,7 +422,7 @@ class RunConfig:
         were introduced while they hold their defaults, so earlier runs keep their ids."""
         data = self.to_dict()
         for name, default in ADDED_SETTINGS.items():
-            if data.get(name) == default:
+            if data.get(name) == default or name in UNHASHED_SETTINGS:
                 del data[name]
         data["init_args"] = without_added_arguments(data["init_args"])
         return data
@@ -530,6 +535,11 @@ def _stored(value: Any) -> Any:
     """``value`` as :meth:`RunConfig.to_dict` and ``result.json`` hold it (tuples as lists)."""
     return list(value) if isinstance(value, tuple) else value
 
+
+#: Settings the run id does not depend on: what a run writes besides its results.
+UNHASHED_SETTINGS = {
+    spec.name for spec in dataclasses.fields(RunConfig) if not spec.metadata["hashed"]
+}
 
 #: Settings added after the first published runs, with the default that leaves a run as before
 #: (in the form ``result.json`` stores, so a stored config compares equal).

@@ -161,3 +161,16 @@ def test_heatmap_is_titled_by_the_method_not_only_its_init(tmp_path, monkeypatch
     result = {**make_result(), "method": {"name": "o-lora"}, "init": {"name": "lora"}}
     results.write_run(tmp_path / "run", result)
     assert titles[-1].endswith("/ o-lora")
+
+
+def test_saving_adapters_leaves_the_run_id_and_the_setup_alone():
+    """--save-adapters changes what a run writes, not what it trains: the same run id (so a
+    sweep or --resume finds the run), and the leaderboard averages the two as one setup."""
+    from cl_lora.config import UNHASHED_SETTINGS, RunConfig
+    from cl_lora.experiment import run_id_of
+
+    plain = RunConfig(seed=2, lr=1e-3)
+    saving = RunConfig(seed=2, lr=1e-3, save_adapters=True, save_task_adapters=True)
+    assert UNHASHED_SETTINGS == {"save_adapters", "save_task_adapters"}
+    assert run_id_of(saving) == run_id_of(plain)
+    assert run_id_of(RunConfig(seed=2, lr=2e-3)) != run_id_of(plain)  # hashed settings still count

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cl_lora.config import ADDED_SETTINGS, without_added_arguments
+from cl_lora.config import ADDED_SETTINGS, UNHASHED_SETTINGS, without_added_arguments
 from cl_lora.metrics import summarize
 from cl_lora.results import RESULT_FILE, load_run, matrix_array, trained_lr
 
@@ -41,6 +41,7 @@ OPTIONAL_METRICS = {"general_ability"}
 _METHOD_FIELDS = {"init", "init_args", "baseline", "baseline_args", "plugins", "plugin_args"}
 _NOT_SETUP = _METHOD_FIELDS | {"stream", "scenario", "backbone", "seed", "device", "data_dir"}
 _NOT_SETUP |= {"gradient_checkpointing"}  # recomputes activations: the same training
+_NOT_SETUP |= UNHASHED_SETTINGS  # what a run writes besides its results
 _REQUIRED = ("config", "stream", "tasks", "matrix", "seed", "backbone", "timings")
 _ABSENT = object()
 _EXTRA = ["matrix", "tasks", "retention", "loglik_drop", "init", "init_args", "lr", "setup"]
