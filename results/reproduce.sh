@@ -85,4 +85,11 @@ RECIPE_RUN="--stream cl-benchmark --tasks amazon,agnews --data-dir $OLORA_DATA -
 python -m cl_lora.run --recipe o-lora-llama --precision fp32 $RECIPE_RUN --resume --quiet
 python -m cl_lora.run $RECIPE_RUN --grad-accumulation 2 --resume --quiet
 
+# General abilities (README, "General abilities"): LoRA-Null on offline-instruct with four
+# knowledge probes, and the commonsense stream answered by likelihood instead of generation.
+python -m cl_lora.run --stream offline-instruct --init lora-null --knowledge nq-open,mmlu,piqa,boolq \
+  --output-dir results/general-ability-runs --resume --quiet
+python -m cl_lora.run --stream offline-commonsense --init lora --answer-by likelihood \
+  --output-dir results/general-ability-runs --resume --quiet
+
 python -m cl_lora.leaderboard results/benchmark-runs --out results --format md csv html --compare

@@ -10,6 +10,7 @@ model keeps of what it was not trained on.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -52,7 +53,7 @@ def held_out_sample(
     return [items[outside[i]] for i in order[:size]], len(items) - len(outside)
 
 
-class LikelihoodProbe:
+class LikelihoodProbe(ABC):
     """A probe scored from log-likelihoods of continuations (lm-evaluation-harness's way, see
     :mod:`cl_lora.problems.likelihood`); subclasses say what is asked and how it is scored.
 
@@ -97,13 +98,14 @@ class LikelihoodProbe:
         finally:
             model.train(was_training)
 
+    @abstractmethod
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """This probe's metrics on the model as it stands (``self.metric`` among them)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def size(self) -> int:
-        raise NotImplementedError
+        """How many examples the probe scores."""
 
     def start(self, model: nn.Module) -> float:
         return self.score(model)
