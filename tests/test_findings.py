@@ -160,7 +160,7 @@ def test_findings_tables_and_verdicts_are_rebuilt_from_their_run_folders(tmp_pat
     on the committed run folders, print exactly the section's tables (every row, no row more,
     no table typed in beside them) and its other lines, and their verdicts are the outcomes
     its verdict paragraphs state in emphasis (``**Verdict: supported.**``, ``*U-shape:
-    inconclusive*``). The README's findings commands are FINDINGS.md's."""
+    inconclusive*``). The findings commands of the README and the docs pages are FINDINGS.md's."""
     text = (REPOSITORY / "results" / "FINDINGS.md").read_text()
     sections = [section for section in text.split("\n## ")[1:] if findings_commands(section)]
     assert len(sections) >= 3
@@ -177,7 +177,6 @@ def test_findings_tables_and_verdicts_are_rebuilt_from_their_run_folders(tmp_pat
         verdicts = [p for p in section.split("\n\n") if p.startswith("**Verdict")]
         emphasized = re.findall(r"\*+([^*]+)\*+", " ".join(verdicts).replace("\n", " "))
         assert set(OUTCOME.findall(" ".join(emphasized))) == outcomes, title
-    readme = (REPOSITORY / "README.md").read_text()
-    assert {tuple(c) for c in findings_commands(readme)} <= {
-        tuple(c) for c in findings_commands(text)
-    }
+    documents = [REPOSITORY / "README.md", *sorted((REPOSITORY / "docs").glob("*.md"))]
+    documented = {tuple(c) for d in documents for c in findings_commands(d.read_text())}
+    assert documented and documented <= {tuple(c) for c in findings_commands(text)}

@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+INITS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "inits.md"
 
 
 def readme_example() -> str:
-    """The plugin module that README's "Add your own init method" section shows."""
-    text = README.read_text(encoding="utf-8")
+    """The plugin module that docs/inits.md's "Add your own init method" section shows."""
+    text = INITS_PAGE.read_text(encoding="utf-8")
     block = text.split("<!-- plugin-example -->")[1].split("<!-- /plugin-example -->")[0]
     return block.split("```python")[1].split("```")[0]
 
