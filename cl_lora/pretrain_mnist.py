@@ -208,8 +208,7 @@ def ensure_mnist_vit(progress: Callable[[str], None] = log.info) -> Path:
     return mnist_vit_dir()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="python -m cl_lora.pretrain_mnist", description=__doc__.split("\n")[0]
     )
@@ -217,8 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help=f"folder to write (default {mnist_vit_dir()})")
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         if args.epochs < 1:
             raise BadInputError("--epochs must be at least 1")
         target = args.out or mnist_vit_dir()

@@ -283,7 +283,7 @@ FINDINGS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="python -m cl_lora.leaderboard.findings", description=__doc__)
     parser.add_argument("finding", choices=sorted(FINDINGS))
     parser.add_argument("runs", type=Path, help="folder of the finding's runs")
@@ -291,8 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--stream", help="only this stream's runs (needed when the folder has several)"
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         table = collect_runs(args.runs).table
         if table.empty:
             raise BadInputError(f"no usable result.json under {args.runs}: run the sweep first")
