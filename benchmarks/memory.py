@@ -26,7 +26,7 @@ with the model's own weights is not counted again):
 
 Each is per decoder layer (the count over ``--layers`` layers divided by it; the run's
 checkpoint and history also hold nothing outside the layers for these methods) and times
-``--extrapolate`` (32). Run it from a checkout of the code to measure; the README's table puts
+``--extrapolate`` (32). Run it from a checkout of the code to measure; docs/scale.md's table puts
 the numbers of this code next to those of the code before issue 24, run the same way.
 
     python -m benchmarks.memory [--layers 2] [--methods lora olora ...] [--json OUT]

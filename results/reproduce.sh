@@ -75,7 +75,7 @@ for seed in 0 1 2 3 4; do
 done
 python -m cl_lora.leaderboard.findings knowledge "$FINDINGS/knowledge-trec" --out results/findings
 
-# O-LoRA's LLaMA recipe against the suite's default recipe (README, "Published recipes"):
+# O-LoRA's LLaMA recipe against the suite's default recipe (docs/recipes.md):
 # SmolLM2-135M for LLaMA, fp32 on the CPU (the recipe's bf16 is for CUDA), O-LoRA's own amazon
 # and agnews files, 256 training / 50 test examples per task. --grad-accumulation 2 keeps the
 # default recipe's batch of 16 (as 2 x 8) within this machine's memory at 512 tokens.
@@ -85,7 +85,7 @@ RECIPE_RUN="--stream cl-benchmark --tasks amazon,agnews --data-dir $OLORA_DATA -
 python -m cl_lora.run --recipe o-lora-llama --precision fp32 $RECIPE_RUN --resume --quiet
 python -m cl_lora.run $RECIPE_RUN --grad-accumulation 2 --resume --quiet
 
-# General abilities (README, "General abilities"): LoRA-Null on offline-instruct with four
+# General abilities (docs/general-abilities.md): LoRA-Null on offline-instruct with four
 # knowledge probes, and the commonsense stream answered by likelihood instead of generation.
 python -m cl_lora.run --stream offline-instruct --init lora-null --knowledge nq-open,mmlu,piqa,boolq \
   --output-dir results/general-ability-runs --resume --quiet

@@ -97,7 +97,7 @@ def test_o_lora_llama_matches_its_scripts() -> None:
     # example each here); src/model/llama.py line 101: loss.sum() / loss_mask.sum() per example
     assert config.loss_average == "examples"
     t5 = resolve_config(command_line("--recipe", "o-lora-t5"))
-    assert t5.loss_average == "tokens"  # 8 examples per device: see README, what cannot match
+    assert t5.loss_average == "tokens"  # 8 per device: docs/recipes.md, what cannot match
 
 
 def test_flags_override_the_recipe_and_dicts_merge() -> None:

@@ -30,7 +30,7 @@ design puts that span where it cannot interfere with earlier tasks:
   eigenvectors of ``(I - M M^T) C_t (I - M M^T)``, orthonormal. Squaring the spectrum
   concentrates the energy in the top directions, so the official rule keeps far fewer: on
   MiniLM's first layer after one offline-text task the official memory holds a handful of
-  directions where the eigenvalue rule holds dozens (README, baselines).
+  directions where the eigenvalue rule holds dozens (docs/baselines.md).
 
 Differences from the official code, on purpose: the previous adapter is merged into the base
 weight instead of kept as a frozen branch (the same function); ``M`` is capped at ``n - r``
