@@ -46,6 +46,7 @@ import torch
 
 from cl_lora.cli import OneLineParser, setup_logging
 from cl_lora.errors import BadInputError
+from cl_lora.results import replace_folder
 
 if TYPE_CHECKING:
     from cl_lora.strategy import LoRAStrategy
@@ -211,17 +212,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "task"
 
 
-def _put(staging: Path, folder: Path) -> None:
-    """Move the finished ``staging`` folder to ``folder``, replacing an older one."""
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
-        os.replace(folder, old / folder.name)
-        os.replace(staging, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, folder)
-
-
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     staging = path.with_name(f".{path.name}.tmp")
     staging.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -244,7 +234,7 @@ class AdapterSaver:
         staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=".staging."))
         try:
             yield staging
-            _put(staging, self.folder / name)
+            replace_folder(staging, self.folder / name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

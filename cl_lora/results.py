@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
@@ -166,6 +167,18 @@ def write_atomic(path: Path, content: bytes) -> None:
     os.replace(_stage(path.parent, path.name, lambda fh: fh.write(content)), path)
 
 
+def replace_folder(staging: Path, folder: Path) -> None:
+    """Move the finished ``staging`` folder to ``folder`` (on the same file system), replacing
+    an older one: a reader sees the old folder or the new one, never a half-written one."""
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old."))
+        os.replace(folder, old / folder.name)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
+
+
 def _task_names(data: Mapping[str, Any], matrix: np.ndarray) -> list[str]:
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"result matrix must be square T x T, got shape {matrix.shape}")
@@ -223,16 +236,26 @@ def draw_probe_curves(ax: Any, probes: Mapping[str, Any], names: list[str]) -> N
     ax.legend(fontsize=7)
 
 
+MATRIX_COLORMAP = "viridis"  # an accuracy matrix's colours, in figures and on the leaderboard site
+
+
+def matrix_scale(matrix: np.ndarray) -> tuple[float, float]:
+    """The colour range of an accuracy matrix: 0 to 1, widened to hold every evaluated cell
+    (a cell is drawn light, with dark text, from the middle of the range up)."""
+    finite = matrix[np.isfinite(matrix)]
+    vmin = min(0.0, float(finite.min())) if finite.size else 0.0
+    vmax = max(1.0, float(finite.max())) if finite.size else 1.0
+    return vmin, vmax
+
+
 def draw_matrix(
     fig: Figure, ax: Any, matrix: np.ndarray, names: list[str], title: str, fontsize: int = 8
 ) -> None:
     """Draw an accuracy matrix on ``ax`` as an annotated heatmap with a colour bar (cells that
     were not evaluated in grey); the run's heatmap and the leaderboard's share it."""
     T = matrix.shape[0]
-    finite = matrix[np.isfinite(matrix)]
-    vmin = min(0.0, float(finite.min())) if finite.size else 0.0
-    vmax = max(1.0, float(finite.max())) if finite.size else 1.0
-    colormap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    vmin, vmax = matrix_scale(matrix)
+    colormap = matplotlib.colormaps[MATRIX_COLORMAP].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(matrix), cmap=colormap, vmin=vmin, vmax=vmax)
     fig.colorbar(image, ax=ax, label="score")
     for i in range(T):
