@@ -92,4 +92,5 @@ python -m cl_lora.run --stream offline-instruct --init lora-null --knowledge nq-
 python -m cl_lora.run --stream offline-commonsense --init lora --answer-by likelihood \
   --output-dir results/general-ability-runs --resume --quiet
 
-python -m cl_lora.leaderboard results/benchmark-runs --out results --format md csv html --compare
+python -m cl_lora.leaderboard results/benchmark-runs --out results --format md csv --html results/site \
+  --compare

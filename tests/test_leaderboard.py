@@ -234,15 +234,9 @@ def test_outputs_and_figures(runs_dir: Path):
             )
             write(runs_dir, result, f"inter-{f}-{seed}")
     out = runs_dir / "board"
-    assert main([str(runs_dir), "--out", str(out), "--format", "md", "csv", "html"]) == 0
+    assert main([str(runs_dir), "--out", str(out), "--format", "md", "csv"]) == 0
     names = {path.name for path in out.iterdir()}
-    assert {
-        "LEADERBOARD.md",
-        "leaderboard.csv",
-        "paired.csv",
-        "runs.csv",
-        "leaderboard.html",
-    } <= names
+    assert {"LEADERBOARD.md", "leaderboard.csv", "paired.csv", "runs.csv"} <= names
     plots = {path.name for path in (out / "plots").iterdir()}
     assert plots == {
         f"{kind}-toy-task-tiny.png"
@@ -359,17 +353,27 @@ def _without_timestamp(text: str) -> str:
     return re.sub(r"at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "at <time>", text)
 
 
+def _files(folder: Path) -> list[str]:
+    """Every file under ``folder``, as paths relative to it, sorted."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def test_committed_leaderboard_rebuilds_from_committed_runs(tmp_path: Path):
-    """results/LEADERBOARD.md, its CSVs, HTML and figure list come out of the committed
-    result files alone (the command in results/reproduce.sh)."""
+    """results/LEADERBOARD.md, its CSVs, the site in results/site (its pages; its figures and
+    those of results/plots by name) come out of the committed result files alone (the command
+    in results/reproduce.sh)."""
     results = ROOT / "results"
     argv = [str(results / "benchmark-runs"), "--out", str(tmp_path), "--compare"]
-    assert main([*argv, "--format", "md", "csv", "html"]) == 0
-    for name in ("LEADERBOARD.md", "leaderboard.csv", "paired.csv", "runs.csv", "leaderboard.html"):
+    assert main([*argv, "--format", "md", "csv", "--html", str(tmp_path / "site")]) == 0
+    pages = [name for name in _files(results / "site") if not name.endswith(".png")]
+    for name in ["LEADERBOARD.md", "leaderboard.csv", "paired.csv", "runs.csv"]:
         rebuilt = _without_timestamp((tmp_path / name).read_text())
         assert rebuilt == _without_timestamp((results / name).read_text()), name
-    figures = sorted(path.name for path in (tmp_path / "plots").iterdir())
-    assert figures == sorted(path.name for path in (results / "plots").iterdir())
+    for name in pages:
+        rebuilt = _without_timestamp((tmp_path / "site" / name).read_text())
+        assert rebuilt == _without_timestamp((results / "site" / name).read_text()), name
+    assert _files(tmp_path / "plots") == _files(results / "plots")
+    assert _files(tmp_path / "site") == _files(results / "site")
 
 
 def test_committed_cl_benchmark_references_line_up_with_a_t5_run():

@@ -2,6 +2,6 @@
 
 ``collect`` reads result files into a table of runs, ``aggregate`` turns it into per-method
 statistics over seeds, ranks and paired comparisons with ``lora``, ``references`` loads and
-matches published numbers, ``plots`` draws the figures and ``report`` writes Markdown, CSV and
-HTML. Data flows in that order; nothing here trains.
+matches published numbers, ``plots`` draws the figures, ``report`` writes Markdown and CSV and
+``site`` the static HTML site. Data flows in that order; nothing here trains.
 """

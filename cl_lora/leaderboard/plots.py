@@ -15,12 +15,13 @@ import io
 import math
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
+import PIL.Image
 from matplotlib.figure import Figure
 
 from cl_lora.leaderboard.aggregate import REFERENCE_METHOD, STREAM, interval, of_stream
@@ -29,8 +30,16 @@ from cl_lora.results import draw_matrix, write_atomic
 PlotFn = Callable[[pd.DataFrame, pd.DataFrame], Figure | None]
 
 
-def write_plots(runs: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Draw every figure for every stream into ``out_dir``; return the files written.
+def write_plots(
+    runs: pd.DataFrame,
+    table: pd.DataFrame,
+    out_dir: Path,
+    kinds: Sequence[str] | None = None,
+    colors: int | None = None,
+) -> list[Path]:
+    """Draw every figure (or those of ``kinds``, keys of :data:`FIGURES`) for every stream into
+    ``out_dir``; return the files written. ``colors``: reduce each PNG to a palette of that many
+    colours (a third of the bytes at 256, which the eye cannot tell apart on these figures).
 
     A figure with nothing to show for a stream (no retention curves, no ``intermediate`` runs
     with several ``f``) is not written."""
@@ -39,20 +48,34 @@ def write_plots(runs: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> list[
     for key, stream_runs in runs.groupby(STREAM, sort=True, dropna=False):
         stream_table = of_stream(table, key)
         for kind, plot in FIGURES.items():
+            if kinds is not None and kind not in kinds:
+                continue
             fig = plot(stream_runs, stream_table)
             if fig is None:
                 continue
-            path = out_dir / f"{kind}-{stream_slug(key)}.png"
+            path = out_dir / figure_name(kind, key)
             png = io.BytesIO()
             fig.savefig(png, format="png", dpi=100)
-            write_atomic(path, png.getvalue())
+            write_atomic(path, png.getvalue() if colors is None else _palette(png, colors))
             written.append(path)
     return written
+
+
+def _palette(png: io.BytesIO, colors: int) -> bytes:
+    image = PIL.Image.open(png).convert("RGB").quantize(colors)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def stream_slug(key: tuple) -> str:
     """A file-name part for a (stream, scenario, backbone) key."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(str(part) for part in key))
+
+
+def figure_name(kind: str, key: tuple) -> str:
+    """The file name of figure ``kind`` for a (stream, scenario, backbone) key."""
+    return f"{kind}-{stream_slug(key)}.png"
 
 
 def _title(runs: pd.DataFrame, what: str) -> str:
