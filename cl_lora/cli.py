@@ -13,8 +13,11 @@ def setup_logging() -> None:
     """The suite's own progress lines (the ``cl_lora`` loggers, INFO) on stderr as bare
     messages; other libraries' only from WARNING up (their INFO lines, such as ``datasets``
     announcing the JAX version it found, are not the run's)."""
+    from cl_lora.distributed import launched_rank
+
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("cl_lora").setLevel(logging.INFO)
+    # in a multi-process run the first process reports progress; the others only warnings
+    logging.getLogger("cl_lora").setLevel(logging.WARNING if launched_rank() else logging.INFO)
 
 
 class OneLineParser(argparse.ArgumentParser):

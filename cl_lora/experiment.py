@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl_lora import streams
+from cl_lora import distributed, streams
 from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
 from cl_lora.backbones.base import weights_fingerprint
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
@@ -276,7 +276,8 @@ def run_experiment(
     run_dir = output_dir / run_id
     if resume and (done := finished_result(run_dir)) is not None:
         return RunOutput(run_dir=run_dir, result=done, skipped=True)
-    device = resolve_device(config.device)
+    processes = distributed.start(config.device)
+    device = distributed.run_device(resolve_device(config.device))
     _use_deterministic_algorithms(config.deterministic)
     stream = streams.build(
         config.stream,
@@ -314,7 +315,8 @@ def run_experiment(
     backbone = load_backbone(family, name, config, device)
     backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
     problem = problem_for(stream, backbone, config)
-    trackers = RunTrackers(track, run_id, config.to_dict(), run_dir) if track else None
+    main = processes.main  # the one process that writes files and logs to trackers
+    trackers = RunTrackers(track, run_id, config.to_dict(), run_dir) if track and main else None
     plugins = [trackers.plugin()] if trackers else []
     strategy = method.build_strategy(
         problem, stream, device, lr=lr, verbose=verbose, plugins=plugins
@@ -370,10 +372,27 @@ def run_experiment(
         "resumed_after_task": outcome.resumed_after,
         "checkpoint_bytes": outcome.checkpoint_bytes,  # after each task
     }
-    write_run(run_dir, result)
-    checkpoint.unlink(missing_ok=True)  # result.json now marks the run finished
-    (run_dir / SEARCH_FILE).unlink(missing_ok=True)  # kept in result.json
+    result["processes"] = _processes_record(processes, config)
+    distributed.barrier()  # every process done with the checkpoint before it goes
+    if main:
+        write_run(run_dir, result)
+        checkpoint.unlink(missing_ok=True)  # result.json now marks the run finished
+        (run_dir / SEARCH_FILE).unlink(missing_ok=True)  # kept in result.json
     return RunOutput(run_dir=run_dir, result=result)
+
+
+def _processes_record(processes: distributed.Processes, config: RunConfig) -> dict[str, Any]:
+    """How the run's batches were split: ``--batch-size`` is the effective batch of one
+    optimizer step = per-process batch x processes x accumulation (the last process's share
+    may be one smaller when the micro-batch does not divide evenly)."""
+    micro = config.batch_size // config.grad_accumulation
+    return {
+        **processes.record(),
+        "effective_batch": config.batch_size,
+        "grad_accumulation": config.grad_accumulation,
+        "per_process_batch": -(-micro // processes.world),
+        "per_process_eval_batch": -(-config.eval_batch_size // processes.world),
+    }
 
 
 def _validation_score(

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from cl_lora import distributed
 from cl_lora.results import to_jsonable, write_atomic
 from cl_lora.streams import Stream, Task
 from cl_lora.streams.sampling import balanced_split
@@ -256,7 +257,7 @@ def search_learning_rate(
         seconds.append(spent)
         log.info("lr search %d: lr %g -> validation %.3f (%.0f s)", len(candidates), lr, value,
                  spent)  # fmt: skip
-        if cache is not None:
+        if cache is not None and distributed.current().main:  # one process writes it
             cache.parent.mkdir(parents=True, exist_ok=True)
             record = to_jsonable(current().record())  # NaN as null, as in result.json
             write_atomic(cache, json.dumps(record, indent=2, allow_nan=False).encode())

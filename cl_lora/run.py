@@ -18,6 +18,7 @@ from typing import Any
 from cl_lora.cli import OneLineParser, setup_logging
 from cl_lora.config import RunConfig
 from cl_lora.config_cli import add_settings, given_settings
+from cl_lora.distributed import launched_rank
 from cl_lora.errors import BadInputError, RunFailure
 
 log = logging.getLogger("cl_lora")
@@ -192,6 +193,7 @@ def _probe_lines(retention: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
+    rank = launched_rank()  # > 0: another process of a multi-process run
     try:
         args = build_parser().parse_args(argv)
         if args.list:
@@ -206,14 +208,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         check_trackers(args.track)
         output = run_experiment(
-            config, args.output_dir, verbose=not args.quiet, resume=args.resume, track=args.track
+            config,
+            args.output_dir,
+            verbose=not args.quiet and not rank,
+            resume=args.resume,
+            track=args.track,
         )
-    except BadInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except BadInputError as error:  # every process finds the same: the first one says it
+        if not rank:
+            print(f"error: {error}", file=sys.stderr)
         return 2
-    except RunFailure as error:
-        print(f"run failed: {error}", file=sys.stderr)
+    except RunFailure as error:  # possibly in one process only: each says its own
+        print(f"{f'process {rank}: ' if rank else ''}run failed: {error}", file=sys.stderr)
         return 1
+    if rank:
+        return 0
     if output.skipped:
         print(f"already finished: {output.run_dir} (nothing ran)")
     print(summary(output.result))

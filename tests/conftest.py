@@ -110,12 +110,12 @@ def make_strategy(
     from cl_lora.problems import build_problem
 
     fast = {"rank": 2, "alpha": 4.0, "lr": 1e-2, "head_lr": 1e-2, "batch_size": 8}
+    fast["eval_batch_size"] = 16
     config = RunConfig(
         init=init,
         init_args=init_args or {},
         baseline=baseline,
         baseline_args=baseline_args or {},
-        eval_batch_size=16,
         epochs=epochs,
         **{**fast, **settings},
     )

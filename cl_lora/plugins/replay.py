@@ -50,7 +50,8 @@ class TokenizingReplay:
             num_workers=num_workers,
             shuffle=shuffle,
             drop_last=drop_last,
-            collate_fn=strategy.collate,
+            collate_fn=strategy.collate_share,  # this process's share of each batch
+            distributed_sampling=False,  # every process iterates the same global batches
         )
 
     def after_training_exp(self, strategy: Any, **kwargs: Any) -> None:

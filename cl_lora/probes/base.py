@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from torch import nn
 
+from cl_lora.distributed import map_shared
 from cl_lora.metrics import retention_summary
 from cl_lora.streams.commonsense import squash
 from cl_lora.streams.sampling import SPLIT_SEED
@@ -87,13 +88,16 @@ class LikelihoodProbe(ABC):
             network = network.get_base_model()
         was_training = model.training
         model.eval()
-        try:
-            return loglikelihoods(
-                network,
-                self.problem.tokenizer,
+        try:  # each process scores its share of the requests (all of them in one process)
+            return map_shared(
                 requests,
-                seq2seq=isinstance(self.problem, Seq2SeqTextToText),
-                batch_size=self.batch_size,
+                lambda part: loglikelihoods(
+                    network,
+                    self.problem.tokenizer,
+                    part,
+                    seq2seq=isinstance(self.problem, Seq2SeqTextToText),
+                    batch_size=self.batch_size,
+                ),
             )
         finally:
             model.train(was_training)

@@ -24,12 +24,14 @@ from the calibration split that knowledge-preserving inits read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from cl_lora.distributed import map_shared
 from cl_lora.metrics import retention_summary
 from cl_lora.probes.registry import ProbeContext, register_probe
 from cl_lora.streams.knowledge_qa import nq_open
@@ -53,38 +55,46 @@ class ClosedBookQAProbe:
         self.batch_size = batch_size
         self.gold_loglik: list[float] = []
 
-    def _batches(self) -> Sequence[list[dict[str, Any]]]:
-        order = sorted(range(len(self.rows)), key=lambda i: -len(self.rows[i]["prompt"]))
-        rows = [self.rows[i] for i in order]
-        return [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-
     @torch.no_grad()
     def _scores(self, model: nn.Module) -> tuple[float, float]:
+        """Exact match and mean gold log-likelihood over the questions (longest prompts
+        first; in a multi-process run each process scores its share)."""
+        order = sorted(range(len(self.rows)), key=lambda i: -len(self.rows[i]["prompt"]))
+        was_training = model.training
+        model.eval()
+        try:
+            scored = map_shared([self.rows[i] for i in order], partial(self._row_scores, model))
+        finally:
+            model.train(was_training)
+        hits, logliks = zip(*scored, strict=True)
+        return float(np.mean(hits)), float(np.mean(logliks))
+
+    def _row_scores(self, model: nn.Module, rows: Sequence[dict[str, Any]]) -> list[tuple]:
+        """Per question, in order: (exact match, mean log-probability of its gold answer's
+        tokens), batched by ``batch_size``."""
         from cl_lora.problems.text_to_text import IGNORE
 
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        hits, logliks = [], []
-        for rows in self._batches():
-            inputs, _ = self.problem.collate(rows, None, training=False)
+        scores = []
+        for begin in range(0, len(rows), self.batch_size):
+            batch = rows[begin : begin + self.batch_size]
+            inputs, _ = self.problem.collate(batch, None, training=False)
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            for row, text in zip(
-                rows, self.problem.generate(model, inputs, MAX_NEW_TOKENS, STOPS), strict=True
-            ):
-                gold = {normalize_answer(answer) for answer in row["answers"]}
-                hits.append(normalize_answer(text) in gold)
-            inputs, targets = self.problem.collate(rows, None, training=True)
+            texts = self.problem.generate(model, inputs, MAX_NEW_TOKENS, STOPS)
+            hits = [
+                normalize_answer(text) in {normalize_answer(a) for a in row["answers"]}
+                for row, text in zip(batch, texts, strict=True)
+            ]
+            inputs, targets = self.problem.collate(batch, None, training=True)
             logits = model({k: v.to(device) for k, v in inputs.items()}).float()
             targets = self.problem.answer_targets(targets).to(device)
             answer = (targets != IGNORE) & (targets != self.problem.eos)
             logprobs = torch.log_softmax(logits[answer], dim=-1)  # answer positions only
             token = logprobs.gather(-1, targets[answer].unsqueeze(-1))[:, 0]
             row = answer.nonzero()[:, 0]  # which question each answer token belongs to
-            sums = torch.zeros(len(rows), device=device).index_add_(0, row, token)
-            logliks.extend((sums / answer.sum(1)).tolist())
-        model.train(was_training)
-        return float(np.mean(hits)), float(np.mean(logliks))
+            sums = torch.zeros(len(batch), device=device).index_add_(0, row, token)
+            scores += zip(hits, (sums / answer.sum(1)).tolist(), strict=True)
+        return scores
 
     def start(self, model: nn.Module) -> float:
         """The score before the first task (nothing to fit: generation needs no head)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from cl_lora import distributed
 from cl_lora.errors import RunFailure
 from cl_lora.probes import Probe
 from cl_lora.strategy.calibrate import CalibrationOutOfMemory
@@ -71,8 +72,10 @@ def _checkpointed(
     task: int,
     probe: RetentionProbe | Probe | None,
 ) -> Path | None:
-    """Write the checkpoint after ``task``; ``None`` (no more checkpoints) when some state
-    cannot be stored: the run goes on, it just cannot be resumed."""
+    """Write the checkpoint after ``task`` (one process writes it); ``None`` (no more
+    checkpoints) when some state cannot be stored: the run goes on, it just cannot be resumed."""
+    if not distributed.current().main:
+        return path
     try:
         outcome.checkpoint_bytes.append(save_checkpoint(path, strategy, outcome, task, probe))
     except TypeError as error:
@@ -150,7 +153,7 @@ def run_stream(
             if probe is not None:
                 outcome.retention.append(probe.score(strategy.model))
         outcome.timings["eval_s"].append(time.perf_counter() - start)
-        if save_task is not None:
+        if save_task is not None and distributed.current().main:
             save_task(i)
         if checkpoint is not None:
             checkpoint = _checkpointed(checkpoint, strategy, outcome, i, probe)

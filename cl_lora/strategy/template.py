@@ -27,6 +27,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import DataLoader
 
+from cl_lora import distributed
 from cl_lora.backbones import Backbone
 from cl_lora.deltas import LoRAHistory
 from cl_lora.errors import LossNotFinite
@@ -125,6 +126,12 @@ class LoRAStrategy(SupervisedTemplate):
             max_memory=calib_max_memory,
         )
 
+    def _check_distributed_training_compatibility(self) -> bool:
+        """Every plugin the suite runs works across processes (batches are shared out and
+        gathered by the loop, see :mod:`cl_lora.distributed`), so Avalanche's warning about
+        plugins without its own distributed support does not apply."""
+        return True
+
     # -- resumable state --------------------------------------------------------------------
     def checkpoint_state(self) -> dict[str, Any]:
         """Per-task bookkeeping a resumed run needs, plus the attributes a subclass names in
@@ -163,6 +170,9 @@ class LoRAStrategy(SupervisedTemplate):
             self.trainable_params[self.task_id] = encoder_params + sum(
                 p.numel() for p in self.heads.parameters()
             )
+            # every process starts the task from process 0's adapters and heads
+            distributed.broadcast_tensors(p for p in model.parameters() if p.requires_grad)
+            distributed.check_replicas(model, f"after task {self.task_id + 1}'s init")
             self.init_seconds[self.task_id] = time.perf_counter() - start
         return model.to(self.device)
 
@@ -188,6 +198,7 @@ class LoRAStrategy(SupervisedTemplate):
                 model.encoder, self.lora, layers, self.init, self.init_args, stats, generator
             )
             del stats  # before the next group's
+        distributed.broadcast_tensors(t for a in adapters.values() for t in (a.A, a.B))
         return attach_adapters(model, self.lora, self.target_modules, adapters, self.history)
 
     def init_stats(
@@ -205,6 +216,7 @@ class LoRAStrategy(SupervisedTemplate):
             self.task_defaults = {"epochs": self.train_epochs, "lr": self.lr} | {
                 key: getattr(self, key) for key in keys - {"epochs", "lr"}
             }
+        distributed.broadcast_rng()  # one data order on every process
         values = {**self.task_defaults, **self.per_task.get(self.task_id, {})}
         self.train_epochs, self.lr = values.pop("epochs"), values.pop("lr")
         for key, value in values.items():
@@ -244,14 +256,20 @@ class LoRAStrategy(SupervisedTemplate):
         while group := list(itertools.islice(micro_batches, size)):
             if self._stop_training:
                 break
+            group = [batch for batch in group if batch is not None]  # an empty share
             terms = [self.problem.loss_terms(targets) for _, targets, _ in group]
+            step_terms = distributed.sum_over_processes(sum(terms))  # the whole step's
+            if not group:  # this process's shares of the step were all empty
+                self._before_training_iteration(**kwargs)
+                self.optimizer.zero_grad()
+                self.loss = self._make_empty_loss()
             for k, (self.mbatch, share) in enumerate(zip(group, terms, strict=True)):
                 self._unpack_minibatch()
                 if k == 0:
                     self._before_training_iteration(**kwargs)
                     self.optimizer.zero_grad()
                 self.loss = self._make_empty_loss()
-                self.loss_share = share / max(1, sum(terms))
+                self.loss_share = share / max(1, step_terms)
                 self._before_forward(**kwargs)
                 self.mb_output = self.forward()
                 self._after_forward(**kwargs)
@@ -268,8 +286,9 @@ class LoRAStrategy(SupervisedTemplate):
         """Clip the step's gradient norm (when the recipe says so, counting the steps that
         were clipped), then step the optimizer and the schedule."""
         record = self.training_records[self.task_id]
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        distributed.sum_gradients(parameters)  # each process's share of the step, summed
         if self.recipe.max_grad_norm is not None:
-            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
             norm = torch.nn.utils.clip_grad_norm_(parameters, self.recipe.max_grad_norm)
             record["clipped_steps"] += int(norm > self.recipe.max_grad_norm)
         self.optimizer.step()
@@ -286,7 +305,7 @@ class LoRAStrategy(SupervisedTemplate):
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            collate_fn=self.collate,
+            collate_fn=self.collate_share,
             generator=generator,
             pin_memory=self.device.type == "cuda",
         )
@@ -301,6 +320,12 @@ class LoRAStrategy(SupervisedTemplate):
         examples, labels, tasks = zip(*items, strict=True)
         inputs, targets = self.problem.collate(examples, labels, training=self.is_training)
         return [inputs, targets, torch.tensor(tasks)]
+
+    def collate_share(self, items: Sequence[tuple[dict, int, int]]) -> list[Any] | None:
+        """This process's share of a global batch, collated (``None`` when the share is
+        empty); the whole batch in a one-process run."""
+        share = distributed.share(items)
+        return self.collate(share) if share else None
 
     def _unpack_minibatch(self) -> None:
         inputs, targets, tasks = self.mbatch
@@ -326,13 +351,21 @@ class LoRAStrategy(SupervisedTemplate):
         """Avalanche's evaluation loop, predicting through the problem: ``mb_output`` holds
         the batch's predicted label ids (a generation pass for a language model)."""
         for batch in self.dataloader:
-            self.mbatch = batch
-            self._unpack_minibatch()
-            self._before_eval_iteration(**kwargs)
-            self._before_eval_forward(**kwargs)
-            with self.autocast(), torch.no_grad():
-                self.mb_output = self.problem.predict(self.model, self.mb_x, self.mb_task_id)
-            self._after_eval_forward(**kwargs)
+            local = None
+            if batch is not None:
+                self.mbatch = batch
+                self._unpack_minibatch()
+                self._before_eval_iteration(**kwargs)
+                self._before_eval_forward(**kwargs)
+                with self.autocast(), torch.no_grad():
+                    self.mb_output = self.problem.predict(self.model, self.mb_x, self.mb_task_id)
+                self._after_eval_forward(**kwargs)
+                local = (self.mb_output.cpu(), self.mb_y.cpu(), self.mb_task_id.cpu())
+            if distributed.current().many:  # the whole batch's predictions, in order
+                shares = [s for s in distributed.gather_in_order(local) if s is not None]
+                outputs, targets, tasks = (torch.cat(part) for part in zip(*shares, strict=True))
+                self.mb_output = outputs
+                self.mbatch = [self.mbatch[0] if local else {}, targets, tasks]
             self._after_eval_iteration(**kwargs)
 
     def backward(self) -> None:

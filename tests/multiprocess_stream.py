@@ -1,0 +1,110 @@
+"""A toy stream trained under ``torch.distributed.run`` (or alone), recording what each process
+did, for tests/test_distributed.py.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/multiprocess_stream.py OUT SETTINGS
+
+``SETTINGS`` is a JSON object of ``make_strategy`` settings (init, batch_size, ...), plus
+``"plugins"`` (names; replay keeps 20 examples), ``"tasks"`` (default 2), ``"fail_on_rank"``:
+a process that raises a run failure at its first optimizer step, and ``"seed_per_rank"``: each
+process seeds its init with its rank.
+Each process writes ``OUT/rank<r>.json``: per optimizer step the rows (token ids, padding
+removed) it trained on; per task the adapter factors right after the init and every parameter
+after the task; per evaluation batch the predictions it holds; the matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from conftest import make_strategy, make_toy_stream, tiny_backbone
+
+from cl_lora import distributed
+from cl_lora.errors import RunFailure
+from cl_lora.experiment import seed_everything
+from cl_lora.lora import ADAPTER, lora_layers
+from cl_lora.plugins import PLUGINS
+from cl_lora.strategy import run_stream
+
+from avalanche.core import SupervisedPlugin  # isort: skip (after cl_lora's torchvision shim)
+
+
+class Recorder(SupervisedPlugin):
+    """What this process trains on, starts from, ends with and predicts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps: list[list[list[int]]] = []
+        self.factors: list[dict[str, list]] = []
+        self.weights: list[dict[str, list]] = []
+        self.predictions: list[list[int]] = []
+
+    def before_training_iteration(self, strategy, **kwargs) -> None:
+        self.steps.append([])
+
+    def before_forward(self, strategy, **kwargs) -> None:
+        ids, mask = strategy.mb_x["input_ids"], strategy.mb_x["attention_mask"].bool()
+        self.steps[-1] += [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
+
+    def before_training_epoch(self, strategy, **kwargs) -> None:
+        if strategy.clock.train_exp_epochs == 0:  # right after the task's init
+            self.factors.append(
+                {
+                    name: [
+                        layer.lora_A[ADAPTER].weight.tolist(),
+                        layer.lora_B[ADAPTER].weight.tolist(),
+                    ]
+                    for name, layer in lora_layers(strategy.model.encoder).items()
+                }
+            )
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        self.weights.append({n: p.tolist() for n, p in strategy.model.named_parameters()})
+
+    def after_eval_iteration(self, strategy, **kwargs) -> None:
+        self.predictions.append(strategy.mb_output.tolist())
+
+
+class FailingStep(SupervisedPlugin):
+    """A run failure at this process's first optimizer step."""
+
+    def before_update(self, strategy, **kwargs) -> None:
+        raise RunFailure("injected failure on this process")
+
+
+def main(out: Path, settings: dict) -> int:
+    processes = distributed.start("cpu")
+    seed_everything(0)  # after joining the group, as a run does (joining draws random numbers)
+    fail_on = settings.pop("fail_on_rank", None)
+    if settings.pop("seed_per_rank", False):  # each process would draw other adapters
+        settings["seed"] = processes.rank
+    tasks = settings.pop("tasks", 2)
+    backbone = tiny_backbone()
+    for module in backbone.encoder.modules():  # dropout draws per process: off, to compare
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    recorder = Recorder()
+    plugins = [PLUGINS.get(name).build({"mem_size": 20}) for name in settings.pop("plugins", [])]
+    plugins += [recorder] + ([FailingStep()] if processes.rank == fail_on else [])
+    strategy = make_strategy(backbone, make_toy_stream(tasks=tasks), plugins=plugins, **settings)
+    try:
+        outcome = run_stream(strategy)
+    except RunFailure as failure:
+        print(f"process {processes.rank}: run failed: {failure}", file=sys.stderr)
+        return 1
+    record = {
+        "world": processes.world,
+        "steps": recorder.steps,
+        "factors": recorder.factors,
+        "weights": recorder.weights,
+        "predictions": recorder.predictions,
+        "matrix": outcome.matrix.tolist(),
+    }
+    (out / f"rank{processes.rank}.json").write_text(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), json.loads(sys.argv[2])))
