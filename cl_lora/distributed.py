@@ -22,7 +22,9 @@ configs are refused (:func:`start`): every process holds the whole model.
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,10 +56,44 @@ class Processes:
         return self.world > 1
 
     def record(self) -> dict[str, Any]:
-        return {"world_size": self.world, "backend": self.backend}
+        return {
+            "world_size": self.world,
+            "backend": self.backend,
+            "communication_s": communication_seconds(),
+        }
 
 
 _current = Processes()
+_communication_s = 0.0  # spent in this module's collective operations
+
+
+def communication_seconds() -> float:
+    """Seconds this process has spent exchanging data with the others (waiting included: a
+    process that finished its share first waits for the slowest here)."""
+    return _communication_s
+
+
+def _communicating(function: Callable[..., T]) -> Callable[..., T]:
+    """Count ``function``'s wall time as communication (CUDA work finished on both ends, so
+    that queued kernels are not counted as exchange)."""
+
+    @functools.wraps(function)
+    def timed(*args: Any, **kwargs: Any) -> T:
+        global _communication_s
+        if not _current.many:
+            return function(*args, **kwargs)
+        cuda = _current.backend == "nccl"
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            if cuda:
+                torch.cuda.synchronize()
+            _communication_s += time.perf_counter() - start
+
+    return timed
 
 
 def launched_world() -> int:
@@ -125,6 +161,7 @@ def share(items: Sequence[T], processes: Processes | None = None) -> Sequence[T]
     return items[begin : begin + size + (p.rank < extra)]
 
 
+@_communicating
 def sum_over_processes(value: float) -> float:
     """``value`` summed over all processes."""
     if not _current.many:
@@ -134,6 +171,7 @@ def sum_over_processes(value: float) -> float:
     return float(reduce(torch.tensor([value], dtype=torch.float64, device=_device()), "sum"))
 
 
+@_communicating
 def gather_in_order(item: Any) -> list[Any]:
     """Every process's ``item`` (picklable), in rank order, on every process."""
     if not _current.many:
@@ -152,6 +190,7 @@ def map_shared(items: Sequence[T], work: Callable[[Sequence[T]], list[Any]]) -> 
     return [result for part in gather_in_order(work(mine) if mine else []) for result in part]
 
 
+@_communicating
 def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """Sum the parameters' gradients over processes, in place (a missing gradient counts as
     zero: a process whose share of the step was empty still takes part)."""
@@ -172,14 +211,19 @@ def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
             offset += p.numel()
 
 
+@_communicating
 def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
     """Overwrite ``tensors`` with process 0's values, in place."""
     if not _current.many:
         return
     import torch.distributed as dist
 
+    device = _device()
     for tensor in tensors:
-        dist.broadcast(tensor.data, src=0)
+        sent = tensor.data.to(device).contiguous()  # NCCL sends only CUDA tensors
+        dist.broadcast(sent, src=0)
+        if sent.data_ptr() != tensor.data.data_ptr():
+            tensor.data.copy_(sent)
 
 
 def broadcast_rng() -> None:
@@ -211,6 +255,7 @@ def check_replicas(model: torch.nn.Module, when: str) -> None:
                 )
 
 
+@_communicating
 def barrier() -> None:
     """Wait for every process (before one process's file is read by the others)."""
     if _current.many:

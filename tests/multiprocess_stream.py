@@ -1,15 +1,16 @@
 """A toy stream trained under ``torch.distributed.run`` (or alone), recording what each process
 did, for tests/test_distributed.py.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/multiprocess_stream.py OUT SETTINGS
+    python -m torch.distributed.run --nproc_per_node 2 tests/multiprocess_stream.py OUT RUNS
 
-``SETTINGS`` is a JSON object of ``make_strategy`` settings (init, batch_size, ...), plus
-``"plugins"`` (names; replay keeps 20 examples), ``"tasks"`` (default 2), ``"fail_on_rank"``:
-a process that raises a run failure at its first optimizer step, and ``"seed_per_rank"``: each
-process seeds its init with its rank.
-Each process writes ``OUT/rank<r>.json``: per optimizer step the rows (token ids, padding
-removed) it trained on; per task the adapter factors right after the init and every parameter
-after the task; per evaluation batch the predictions it holds; the matrix.
+``RUNS`` is a JSON list of runs, one launch for all (start-up is most of a toy run's time),
+each an object of ``make_strategy`` settings (init, batch_size, baseline, ...), plus
+``"plugins"`` ({name: arguments}), ``"tasks"`` (default 2), ``"fail_on_rank"``: a process that
+raises a run failure at its first optimizer step, and ``"seed_per_rank"``: each process seeds
+its init with its rank. For run ``i`` each process writes ``OUT/run<i>-rank<r>.json``: per
+optimizer step the rows (token ids, padding removed) it trained on; per task the adapter factors
+right after the init and every parameter after the task; per evaluation batch the predictions it
+holds; the matrix.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ class FailingStep(SupervisedPlugin):
         raise RunFailure("injected failure on this process")
 
 
-def main(out: Path, settings: dict) -> int:
-    processes = distributed.start("cpu")
+def train(settings: dict, processes: distributed.Processes) -> dict:
+    """One toy stream trained with ``settings``; what this process recorded."""
     seed_everything(0)  # after joining the group, as a run does (joining draws random numbers)
     fail_on = settings.pop("fail_on_rank", None)
     if settings.pop("seed_per_rank", False):  # each process would draw other adapters
@@ -86,15 +87,11 @@ def main(out: Path, settings: dict) -> int:
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     recorder = Recorder()
-    plugins = [PLUGINS.get(name).build({"mem_size": 20}) for name in settings.pop("plugins", [])]
+    plugins = [PLUGINS.get(name).build(args) for name, args in settings.pop("plugins", {}).items()]
     plugins += [recorder] + ([FailingStep()] if processes.rank == fail_on else [])
     strategy = make_strategy(backbone, make_toy_stream(tasks=tasks), plugins=plugins, **settings)
-    try:
-        outcome = run_stream(strategy)
-    except RunFailure as failure:
-        print(f"process {processes.rank}: run failed: {failure}", file=sys.stderr)
-        return 1
-    record = {
+    outcome = run_stream(strategy)
+    return {
         "world": processes.world,
         "steps": recorder.steps,
         "factors": recorder.factors,
@@ -102,7 +99,17 @@ def main(out: Path, settings: dict) -> int:
         "predictions": recorder.predictions,
         "matrix": outcome.matrix.tolist(),
     }
-    (out / f"rank{processes.rank}.json").write_text(json.dumps(record))
+
+
+def main(out: Path, runs: list[dict]) -> int:
+    processes = distributed.start("cpu")
+    for number, settings in enumerate(runs):
+        try:
+            record = train(settings, processes)
+        except RunFailure as failure:
+            print(f"process {processes.rank}: run failed: {failure}", file=sys.stderr)
+            return 1
+        (out / f"run{number}-rank{processes.rank}.json").write_text(json.dumps(record))
     return 0
 
 

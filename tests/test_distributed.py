@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,19 +34,23 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent.parent)}
 
 
-def _toy(tmp_path: Path, processes: int, **settings) -> list[dict]:
-    out = tmp_path / f"p{processes}"
-    out.mkdir()
+def _toy(out: Path, processes: int, runs: list[dict]) -> list[list[dict]]:
+    """``runs`` trained in one launch of ``processes`` processes: per run, each process's
+    record (see tests/multiprocess_stream.py)."""
+    out.mkdir(parents=True)
     done = subprocess.run(
-        [*LAUNCH, str(processes), str(SCRIPT), str(out), json.dumps(settings)],
+        [*LAUNCH, str(processes), str(SCRIPT), str(out), json.dumps(runs)],
         capture_output=True,
         text=True,
         env=_environment(),
         cwd=SCRIPT.parent,
-        timeout=600,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
+    return [
+        [json.loads((out / f"run{i}-rank{r}.json").read_text()) for r in range(processes)]
+        for i in range(len(runs))
+    ]
 
 
 def _near(a, b, relative: float = 1e-3) -> bool:
@@ -58,7 +63,7 @@ def _near(a, b, relative: float = 1e-3) -> bool:
 def _close(a, b) -> bool:
     """Equal up to float round-off: the shares sum their gradients in another order, and a
     task's init reads the weights the earlier tasks' steps left."""
-    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-4)
+    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=1e-4, atol=1e-6)
 
 
 def test_a_batch_is_shared_in_contiguous_parts_that_cover_it_in_order() -> None:
@@ -69,22 +74,38 @@ def test_a_batch_is_shared_in_contiguous_parts_that_cover_it_in_order() -> None:
     assert one == [[9], []]  # the second process's share is empty: it still takes part
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        # 24 rows a task: steps of 23 and 1 rows (the second process's last share is empty);
-        # 8 test rows in evaluation batches of 7 and 1
-        {"init": "lora-null", "batch_size": 23, "eval_batch_size": 7},
-        # accumulation: 12 rows a step as 3 micro-batches of 4, each shared 2 + 2
-        {"init": "pissa", "batch_size": 12, "grad_accumulation": 3, "plugins": ["replay"]},
-    ],
-    ids=["lora-null", "pissa-accumulated-replay"],
-)
+#: every data-reading init, the init with a training plugin, every baseline and plugin
+RUNS = {
+    # 24 rows a task: steps of 23 and 1 rows (the second process's last share is empty);
+    # 8 test rows in evaluation batches of 7 and 1
+    "lora-null": {"init": "lora-null", "batch_size": 23, "eval_batch_size": 7},
+    # accumulation: 12 rows a step as 3 micro-batches of 4, each shared 2 + 2
+    "pissa-accumulated-replay": {
+        "init": "pissa",
+        "batch_size": 12,
+        "grad_accumulation": 3,
+        "plugins": {"replay": {"mem_size": 20}},
+    },
+    **{init: {"init": init} for init in ("lora-ga", "lora-init", "lora-dash", "eva", "corda-kpm")},
+    **{name: {"baseline": name} for name in ("o-lora", "inflora", "seq-ft", "joint")},
+    **{name: {"plugins": {name: {}}} for name in ("ewc", "lwf")},
+}
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory) -> dict[str, tuple[dict, dict, dict]]:
+    """Per run of :data:`RUNS`: the one-process record and the two processes' records."""
+    out = tmp_path_factory.mktemp("toy")
+    (alone,) = zip(*_toy(out / "one", 1, list(RUNS.values())), strict=True)
+    pairs = _toy(out / "two", 2, list(RUNS.values()))
+    return {name: (one, *pair) for name, one, pair in zip(RUNS, alone, pairs, strict=True)}
+
+
+@pytest.mark.parametrize("name", RUNS)
 def test_two_processes_train_on_shares_of_the_batch_and_end_where_one_process_does(
-    settings: dict, tmp_path: Path
+    name: str, toy_runs
 ) -> None:
-    (alone,) = _toy(tmp_path, 1, **settings)
-    first, second = _toy(tmp_path, 2, **settings)
+    alone, first, second = toy_runs[name]
 
     # every optimizer step: the two shares together are exactly the one process's batch, and
     # neither process trained on the whole of it
@@ -97,14 +118,14 @@ def test_two_processes_train_on_shares_of_the_batch_and_end_where_one_process_do
     # up to round-off (later ones inherit it: LoRA-Null's null-space eigenvectors turn a 2e-6
     # weight difference into 7e-5 in the next task's factors, so only predictions compare)
     for task in range(len(alone["factors"])):
-        for name in alone["factors"][task]:
-            assert first["factors"][task][name] == second["factors"][task][name]
-        for name in alone["weights"][task]:
-            assert first["weights"][task][name] == second["weights"][task][name], name
-    for name, (A, B) in alone["factors"][0].items():
-        assert _close(first["factors"][0][name][0], A) and _close(first["factors"][0][name][1], B)
-    for name, weight in alone["weights"][0].items():
-        assert _close(first["weights"][0][name], weight), name
+        for layer in alone["factors"][task]:
+            assert first["factors"][task][layer] == second["factors"][task][layer]
+        for layer in alone["weights"][task]:
+            assert first["weights"][task][layer] == second["weights"][task][layer], layer
+    for layer, (A, B) in alone["factors"][0].items():
+        assert _close(first["factors"][0][layer][0], A) and _close(first["factors"][0][layer][1], B)
+    for layer, weight in alone["weights"][0].items():
+        assert _close(first["weights"][0][layer], weight), layer
     # sharded evaluation: every process holds the whole batch's predictions, in order
     assert first["predictions"] == second["predictions"] == alone["predictions"]
     assert first["matrix"] == alone["matrix"]
@@ -113,8 +134,8 @@ def test_two_processes_train_on_shares_of_the_batch_and_end_where_one_process_do
 def test_every_process_starts_each_task_from_the_first_process_adapters(tmp_path: Path) -> None:
     """Processes that would draw different initial factors (another seed each) train from
     process 0's: broadcast at each init, then checked equal across replicas."""
-    (alone,) = _toy(tmp_path, 1, init="lora", seed=0)
-    first, second = _toy(tmp_path, 2, init="lora", seed_per_rank=True)
+    ((alone,),) = _toy(tmp_path / "one", 1, [{"init": "lora", "seed": 0}])
+    ((first, second),) = _toy(tmp_path / "two", 2, [{"init": "lora", "seed_per_rank": True}])
     for task in range(2):
         for name, factors in alone["factors"][task].items():
             assert first["factors"][task][name] == second["factors"][task][name] == factors
@@ -124,9 +145,9 @@ def test_every_process_starts_each_task_from_the_first_process_adapters(tmp_path
 def test_a_failure_in_one_process_ends_the_run_with_its_one_line(tmp_path: Path) -> None:
     out = tmp_path / "failed"
     out.mkdir()
-    settings = {"init": "lora", "fail_on_rank": 1}
+    runs = [{"init": "lora", "fail_on_rank": 1}]
     done = subprocess.run(
-        [*LAUNCH, "2", str(SCRIPT), str(out), json.dumps(settings)],
+        [*LAUNCH, "2", str(SCRIPT), str(out), json.dumps(runs)],
         capture_output=True,
         text=True,
         env=_environment(),
@@ -136,7 +157,7 @@ def test_a_failure_in_one_process_ends_the_run_with_its_one_line(tmp_path: Path)
     assert done.returncode != 0
     failures = [line for line in done.stderr.splitlines() if "run failed" in line]
     assert failures == ["process 1: run failed: injected failure on this process"]
-    assert not list(out.glob("rank*.json"))
+    assert not list(out.glob("*.json"))
 
 
 # -- the command line, end to end -------------------------------------------------------------
@@ -191,6 +212,8 @@ def test_the_command_run_by_the_launcher_gives_the_one_process_result(
     one, one_adapters = _result(tmp_path / "one")
     two, two_adapters = _result(tmp_path / "two")
     assert one["run_id"] == two["run_id"]  # the process count is not part of the run
+    assert two["processes"].pop("communication_s") > 0
+    assert one["processes"]["communication_s"] == 0
     assert two["processes"] == {
         "world_size": 2,
         "backend": "gloo",
@@ -208,6 +231,34 @@ def test_the_command_run_by_the_launcher_gives_the_one_process_result(
     for task, tensors in one_adapters.items():
         for name, tensor in tensors.items():
             assert _near(two_adapters[task][name], tensor), (task, name)
+
+
+def test_accelerate_launch_runs_it_data_parallel_too(llama: str, tmp_path: Path) -> None:
+    """accelerate's launcher (its ``launch`` command, called in-process after cl_lora's
+    torchvision shim: the ``accelerate`` script itself imports torchvision first, which fails
+    next to this set-up's CPU-only torch) sets up the same two-process run."""
+    code = (
+        "import sys, cl_lora\n"
+        "from accelerate.commands.accelerate_cli import main\n"
+        "sys.argv = ['accelerate', 'launch', '--multi_gpu', '--num_processes', '2',"
+        " '-m', 'cl_lora.run', *sys.argv[1:]]\n"
+        "main()"
+    )
+    argv = [*_run_args(llama, tmp_path / "one"), "--device", "cpu"]
+    _finished(_cli(1, argv))
+    launch = subprocess.Popen(
+        [sys.executable, "-c", code, *_run_args(llama, tmp_path / "two"), "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(),
+    )
+    _finished(launch)
+    one, _ = _result(tmp_path / "one")
+    two, _ = _result(tmp_path / "two")
+    assert (two["processes"]["world_size"], two["processes"]["backend"]) == (2, "gloo")
+    assert two["matrix"] == one["matrix"]
+    assert _near(two["retention"]["gold_loglik"]["curve"], one["retention"]["gold_loglik"]["curve"])
 
 
 def _kill_all(pid: int) -> None:
@@ -241,3 +292,34 @@ def test_a_killed_launch_resumes_to_the_unbroken_result(llama: str, tmp_path: Pa
     for task, tensors in unbroken_adapters.items():
         for name, tensor in tensors.items():
             assert np.array_equal(resumed_adapters[task][name], tensor), (task, name)
+
+
+# -- what a launch cannot do: one line before any work ------------------------------------------
+@pytest.mark.parametrize(
+    ("variables", "device", "message"),
+    [
+        ({"ACCELERATE_USE_FSDP": "true"}, "cpu", "FSDP is not supported"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true"}, "cpu", "DeepSpeed is not supported"),
+        ({}, "cuda:1", "use --device cuda (each process takes its own GPU)"),
+    ],
+)
+def test_a_launch_the_run_cannot_honour_is_refused_before_joining(
+    variables: dict, device: str, message: str, monkeypatch
+) -> None:
+    from cl_lora.errors import BadInputError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key, value in variables.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        distributed.start(device)
+    assert not distributed.current().many  # nothing was joined
+
+
+def test_a_sweep_launched_as_many_processes_is_refused(monkeypatch, tmp_path, capsys) -> None:
+    from cl_lora.sweep.__main__ import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["--streams", "offline-text", "--output-dir", str(tmp_path)]) == 2
+    assert "launch it as one process" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -20,6 +20,7 @@ import pandas as pd
 from cl_lora import recipes
 from cl_lora.cli import OneLineParser, setup_logging
 from cl_lora.config import RunConfig
+from cl_lora.distributed import launched_world
 from cl_lora.errors import BadInputError
 from cl_lora.experiment import CHECKPOINT, finished_result, run_id_of
 from cl_lora.results import write_json
@@ -108,6 +109,12 @@ def _line(record: dict[str, Any]) -> str:
 
 def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the grid, printing one line per event; returns a record per run, in grid order."""
+    if launched_world() > 1:
+        raise BadInputError(
+            f"a sweep was launched as {launched_world()} processes: launch it as one process "
+            "(its runs spread over --backend local or ray), or launch single runs with "
+            "torchrun / accelerate launch -m cl_lora.run"
+        )
     if args.max_parallel is not None and args.max_parallel < 0:
         raise BadInputError("--max-parallel must be 0 (ray: no limit) or more")
     inits = args.inits if args.inits is not None else ([] if args.baselines else ["lora"])
