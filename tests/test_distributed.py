@@ -24,7 +24,9 @@ import pytest
 from llm_fixtures import tiny_llama_dir
 from safetensors.numpy import load_file
 
-from cl_lora import distributed
+from cl_lora import distributed, inits
+from cl_lora.baselines import BASELINES
+from cl_lora.plugins import PLUGINS
 
 SCRIPT = Path(__file__).with_name("multiprocess_stream.py")
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node"]
@@ -74,7 +76,8 @@ def test_a_batch_is_shared_in_contiguous_parts_that_cover_it_in_order() -> None:
     assert one == [[9], []]  # the second process's share is empty: it still takes part
 
 
-#: every data-reading init, the init with a training plugin, every baseline and plugin
+#: every init, baseline and plugin (lora-null and pissa in the two runs that share steps oddly)
+INITS = sorted(set(inits.available()) - {"lora-null", "pissa"})
 RUNS = {
     # 24 rows a task: steps of 23 and 1 rows (the second process's last share is empty);
     # 8 test rows in evaluation batches of 7 and 1
@@ -86,9 +89,9 @@ RUNS = {
         "grad_accumulation": 3,
         "plugins": {"replay": {"mem_size": 20}},
     },
-    **{init: {"init": init} for init in ("lora-ga", "lora-init", "lora-dash", "eva", "corda-kpm")},
-    **{name: {"baseline": name} for name in ("o-lora", "inflora", "seq-ft", "joint")},
-    **{name: {"plugins": {name: {}}} for name in ("ewc", "lwf")},
+    **{init: {"init": init} for init in INITS},
+    **{name: {"baseline": name} for name in BASELINES.available()},
+    **{name: {"plugins": {name: {}}} for name in sorted(set(PLUGINS.available()) - {"replay"})},
 }
 
 
