@@ -244,7 +244,7 @@ def check_replicas(model: torch.nn.Module, when: str) -> None:
     with torch.no_grad():
         for name, p in model.named_parameters():
             names.append(name)
-            sums.append(p.detach().double().sum().item())
+            sums.append(p.detach().sum(dtype=torch.float64).item())  # no float64 copy
     first, *others = gather_in_order(sums)
     for rank, values in enumerate(others, start=1):
         for name, a, b in zip(names, first, values, strict=True):
