@@ -198,6 +198,7 @@ class LoRAStrategy(SupervisedTemplate):
                 model.encoder, self.lora, layers, self.init, self.init_args, stats, generator
             )
             del stats  # before the next group's
+        # process 0's factors everywhere, before the history records them
         distributed.broadcast_tensors(t for a in adapters.values() for t in (a.A, a.B))
         return attach_adapters(model, self.lora, self.target_modules, adapters, self.history)
 
@@ -351,7 +352,6 @@ class LoRAStrategy(SupervisedTemplate):
         """Avalanche's evaluation loop, predicting through the problem: ``mb_output`` holds
         the batch's predicted label ids (a generation pass for a language model)."""
         for batch in self.dataloader:
-            local = None
             if batch is not None:
                 self.mbatch = batch
                 self._unpack_minibatch()
@@ -360,13 +360,20 @@ class LoRAStrategy(SupervisedTemplate):
                 with self.autocast(), torch.no_grad():
                     self.mb_output = self.problem.predict(self.model, self.mb_x, self.mb_task_id)
                 self._after_eval_forward(**kwargs)
-                local = (self.mb_output.cpu(), self.mb_y.cpu(), self.mb_task_id.cpu())
-            if distributed.current().many:  # the whole batch's predictions, in order
-                shares = [s for s in distributed.gather_in_order(local) if s is not None]
-                outputs, targets, tasks = (torch.cat(part) for part in zip(*shares, strict=True))
-                self.mb_output = outputs
-                self.mbatch = [self.mbatch[0] if local else {}, targets, tasks]
+            if distributed.current().many:
+                self._gather_predictions(has_share=batch is not None)
             self._after_eval_iteration(**kwargs)
+
+    def _gather_predictions(self, has_share: bool) -> None:
+        """The whole evaluation batch's predictions, targets and task ids, in order, from
+        every process's share (``mb_output`` and ``mbatch``, as the scorer reads them)."""
+        local = (
+            (self.mb_output.cpu(), self.mb_y.cpu(), self.mb_task_id.cpu()) if has_share else None
+        )
+        shares = [s for s in distributed.gather_in_order(local) if s is not None]
+        outputs, targets, tasks = (torch.cat(part) for part in zip(*shares, strict=True))
+        self.mb_output = outputs
+        self.mbatch = [self.mbatch[0] if has_share else {}, targets, tasks]
 
     def backward(self) -> None:
         """The micro-batch's loss, scaled by its share of the optimizer step, backwards (a
