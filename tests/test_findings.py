@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cl_lora.leaderboard.collect import collect_runs
 from cl_lora.leaderboard.findings import intermediate_report, main, plot_intermediate
@@ -180,3 +181,85 @@ def test_findings_tables_and_verdicts_are_rebuilt_from_their_run_folders(tmp_pat
     documents = [REPOSITORY / "README.md", *sorted((REPOSITORY / "docs").glob("*.md"))]
     documented = {tuple(c) for d in documents for c in findings_commands(d.read_text())}
     assert documented and documented <= {tuple(c) for c in findings_commands(text)}
+
+
+# -- finding (d): LoRA-Null's knowledge claim along a stream ------------------------------------
+def stream_grid(seeds: int = 5, pissa_acc: float = 0.8) -> pd.DataFrame:
+    """Three methods over a 3-task stream. LoRA-Null loses 0.1 nats per task, lora 0.3 and
+    pissa 0.1 after task 1 then 0.3 (so LoRA-Null keeps more than both only after tasks 2 and
+    3); Delta R^G: LoRA-Null -0.01, lora -0.05, pissa -0.01 (seed noise only)."""
+    noise = np.random.default_rng(3).normal(0, 0.004, size=(3, seeds, 4))
+    per_task = {"lora-null": [0.1, 0.1, 0.1], "lora": [0.3, 0.3, 0.3], "pissa": [0.1, 0.3, 0.3]}
+    general = {"lora-null": -0.01, "lora": -0.05, "pissa": -0.01}
+    acc = {"lora-null": 0.8, "lora": 0.8, "pissa": pissa_acc}
+    rows = []
+    for i, method in enumerate(per_task):
+        for seed in range(seeds):
+            drops = np.cumsum(per_task[method]) + noise[i, seed, :3]
+            rows.append(
+                dict(window=method, lr=1e-3 * (1 + seed), seed=seed, learning_acc=0.85,
+                     acc=acc[method] + noise[i, seed, 3], retention_drop=0.0, bwt=-0.05,
+                     loglik_drop=drops[-1], forgetting=0.05,
+                     general_ability=general[method] + noise[i, seed, 3] / 4,
+                     lr_edge="high" if (method, seed) == ("pissa", 2) else None,
+                     **{f"loglik_drop_{k + 1}": d for k, d in enumerate(drops)},
+                     **{"change mmlu acc": general[method], "change mmlu acc_norm": 0.0})
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_knowledge_stream_gives_its_verdicts_only_on_five_finished_seeds() -> None:
+    from cl_lora.leaderboard.knowledge import knowledge_stream_report, plot_knowledge_stream
+
+    grid = stream_grid()
+    table, verdict = knowledge_stream_report(grid)
+    # rule 1 at the end of the stream: lora and pissa both lose more (0.9 vs 0.3 nats)
+    assert verdict.startswith("LoRA-Null keeps the most knowledge: supported;")
+    # rule 3: lora's Delta R^G is lower, pissa's indistinguishable -> inconclusive
+    assert verdict.endswith("LoRA-Null keeps the most general ability: inconclusive")
+    assert "Seeds finished by all 3 methods: 0, 1, 2, 3, 4 (finished runs: lora 5" in table
+    # rule 2: pissa keeps as much after task 1, so the advantage holds after tasks 2 and 3 only
+    assert "after tasks: 2, 3; kept throughout: no." in table
+    assert re.search(r"\| pissa - lora-null \| [+-]0\.00\d ± [\d.]+ \| \+0\.20\d ± ", table)
+    assert (
+        "| pissa | 0.850 ± 0.000 | -0.050 ± 0.000 | 0.050 ± 0.000 | 0: 0.001, 1: 0.002" in table
+        and "| 2 (high) |" in table
+    )
+    # rule 4: a method with higher task accuracy is named in the verdict
+    assert (
+        ", at lower task accuracy than pissa;"
+        in knowledge_stream_report(stream_grid(pissa_acc=0.9))[1]
+    )
+    # four seeds: the tables, no verdict
+    table, verdict = knowledge_stream_report(stream_grid(seeds=4))
+    assert verdict == "none yet: 4 of 5 seeds finished by every method" and "| lora |" in table
+    assert len(plot_knowledge_stream(grid).axes) == 2
+
+
+def test_knowledge_stream_pairs_only_the_seeds_every_method_finished() -> None:
+    from cl_lora.leaderboard.knowledge import knowledge_stream_report
+
+    grid = stream_grid(seeds=6)
+    unfinished = (grid["window"] == "pissa") & (grid["seed"] == 5)
+    grid.loc[grid["window"] == "lora-null", "loglik_drop"] += np.where(
+        grid.loc[grid["window"] == "lora-null", "seed"] == 5, 10.0, 0.0
+    )  # seed 5's LoRA-Null would reverse the verdict if it counted
+    table, verdict = knowledge_stream_report(grid[~unfinished])
+    counts = "(finished runs: lora 6, lora-null 6, pissa 5)"
+    assert f"Seeds finished by all 3 methods: 0, 1, 2, 3, 4 {counts}" in table
+    assert verdict.startswith("LoRA-Null keeps the most knowledge: supported")
+
+
+def test_knowledge_stream_reads_each_runs_curves(tmp_path: Path) -> None:
+    from cl_lora.leaderboard.knowledge import _along_stream
+
+    probe = {"metric": "acc", "curve": [0.3, 0.25, 0.2],
+             "other_metrics": {"acc_norm": {"curve": [0.4, 0.5, None]}}}  # fmt: skip
+    result = {
+        "retention": {"gold_loglik": {"curve": [-2.0, -2.5, -3.25]}, "probes": {"mmlu": probe}},
+        "lr_search": {"edge": "low"},
+    }
+    row = _along_stream(result)
+    assert row["loglik_drop_1"] == 0.5 and row["loglik_drop_2"] == 1.25  # before - after task k
+    assert row["change mmlu acc"] == pytest.approx(-0.1)  # after the last task - before
+    assert np.isnan(row["change mmlu acc_norm"]) and row["lr_edge"] == "low"

@@ -6,7 +6,9 @@ runs were read.
         --out results/findings
 
 ``knowledge`` (Tang et al.'s LoRA-Null): knowledge kept by a language model, LoRA-Null
-against every other method (rule: :func:`knowledge_report`).
+against every other method (rule: :func:`~cl_lora.leaderboard.knowledge.knowledge_report`);
+``knowledge-stream`` the same claim along a stream of tasks, with the general-ability probes
+(rule: :func:`~cl_lora.leaderboard.knowledge.knowledge_stream_report`).
 
 ``versus-lora`` (e.g. Si et al.'s LoRA-Dash, LoRA-Init and LoRA-TSD): each method's task
 accuracy against plain LoRA on the same seeds (rule: :func:`versus_lora_report`).
@@ -21,7 +23,6 @@ lowest to the highest rate is larger at both ends than at ``f=0.5`` (paired inte
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,15 @@ from cl_lora.cli import OneLineParser
 from cl_lora.errors import BadInputError
 from cl_lora.leaderboard.aggregate import interval
 from cl_lora.leaderboard.collect import collect_runs
+from cl_lora.leaderboard.knowledge import (
+    knowledge_grid,
+    knowledge_report,
+    knowledge_stream_grid,
+    knowledge_stream_report,
+    plot_knowledge,
+    plot_knowledge_stream,
+)
+from cl_lora.leaderboard.paired import by_method, cell, outcome, paired, side_of_zero
 
 MIDDLE, ENDS = 0.5, (0.0, 1.0)
 METRICS = {"retention_drop": "pretrained-probe drop", "forgetting": "task forgetting"}
@@ -51,45 +61,10 @@ def intermediate_grid(runs: pd.DataFrame) -> pd.DataFrame:
     return grid[["stream", "window", "lr", "seed", "acc", "learning_acc", *METRICS]]
 
 
-def paired(grid: pd.DataFrame, metric: str, a: object, b: object, lr: float | None = None) -> tuple:
-    """Mean, 95% half-width and count of ``metric(a) - metric(b)`` over the seeds both have
-    (at rate ``lr``; ``None``: whatever rate each trained at)."""
-    rows = grid if lr is None else grid[grid["lr"] == lr]
-    at = rows.pivot_table(index="seed", columns="window", values=metric)
-    if not {a, b} <= set(at.columns):
-        return math.nan, math.nan, 0
-    both = at[[a, b]].dropna()
-    mean, _, n, half = interval((both[a] - both[b]).to_numpy())
-    return mean, half, n
-
-
 def _growth(grid: pd.DataFrame, low: float, high: float) -> pd.DataFrame:
     """Per seed and window, the probe drop at ``high`` minus the drop at ``low``."""
     wide = grid.pivot_table(index=["seed", "window"], columns="lr", values="retention_drop")
     return (wide[high] - wide[low]).rename("retention_drop").reset_index().assign(lr=high)
-
-
-def _cell(mean: float, half: float, signed: bool = True) -> str:
-    """``mean ± half`` (a difference with its sign), ``-`` when there is nothing to show."""
-    if not np.isfinite(mean):
-        return "-"
-    value = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return f"{value} ± {half:.3f}" if np.isfinite(half) else value
-
-
-def _holds(mean: float, half: float) -> bool | None:
-    """True: interval above 0; False: below 0; None: it contains 0."""
-    if not (np.isfinite(mean) and np.isfinite(half)):
-        return None
-    return True if mean - half > 0 else False if mean + half < 0 else None
-
-
-def _verdict(results: Sequence[bool | None]) -> str:
-    if results and all(result is True for result in results):
-        return "supported"
-    if any(result is False for result in results):
-        return "not supported"
-    return "inconclusive"
 
 
 def intermediate_report(grid: pd.DataFrame) -> tuple[str, str]:
@@ -107,7 +82,7 @@ def intermediate_report(grid: pd.DataFrame) -> tuple[str, str]:
             if rows.empty:
                 continue
             cells = [
-                _cell(*interval(rows[m].to_numpy())[::3], signed=False)
+                cell(*interval(rows[m].to_numpy())[::3], signed=False)
                 for m in ("learning_acc", "acc", *METRICS)
             ]
             name = f"f={window:g}" if not isinstance(window, str) else window
@@ -120,24 +95,24 @@ def intermediate_report(grid: pd.DataFrame) -> tuple[str, str]:
     u_results = []
     for lr in rates:
         ends = [paired(grid, "retention_drop", end, MIDDLE, lr) for end in ENDS]
-        holds = [_holds(mean, half) for mean, half, _ in ends]
+        holds = [side_of_zero(mean, half) for mean, half, _ in ends]
         u = True if all(h is True for h in holds) else False if False in holds else None
         u_results.append(u)
         lines.append(
-            f"| {lr:g} | {_cell(*ends[0][:2])} | {_cell(*ends[1][:2])} | "
+            f"| {lr:g} | {cell(*ends[0][:2])} | {cell(*ends[1][:2])} | "
             f"{ {True: 'yes', False: 'no', None: 'unclear'}[u] } |"
         )
-    verdicts = [f"U-shape in f (every rate): {_verdict(u_results)}"]
+    verdicts = [f"U-shape in f (every rate): {outcome(u_results)}"]
     if len(rates) >= 2:
         growth = _growth(grid, rates[0], rates[-1])
         ends = [paired(growth, "retention_drop", end, MIDDLE, rates[-1]) for end in ENDS]
         lines += [
             "",
             f"Growth of the probe drop from lr {rates[0]:g} to {rates[-1]:g}, end minus middle: "
-            f"f=0 {_cell(*ends[0][:2])}, f=1 {_cell(*ends[1][:2])}",
+            f"f=0 {cell(*ends[0][:2])}, f=1 {cell(*ends[1][:2])}",
         ]
-        robust = [_holds(mean, half) for mean, half, _ in ends]
-        verdicts.append(f"intermediate windows more robust to high rates: {_verdict(robust)}")
+        robust = [side_of_zero(mean, half) for mean, half, _ in ends]
+        verdicts.append(f"intermediate windows more robust to high rates: {outcome(robust)}")
     return "\n".join(lines), "; ".join(verdicts)
 
 
@@ -166,16 +141,10 @@ def plot_intermediate(grid: pd.DataFrame) -> Figure:
     return fig
 
 
-def _by_method(runs: pd.DataFrame) -> pd.DataFrame:
-    """``runs`` with ``window`` = the method with its arguments (``lora-dash(t=20)``), without
-    the leaderboard's ``[setting=...]`` suffix."""
-    return runs.assign(window=runs["method"].str.replace(r" \[.*\]$", "", regex=True))
-
-
 def method_grid(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: ``window`` the method, ``lr`` the rate it trained at (the searched one,
     when searched)."""
-    return _by_method(runs)[["stream", "window", "lr", "seed", "acc", "learning_acc", "forgetting"]]
+    return by_method(runs)[["stream", "window", "lr", "seed", "acc", "learning_acc", "forgetting"]]
 
 
 def versus_lora_report(grid: pd.DataFrame) -> tuple[str, str]:
@@ -187,15 +156,15 @@ def versus_lora_report(grid: pd.DataFrame) -> tuple[str, str]:
     verdicts = []
     for method, rows in grid.groupby("window", sort=True):
         cells = [
-            _cell(*interval(rows[m].to_numpy())[::3], signed=False)
+            cell(*interval(rows[m].to_numpy())[::3], signed=False)
             for m in ("learning_acc", "acc", "forgetting")
         ]
         rates = ", ".join(f"{lr:g}" for lr in sorted(rows["lr"].unique()))
         diff = "-"
         if method != "lora":
             mean, half, _ = paired(grid, "acc", method, "lora")
-            diff = _cell(mean, half)
-            verdicts.append(f"{method} better than lora: {_verdict([_holds(mean, half)])}")
+            diff = cell(mean, half)
+            verdicts.append(f"{method} better than lora: {outcome([side_of_zero(mean, half)])}")
         lines.append(f"| {method} | {len(rows)} | {rates} | " + " | ".join(cells) + f" | {diff} |")
     return "\n".join(lines), "; ".join(verdicts)
 
@@ -218,66 +187,9 @@ def plot_versus_lora(grid: pd.DataFrame) -> Figure:
     return fig
 
 
-KNOWLEDGE_REFERENCE = "lora-null"
-
-
-def knowledge_grid(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: ``window`` the method, task ``acc``, and the knowledge probe's drops
-    (``retention_drop``: exact match; ``loglik_drop``: gold-answer log-likelihood per token)."""
-    grid = _by_method(runs[runs["loglik_drop"].notna()])  # language models score the probe
-    columns = ["stream", "window", "lr", "seed", "acc", "learning_acc", "retention_drop"]
-    return grid[[*columns, "loglik_drop"]]
-
-
-def knowledge_report(grid: pd.DataFrame) -> tuple[str, str]:
-    """LoRA-Null against every other method on the same seeds. Rule: it keeps more knowledge
-    than a method when that method's log-likelihood drop minus LoRA-Null's has a 95% interval
-    above 0 (below 0: it keeps less); the claim holds when that is so for every other method.
-    The task ACC difference is shown beside it ("at comparable task accuracy")."""
-    lines = [
-        "| method | seeds | ACC | NQ exact-match drop | gold log-lik drop | "
-        "drop - lora-null's drop | ACC - lora-null's ACC |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    results = []
-    for method, rows in grid.groupby("window", sort=True):
-        cells = [
-            _cell(*interval(rows[m].to_numpy(dtype=float))[::3], signed=False)
-            for m in ("acc", "retention_drop", "loglik_drop")
-        ]
-        diffs = ["-", "-"]
-        if method != KNOWLEDGE_REFERENCE:
-            pairs = [
-                paired(grid, metric, method, KNOWLEDGE_REFERENCE)
-                for metric in ("loglik_drop", "acc")
-            ]
-            diffs = [_cell(mean, half) for mean, half, _ in pairs]
-            results.append(_holds(*pairs[0][:2]))
-        lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells + diffs) + " |")
-    return "\n".join(lines), f"LoRA-Null keeps the most knowledge: {_verdict(results)}"
-
-
-def plot_knowledge(grid: pd.DataFrame) -> Figure:
-    """Gold-answer log-likelihood drop against task ACC, one point per method (mean ± 95% CI
-    both ways) and every seed as a faint dot."""
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
-    ax = fig.subplots()
-    for index, (method, rows) in enumerate(grid.groupby("window", sort=True)):
-        acc, _, _, acc_half = interval(rows["acc"].to_numpy(dtype=float))
-        drop, _, _, drop_half = interval(rows["loglik_drop"].to_numpy(dtype=float))
-        color = f"C{index}"
-        ax.scatter(rows["acc"], rows["loglik_drop"], s=10, color=color, alpha=0.4)
-        ax.errorbar([acc], [drop], xerr=[np.nan_to_num(acc_half)], yerr=[np.nan_to_num(drop_half)],
-                    fmt="o", capsize=3, color=color, label=method)  # fmt: skip
-    ax.set_xlabel("task ACC after the last task")
-    ax.set_ylabel("NQ-open gold-answer log-lik drop (nats/token)")
-    ax.legend(fontsize=8)
-    fig.suptitle("pretrained knowledge lost (lower keeps more) against task accuracy", fontsize=10)
-    return fig
-
-
 FINDINGS = {
     "knowledge": (knowledge_grid, knowledge_report, plot_knowledge),
+    "knowledge-stream": (knowledge_stream_grid, knowledge_stream_report, plot_knowledge_stream),
     "intermediate": (intermediate_grid, intermediate_report, plot_intermediate),
     "versus-lora": (method_grid, versus_lora_report, plot_versus_lora),
 }
