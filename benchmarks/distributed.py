@@ -1,7 +1,8 @@
 """Training throughput of one run on 1 process against the same run on N processes
-(``torch.distributed.run``), on the same machine, and the share of the multi-process run's time
-spent exchanging data (gradient sums, gathered predictions, broadcasts, waiting for the slowest
-process).
+(``torch.distributed.run``), data parallel and with the backbone's weights sharded (FSDP2), on
+the same machine, and the share of the multi-process run's time spent in the suite's own
+exchanges (gradient sums, gathered predictions, broadcasts, waiting for the slowest process;
+FSDP2's weight gathers happen inside the forward and backward and count as training time).
 
 Each side runs ``python -m cl_lora.run`` with the same arguments; one process gets all the
 machine's threads (``--threads``), N processes split them. Tokens per second count the training
@@ -54,8 +55,18 @@ def _arguments(settings: Settings, out: Path) -> list[str]:
     return argv + (["--backbone", settings.backbone] if settings.backbone else [])
 
 
-def _run(settings: Settings, processes: int, out: Path) -> dict[str, Any]:
-    """One run on ``processes`` processes; its result.json."""
+#: the sides measured: label -> (processes, or 0 for --processes; environment variables)
+SIDES = {
+    "1": (1, {}),
+    "N": (0, {}),
+    "N fsdp2": (0, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}),
+}
+
+
+def _run(
+    settings: Settings, processes: int, out: Path, variables: dict[str, str]
+) -> dict[str, Any]:
+    """One run on ``processes`` processes (with environment ``variables``); its result.json."""
     threads = max(1, settings.threads // processes)
     launch = (
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
@@ -66,7 +77,7 @@ def _run(settings: Settings, processes: int, out: Path) -> dict[str, Any]:
         [*launch, "-m", "cl_lora.run", *_arguments(settings, out)],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+        env={**os.environ, "OMP_NUM_THREADS": str(threads), **variables},
     )
     if done.returncode != 0:
         raise BadInputError(f"the {processes}-process run failed: {done.stderr.strip()[-500:]}")
@@ -112,28 +123,32 @@ def measure(settings: Settings) -> dict[str, Any]:
     if settings.processes < 2:
         raise BadInputError("--processes must be at least 2 (the other side is one process)")
     tokens = training_tokens(settings)
-    results: dict[int, list[dict[str, Any]]] = {1: [], settings.processes: []}
+    sides = {
+        label.replace("N", str(settings.processes)): (n or settings.processes, variables)
+        for label, (n, variables) in SIDES.items()
+    }
+    results: dict[str, list[dict[str, Any]]] = {label: [] for label in sides}
     with tempfile.TemporaryDirectory() as folder:
 
-        def side(processes: int):
+        def side(label: str):
+            processes, variables = sides[label]
+
             def call() -> float:
-                out = Path(folder) / f"{processes}-{len(results[processes])}"  # a fresh run
-                result = _run(settings, processes, out)
-                results[processes].append(result)
+                out = Path(folder) / f"{label.replace(' ', '-')}-{len(results[label])}"
+                result = _run(settings, processes, out, variables)
+                results[label].append(result)
                 return sum(result["timings"]["train_s"])
 
             return call
 
-        seconds = alternating_calls(
-            {str(n): side(n) for n in results}, settings.repeats
-        )  # fmt: skip
+        seconds = alternating_calls({label: side(label) for label in sides}, settings.repeats)
     rows = {}
-    for processes, runs in results.items():
+    for label, runs in results.items():
         last = runs[-1]
-        train = min(seconds[str(processes)])
+        train = min(seconds[label])
         evaluated = sum(last["timings"]["eval_s"])
         exchanged = last["processes"]["communication_s"]
-        rows[str(processes)] = {
+        rows[label] = {
             "train_s": train,
             "tokens_per_s": tokens / train,
             "eval_s": evaluated,
@@ -151,8 +166,8 @@ def table(result: dict[str, Any]) -> str:
         f"{settings['stream']} ({settings['tasks']}), {settings['init']}, "
         f"{result['tokens_per_epoch']} training tokens, batch {settings['batch_size']}, "
         f"{settings['threads']} threads in all",
-        "| processes | train s | tokens/s | vs 1 process | eval s | communication s | "
-        "communication share |",
+        "| processes | train s | tokens/s | vs 1 process | eval s | exchanges s | "
+        "exchanges share |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for processes, row in sides.items():

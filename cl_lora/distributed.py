@@ -14,10 +14,13 @@ numbers independent of the process count:
   process on the same data, and each task's adapters are broadcast from process 0 and the
   replicas checked (:func:`check_replicas`), so a divergence stops the run instead of skewing it.
 
+Every process holds the whole model, unless accelerate's FSDP config asks for FSDP2: then the
+backbone's frozen weights are sharded (:mod:`cl_lora.sharding`) and the rest works as above.
+
 Gradients are summed by these functions at the optimizer step (in buckets) instead of wrapping
 the model in DDP: the trainable set changes every task and plugins add loss terms outside the
-forward, which DDP's reducer would have to be rebuilt around each time. FSDP and DeepSpeed
-configs are refused (:func:`start`): every process holds the whole model.
+forward, which DDP's reducer would have to be rebuilt around each time. DeepSpeed configs are
+refused (:func:`start`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from cl_lora import sharding
 from cl_lora.errors import BadInputError, RunFailure
 
 T = TypeVar("T")
@@ -45,6 +49,7 @@ class Processes:
     world: int = 1
     local_rank: int = 0
     backend: str | None = None
+    fsdp: sharding.ShardingConfig | None = None  # FSDP2: the backbone's weights sharded
 
     @property
     def main(self) -> bool:
@@ -59,6 +64,7 @@ class Processes:
         return {
             "world_size": self.world,
             "backend": self.backend,
+            "sharding": None if self.fsdp is None else "fsdp2",
             "communication_s": communication_seconds(),
         }
 
@@ -113,16 +119,12 @@ def start(device: str) -> Processes:
     global _current
     if launched_world() == 1 or _current.many:
         return _current
-    for variable, name in (
-        ("ACCELERATE_USE_FSDP", "FSDP"),
-        ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
-    ):
-        if os.environ.get(variable, "").lower() in ("1", "true"):
-            raise BadInputError(
-                f"{name} is not supported: a multi-process run is data parallel and every "
-                "process holds the whole model; launch without the FSDP/DeepSpeed config (use "
-                "--precision bf16 and --gradient-checkpointing to fit one device)"
-            )
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        raise BadInputError(
+            "DeepSpeed is not supported: launch with a data-parallel config, or an FSDP config "
+            "with fsdp_version: 2 to shard a backbone that does not fit one device"
+        )
+    shards = sharding.requested()
     if device.startswith("cuda:"):
         raise BadInputError(
             f"--device {device} names one GPU, but {launched_world()} processes were launched: "
@@ -136,6 +138,7 @@ def start(device: str) -> Processes:
         world=state.num_processes,
         local_rank=state.local_process_index,
         backend=state.backend,
+        fsdp=shards,
     )
     return _current
 
@@ -143,6 +146,12 @@ def start(device: str) -> Processes:
 def current() -> Processes:
     """This process's place (one process until :func:`start` joined a group)."""
     return _current
+
+
+def sharded() -> bool:
+    """Whether the backbone's weights are sharded over the processes (FSDP2): then every
+    process must run the same forwards (:mod:`cl_lora.sharding`)."""
+    return _current.many and _current.fsdp is not None
 
 
 def run_device(device: torch.device) -> torch.device:
@@ -183,11 +192,19 @@ def gather_in_order(item: Any) -> list[Any]:
 
 def map_shared(items: Sequence[T], work: Callable[[Sequence[T]], list[Any]]) -> list[Any]:
     """``work(items)`` with the items split over the processes: each process runs ``work`` on
-    its share (:func:`share`) and every process gets all results, in the items' order."""
+    its share (:func:`share`) and every process gets all results, in the items' order. Under
+    FSDP2 the shares are padded to one length (results of the padding dropped), so that every
+    process runs as many forwards."""
     if not _current.many:
         return work(items)
     mine = share(items)
-    return [result for part in gather_in_order(work(mine) if mine else []) for result in part]
+    if _current.fsdp is not None and items:  # every process runs the same forwards
+        longest = -(-len(items) // _current.world)
+        padding = [(mine or items)[-1]] * (longest - len(mine))
+        results = work([*mine, *padding])[: len(mine)]
+    else:
+        results = work(mine) if mine else []
+    return [result for part in gather_in_order(results) for result in part]
 
 
 @_communicating
@@ -237,12 +254,15 @@ def broadcast_rng() -> None:
 
 def check_replicas(model: torch.nn.Module, when: str) -> None:
     """Stop the run if any parameter differs between processes (compared through exact
-    per-tensor sums): replicas that drifted apart would train different models."""
+    per-tensor sums): replicas that drifted apart would train different models. Sharded
+    weights (FSDP2) are not replicas and are left out."""
     if not _current.many:
         return
     names, sums = [], []
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if sharding.is_sharded(p):
+                continue
             names.append(name)
             sums.append(p.detach().sum(dtype=torch.float64).item())  # no float64 copy
     first, *others = gather_in_order(sums)

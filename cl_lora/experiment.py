@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl_lora import distributed, streams
+from cl_lora import distributed, sharding, streams
 from cl_lora.backbones import Backbone, Family, LoadOptions, family_for
 from cl_lora.backbones.base import weights_fingerprint
 from cl_lora.config import DEFAULT_MAX_LENGTH, RunConfig, resolve_device
@@ -70,16 +70,26 @@ def prepare_backbone(config: RunConfig, stream: streams.Stream) -> tuple[Family,
     return family, name
 
 
-def load_backbone(family: Family, name: str, config: RunConfig, device: torch.device) -> Backbone:
+def load_backbone(
+    family: Family, name: str, config: RunConfig, device: torch.device, fingerprint: bool = False
+) -> Backbone:
     """``name`` loaded by ``family`` with the run's token budget, weight precision (bf16
-    weights for bf16 runs on CUDA) and gradient checkpointing."""
+    weights for bf16 runs on CUDA) and gradient checkpointing; with ``fingerprint``, its
+    weights hashed into ``source["fingerprint"]``; then sharded over the processes when the
+    launch asks for FSDP2."""
     bf16_weights = config.precision == "bf16" and device.type == "cuda"
     options = LoadOptions(
         max_length=config.max_length,
         dtype=torch.bfloat16 if bf16_weights else torch.float32,
         gradient_checkpointing=config.gradient_checkpointing,
     )
-    return family.load(name, options)
+    backbone = family.load(name, options)
+    if fingerprint:  # of the whole weights, before any sharding
+        backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
+    processes = distributed.current()
+    if distributed.sharded():
+        sharding.shard(backbone.encoder, processes.fsdp, device, processes.world)
+    return backbone
 
 
 def problem_for(stream: streams.Stream, backbone: Backbone, config: RunConfig) -> Problem:
@@ -291,6 +301,8 @@ def run_experiment(
         ),
     )
     method.check_problem(stream.problem)
+    if distributed.sharded():
+        method.check_sharding()
     check_per_task(config, stream)
     knowledge = parse_knowledge(config.knowledge)
     check_knowledge(knowledge, stream.problem, config.lm_eval_include)
@@ -312,8 +324,7 @@ def run_experiment(
         )
         lr = lr_search.chosen
     seed_everything(config.seed)
-    backbone = load_backbone(family, name, config, device)
-    backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
+    backbone = load_backbone(family, name, config, device, fingerprint=True)
     problem = problem_for(stream, backbone, config)
     main = processes.main  # the one process that writes files and logs to trackers
     trackers = RunTrackers(track, run_id, config.to_dict(), run_dir) if track and main else None

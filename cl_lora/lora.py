@@ -7,7 +7,8 @@ folds in) is held as frozen factors (:class:`PendingDelta`) until the task's one
 function of the weight before it and of low-rank factors, so a
 :class:`~cl_lora.deltas.LoRAHistory` passed to these functions can record the factors and
 rebuild the weights bit for bit from the pretrained ones (what a checkpoint stores instead of
-the model).
+the model). A sharded weight (FSDP2) is gathered whole for the init and the merge, and the
+merge writes each process's shard (:mod:`cl_lora.sharding`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from cl_lora.backbones import ContinualClassifier
 from cl_lora.inits import InitMethod
+from cl_lora.sharding import full_weight, write_weight
 
 ADAPTER = "default"
 
@@ -187,7 +189,7 @@ def adapter_delta(layer: LoraLayer) -> torch.Tensor:
 def frozen_weight(layer: LoraLayer) -> torch.Tensor:
     """The layer's frozen part ``W - s B_0 A_0 + folds`` in float32 (the init's residual,
     which is no longer written into the weight)."""
-    weight = layer.get_base_layer().weight.detach().float()
+    weight = full_weight(layer.get_base_layer().weight.detach()).float()
     pending = _pending_dense(layer)
     return weight if pending is None else weight + pending
 
@@ -195,9 +197,10 @@ def frozen_weight(layer: LoraLayer) -> torch.Tensor:
 @torch.no_grad()
 def merge_adapter(layer: LoraLayer) -> None:
     """Write ``W + s (B A - B_0 A_0) + folds`` into the base weight: summed in float32, cast
-    once to the weight's dtype."""
+    once to the weight's dtype (into this process's shard when the weight is sharded)."""
     weight = layer.get_base_layer().weight
-    weight.copy_(weight.float() + adapter_delta(layer))
+    merged = full_weight(weight).float() + adapter_delta(layer)
+    write_weight(weight, merged.to(weight.dtype))
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,7 @@ def initial_adapters(
         if name not in chosen:
             continue
         factors = init(
-            module.weight,
+            full_weight(module.weight),  # whole, when sharded
             rank=settings.rank,
             scale=lora_scale(settings),
             stats=stats.get(name, {}),

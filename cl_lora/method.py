@@ -42,6 +42,13 @@ from cl_lora.streams import Stream
 DEFAULT_INIT = "lora"
 
 
+#: Methods that FSDP2 (frozen base weights sharded, adapters whole) cannot run, and why.
+NOT_SHARDABLE = {
+    "baseline seq-ft": "it trains every base weight, and the sharding here is of frozen weights",
+    "plugin ewc": "its penalty reads every adapted base weight at each step",
+}
+
+
 @dataclass(frozen=True)
 class Method:
     """A resolved method: the config with every argument resolved (what the run id hashes and
@@ -58,6 +65,20 @@ class Method:
         """Bad input when the baseline has no meaning for the stream's ``problem`` kind."""
         if self.config.baseline is not None:
             BASELINES.get(self.config.baseline).check_problem(problem)
+
+    def check_sharding(self) -> None:
+        """Bad input when the method needs what sharded weights (FSDP2) do not give: a base
+        weight's gradient, or base weights that train or are read at every step."""
+        parts = [f"baseline {self.config.baseline}", *(f"plugin {p}" for p in self.config.plugins)]
+        refused = [(part, NOT_SHARDABLE[part]) for part in parts if part in NOT_SHARDABLE]
+        if self.init is not None and "grad" in self.init.needs:
+            refused.append((f"init {self.init.name}", "it reads the base weights' gradients"))
+        if refused:
+            part, why = refused[0]
+            raise BadInputError(
+                f"{part} cannot run with sharded weights (FSDP2): {why}; launch it with a "
+                "data-parallel config"
+            )
 
     def build_strategy(
         self,

@@ -8,9 +8,13 @@ each an object of ``make_strategy`` settings (init, batch_size, baseline, ...), 
 ``"plugins"`` ({name: arguments}), ``"tasks"`` (default 2), ``"fail_on_rank"``: a process that
 raises a run failure at its first optimizer step, and ``"seed_per_rank"``: each process seeds
 its init with its rank. For run ``i`` each process writes ``OUT/run<i>-rank<r>.json``: per
-optimizer step the rows (token ids, padding removed) it trained on; per task the adapter factors
-right after the init and every parameter after the task; per evaluation batch the predictions it
-holds; the matrix.
+optimizer step the rows (token ids, padding removed) it trained on (and how many stand-in
+micro-batches it ran, whose loss counts 0); per task the adapter factors and the adapted
+layers' base weights right after the init and every parameter after the task; per evaluation
+batch the predictions it holds; the matrix. Launched with accelerate's FSDP2 variables
+(``ACCELERATE_USE_FSDP=true FSDP_VERSION=2``), the backbone's weights are sharded as a run
+shards them; the weights are then recorded whole, with ``local_share``: the fraction of the
+sharded weights' elements this process holds.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from pathlib import Path
 import torch
 from conftest import make_strategy, make_toy_stream, tiny_backbone
 
-from cl_lora import distributed
+from cl_lora import distributed, sharding
 from cl_lora.errors import RunFailure
 from cl_lora.experiment import seed_everything
 from cl_lora.lora import ADAPTER, lora_layers
 from cl_lora.plugins import PLUGINS
+from cl_lora.sharding import full_weight
 from cl_lora.strategy import run_stream
 
 from avalanche.core import SupervisedPlugin  # isort: skip (after cl_lora's torchvision shim)
@@ -41,16 +46,28 @@ class Recorder(SupervisedPlugin):
         self.factors: list[dict[str, list]] = []
         self.weights: list[dict[str, list]] = []
         self.predictions: list[list[int]] = []
+        self.stand_ins = 0
+        self.bases: list[dict[str, list]] = []
 
     def before_training_iteration(self, strategy, **kwargs) -> None:
         self.steps.append([])
 
     def before_forward(self, strategy, **kwargs) -> None:
+        if strategy.loss_share == 0:  # a stand-in (sharded weights, empty share): counts 0
+            self.stand_ins += 1
+            return
         ids, mask = strategy.mb_x["input_ids"], strategy.mb_x["attention_mask"].bool()
         self.steps[-1] += [row[keep].tolist() for row, keep in zip(ids, mask, strict=True)]
 
     def before_training_epoch(self, strategy, **kwargs) -> None:
         if strategy.clock.train_exp_epochs == 0:  # right after the task's init
+            layers = lora_layers(strategy.model.encoder).items()
+            self.bases.append(  # the base weights the earlier tasks' merges left
+                {
+                    name: full_weight(layer.get_base_layer().weight).tolist()
+                    for name, layer in layers
+                }
+            )
             self.factors.append(
                 {
                     name: [
@@ -62,7 +79,9 @@ class Recorder(SupervisedPlugin):
             )
 
     def after_training_exp(self, strategy, **kwargs) -> None:
-        self.weights.append({n: p.tolist() for n, p in strategy.model.named_parameters()})
+        self.weights.append(
+            {n: full_weight(p).tolist() for n, p in strategy.model.named_parameters()}
+        )
 
     def after_eval_iteration(self, strategy, **kwargs) -> None:
         self.predictions.append(strategy.mb_output.tolist())
@@ -86,6 +105,9 @@ def train(settings: dict, processes: distributed.Processes) -> dict:
     for module in backbone.encoder.modules():  # dropout draws per process: off, to compare
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
+    if distributed.sharded():
+        sharding.shard(backbone.encoder, processes.fsdp, torch.device("cpu"), processes.world)
+    sharded = [p for p in backbone.encoder.parameters() if sharding.is_sharded(p)]
     recorder = Recorder()
     plugins = [PLUGINS.get(name).build(args) for name, args in settings.pop("plugins", {}).items()]
     plugins += [recorder] + ([FailingStep()] if processes.rank == fail_on else [])
@@ -95,9 +117,14 @@ def train(settings: dict, processes: distributed.Processes) -> dict:
         "world": processes.world,
         "steps": recorder.steps,
         "factors": recorder.factors,
+        "bases": recorder.bases,
         "weights": recorder.weights,
         "predictions": recorder.predictions,
         "matrix": outcome.matrix.tolist(),
+        "stand_ins": recorder.stand_ins,
+        "local_share": sum(p.to_local().numel() for p in sharded) / sum(p.numel() for p in sharded)
+        if sharded
+        else 1.0,
     }
 
 

@@ -232,8 +232,9 @@ def test_probes_benchmark_scores_each_probe_once_on_its_sample() -> None:
 
 
 def test_distributed_benchmark_runs_one_command_on_one_and_two_processes(tmp_path: Path) -> None:
-    """Both sides train the same stream to the same matrix; tokens/s is the stream's training
-    tokens over each side's training time; only the two-process side exchanges data."""
+    """All sides (one process; two, data parallel; two, FSDP2) train the same stream to the
+    same matrix; tokens/s is the stream's training tokens over each side's training time; only
+    the two-process sides exchange data."""
     from llm_fixtures import tiny_llama_dir
 
     from benchmarks import distributed
@@ -241,12 +242,13 @@ def test_distributed_benchmark_runs_one_command_on_one_and_two_processes(tmp_pat
     llama = tiny_llama_dir(tmp_path)
     argv = ["--backbone", llama, "--max-train-per-task", "6", "--max-test-per-task", "3"]
     result = distributed.main(argv)
-    one, two = result["sides"]["1"], result["sides"]["2"]
-    assert one["matrix"] == two["matrix"]
+    one, two, sharded = (result["sides"][side] for side in ("1", "2", "2 fsdp2"))
+    assert one["matrix"] == two["matrix"] == sharded["matrix"]
     settings = distributed.Settings(backbone=llama, max_train_per_task=6, max_test_per_task=3)
     assert result["tokens_per_epoch"] == distributed.training_tokens(settings) > 0
-    for side in (one, two):
+    for side in (one, two, sharded):
         assert side["tokens_per_s"] == pytest.approx(result["tokens_per_epoch"] / side["train_s"])
     assert one["communication_s"] == 0 and 0 < two["communication_share"] < 1
+    assert 0 < sharded["communication_share"] < 1
     with pytest.raises(BadInputError, match="--processes must be at least 2"):
         distributed.measure(distributed.Settings(processes=1))

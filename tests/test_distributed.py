@@ -36,15 +36,21 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent.parent)}
 
 
-def _toy(out: Path, processes: int, runs: list[dict]) -> list[list[dict]]:
-    """``runs`` trained in one launch of ``processes`` processes: per run, each process's
-    record (see tests/multiprocess_stream.py)."""
+#: accelerate's variables for an FSDP2 config (what ``accelerate launch --config_file`` sets)
+FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+
+
+def _toy(
+    out: Path, processes: int, runs: list[dict], variables: dict | None = None
+) -> list[list[dict]]:
+    """``runs`` trained in one launch of ``processes`` processes (with environment
+    ``variables``): per run, each process's record (see tests/multiprocess_stream.py)."""
     out.mkdir(parents=True)
     done = subprocess.run(
         [*LAUNCH, str(processes), str(SCRIPT), str(out), json.dumps(runs)],
         capture_output=True,
         text=True,
-        env=_environment(),
+        env={**_environment(), **(variables or {})},
         cwd=SCRIPT.parent,
         timeout=900,
     )
@@ -95,20 +101,36 @@ RUNS = {
 }
 
 
+#: what FSDP2 runs: all but the methods it refuses (Method.check_sharding)
+SHARDED_RUNS = [name for name in RUNS if name not in ("lora-ga", "seq-ft", "ewc")]
+
+
 @pytest.fixture(scope="module")
-def toy_runs(tmp_path_factory) -> dict[str, tuple[dict, dict, dict]]:
-    """Per run of :data:`RUNS`: the one-process record and the two processes' records."""
+def toy_runs(tmp_path_factory) -> dict[tuple[str, str], tuple[dict, dict, dict]]:
+    """Per (launch, run of :data:`RUNS`): the one-process record and the two processes'
+    records, launched data parallel and with the weights sharded (FSDP2)."""
     out = tmp_path_factory.mktemp("toy")
     (alone,) = zip(*_toy(out / "one", 1, list(RUNS.values())), strict=True)
+    one = dict(zip(RUNS, alone, strict=True))
     pairs = _toy(out / "two", 2, list(RUNS.values()))
-    return {name: (one, *pair) for name, one, pair in zip(RUNS, alone, pairs, strict=True)}
+    sharded = _toy(out / "fsdp2", 2, [RUNS[name] for name in SHARDED_RUNS], FSDP2)
+    return {
+        **{("ddp", name): (one[name], *pair) for name, pair in zip(RUNS, pairs, strict=True)},
+        **{("fsdp2", n): (one[n], *pair) for n, pair in zip(SHARDED_RUNS, sharded, strict=True)},
+    }
 
 
-@pytest.mark.parametrize("name", RUNS)
+@pytest.mark.parametrize(
+    ("launch", "name"), [("ddp", name) for name in RUNS] + [("fsdp2", n) for n in SHARDED_RUNS]
+)
 def test_two_processes_train_on_shares_of_the_batch_and_end_where_one_process_does(
-    name: str, toy_runs
+    launch: str, name: str, toy_runs
 ) -> None:
-    alone, first, second = toy_runs[name]
+    alone, first, second = toy_runs[launch, name]
+    # FSDP2: each process holds half of the backbone's weights (data parallel: all of them)
+    expected_share = 0.5 if launch == "fsdp2" else 1.0
+    assert first["local_share"] == pytest.approx(expected_share, abs=0.01)
+    assert second["local_share"] == pytest.approx(expected_share, abs=0.01)
 
     # every optimizer step: the two shares together are exactly the one process's batch, and
     # neither process trained on the whole of it
@@ -116,6 +138,10 @@ def test_two_processes_train_on_shares_of_the_batch_and_end_where_one_process_do
     for whole, a, b in zip(alone["steps"], first["steps"], second["steps"], strict=True):
         assert Counter(map(tuple, a + b)) == Counter(map(tuple, whole))
         assert len(a) < len(whole) or not b
+    # an empty share: under FSDP2 that process runs a stand-in (loss counted 0) instead
+    if name == "lora-null":
+        assert second["stand_ins"] == (2 if launch == "fsdp2" else 0)  # one per task
+        assert first["stand_ins"] == alone["stand_ins"] == 0
     # the same adapters right after each init on both processes (broadcast from process 0)
     # and the same weights after every task; the first task's equal to the one-process run's
     # up to round-off (later ones inherit it: LoRA-Null's null-space eigenvectors turn a 2e-6
@@ -129,6 +155,11 @@ def test_two_processes_train_on_shares_of_the_batch_and_end_where_one_process_do
         assert _close(first["factors"][0][layer][0], A) and _close(first["factors"][0][layer][1], B)
     for layer, weight in alone["weights"][0].items():
         assert _close(first["weights"][0][layer], weight), layer
+    # the base weights after the first task's merge (written into the shards under FSDP2)
+    for task in range(len(alone["bases"])):
+        assert first["bases"][task] == second["bases"][task]
+    for layer, weight in (alone["bases"][1:2] or [{}])[0].items():
+        assert _close(first["bases"][1][layer], weight), layer
     # sharded evaluation: every process holds the whole batch's predictions, in order
     assert first["predictions"] == second["predictions"] == alone["predictions"]
     assert first["matrix"] == alone["matrix"]
@@ -164,14 +195,16 @@ def test_a_failure_in_one_process_ends_the_run_with_its_one_line(tmp_path: Path)
 
 
 # -- the command line, end to end -------------------------------------------------------------
-def _cli(processes: int, argv: list[str], **kwargs) -> subprocess.Popen:
+def _cli(
+    processes: int, argv: list[str], variables: dict | None = None, **kwargs
+) -> subprocess.Popen:
     launch = [*LAUNCH, str(processes)] if processes > 1 else [sys.executable]
     return subprocess.Popen(
         [*launch, "-m", "cl_lora.run", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=_environment(),
+        env={**_environment(), **(variables or {})},
         **kwargs,
     )
 
@@ -220,6 +253,7 @@ def test_the_command_run_by_the_launcher_gives_the_one_process_result(
     assert two["processes"] == {
         "world_size": 2,
         "backend": "gloo",
+        "sharding": None,
         "effective_batch": 4,
         "grad_accumulation": 1,
         "per_process_batch": 2,
@@ -236,14 +270,25 @@ def test_the_command_run_by_the_launcher_gives_the_one_process_result(
             assert _near(two_adapters[task][name], tensor), (task, name)
 
 
-def test_accelerate_launch_runs_it_data_parallel_too(llama: str, tmp_path: Path) -> None:
+ACCELERATE_CONFIG = Path(__file__).parent.parent / "docs" / "accelerate" / "fsdp2.yaml"
+
+
+@pytest.mark.parametrize(
+    ("launch", "sharding"),
+    [(["--multi_gpu"], None), (["--config_file", str(ACCELERATE_CONFIG)], "fsdp2")],
+    ids=["data-parallel", "fsdp2-config"],
+)
+def test_accelerate_launch_runs_it_on_two_processes_too(
+    launch: list[str], sharding: str | None, llama: str, tmp_path: Path
+) -> None:
     """accelerate's launcher (its ``launch`` command, called in-process after cl_lora's
     torchvision shim: the ``accelerate`` script itself imports torchvision first, which fails
-    next to this set-up's CPU-only torch) sets up the same two-process run."""
+    next to this set-up's CPU-only torch) sets up the same two-process run, data parallel or
+    with the documented FSDP2 config (the weights sharded)."""
     code = (
         "import sys, cl_lora\n"
         "from accelerate.commands.accelerate_cli import main\n"
-        "sys.argv = ['accelerate', 'launch', '--multi_gpu', '--num_processes', '2',"
+        f"sys.argv = ['accelerate', 'launch', *{launch!r}, '--num_processes', '2',"
         " '-m', 'cl_lora.run', *sys.argv[1:]]\n"
         "main()"
     )
@@ -260,6 +305,7 @@ def test_accelerate_launch_runs_it_data_parallel_too(llama: str, tmp_path: Path)
     one, _ = _result(tmp_path / "one")
     two, _ = _result(tmp_path / "two")
     assert (two["processes"]["world_size"], two["processes"]["backend"]) == (2, "gloo")
+    assert two["processes"]["sharding"] == sharding
     assert two["matrix"] == one["matrix"]
     assert _near(two["retention"]["gold_loglik"]["curve"], one["retention"]["gold_loglik"]["curve"])
 
@@ -274,10 +320,15 @@ def _kill_all(pid: int) -> None:
         process.send_signal(signal.SIGKILL)
 
 
-def test_a_killed_launch_resumes_to_the_unbroken_result(llama: str, tmp_path: Path) -> None:
-    _finished(_cli(2, _run_args(llama, tmp_path / "unbroken")))
+@pytest.mark.parametrize("variables", [None, FSDP2], ids=["data-parallel", "fsdp2"])
+def test_a_killed_launch_resumes_to_the_unbroken_result(
+    variables: dict | None, llama: str, tmp_path: Path
+) -> None:
+    """Also with sharded weights: the resumed run replays the finished task's merge into the
+    shards."""
+    _finished(_cli(2, _run_args(llama, tmp_path / "unbroken"), variables))
     broken = tmp_path / "broken"
-    launch = _cli(2, _run_args(llama, broken))
+    launch = _cli(2, _run_args(llama, broken), variables)
     for line in launch.stderr:  # the task lines survive --quiet
         if line.startswith("[1/2]"):
             _kill_all(launch.pid)
@@ -285,7 +336,7 @@ def test_a_killed_launch_resumes_to_the_unbroken_result(llama: str, tmp_path: Pa
     launch.wait(timeout=60)
     assert not list(broken.glob("*/result.json"))
     assert list(broken.glob("*/checkpoint.safetensors"))
-    printed = _finished(_cli(2, [*_run_args(llama, broken), "--resume"]))
+    printed = _finished(_cli(2, [*_run_args(llama, broken), "--resume"], variables))
     assert "result: " in printed
     resumed, resumed_adapters = _result(broken)
     unbroken, unbroken_adapters = _result(tmp_path / "unbroken")
@@ -301,7 +352,18 @@ def test_a_killed_launch_resumes_to_the_unbroken_result(llama: str, tmp_path: Pa
 @pytest.mark.parametrize(
     ("variables", "device", "message"),
     [
-        ({"ACCELERATE_USE_FSDP": "true"}, "cpu", "FSDP is not supported"),
+        ({"ACCELERATE_USE_FSDP": "true"}, "cpu", "FSDP1 is not supported: set fsdp_version: 2"),
+        (
+            {**FSDP2, "FSDP_RESHARD_AFTER_FORWARD": "false"},
+            "cpu",
+            "fsdp_reshard_after_forward: false is not supported",
+        ),
+        ({**FSDP2, "FSDP_OFFLOAD_PARAMS": "true"}, "cpu", "fsdp_offload_params: true is not"),
+        (
+            {**FSDP2, "FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"},
+            "cpu",
+            "fsdp_auto_wrap_policy: SIZE_BASED_WRAP is not supported",
+        ),
         ({"ACCELERATE_USE_DEEPSPEED": "true"}, "cpu", "DeepSpeed is not supported"),
         ({}, "cuda:1", "use --device cuda (each process takes its own GPU)"),
     ],
@@ -317,6 +379,28 @@ def test_a_launch_the_run_cannot_honour_is_refused_before_joining(
     with pytest.raises(BadInputError, match=re.escape(message)):
         distributed.start(device)
     assert not distributed.current().many  # nothing was joined
+
+
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        (["--baseline", "seq-ft"], "baseline seq-ft cannot run with sharded weights (FSDP2)"),
+        (["--plugin", "ewc"], "plugin ewc cannot run with sharded weights (FSDP2)"),
+        (["--init", "lora-ga"], "init lora-ga cannot run with sharded weights (FSDP2): it reads"),
+    ],
+)
+def test_a_method_sharded_weights_cannot_run_is_refused_in_one_line(
+    argv: list[str], refused: str, llama: str, tmp_path: Path
+) -> None:
+    args = [
+        a for a in _run_args(llama, tmp_path) if a not in ("--init", "pissa", "--save-adapters")
+    ]
+    done = _cli(2, [*args, *argv], variables=FSDP2)
+    _, err = done.communicate(timeout=300)
+    assert done.returncode != 0
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert line.startswith(f"error: {refused}") and line.endswith("with a data-parallel config")
+    assert not list(tmp_path.iterdir())  # before any run folder
 
 
 def test_a_sweep_launched_as_many_processes_is_refused(monkeypatch, tmp_path, capsys) -> None:

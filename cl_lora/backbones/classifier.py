@@ -70,7 +70,10 @@ class ContinualClassifier(MultiTaskModule):
         return self._features(self.encoder, inputs)
 
     def forward_single_task(self, x: Inputs, task_label: int) -> torch.Tensor:
-        logits = self.heads[self.head_key(int(task_label))](self.features(x))
+        return self._head_logits(self.features(x), task_label)
+
+    def _head_logits(self, features: torch.Tensor, task_label: int) -> torch.Tensor:
+        logits = self.heads[self.head_key(int(task_label))](features)
         if self.class_incremental and hasattr(self, "seen_classes"):
             unseen = ~self.seen_classes.to(logits.device)
             logits = logits.masked_fill(unseen, torch.finfo(logits.dtype).min)
@@ -97,9 +100,11 @@ class ContinualClassifier(MultiTaskModule):
     ) -> torch.Tensor | dict[int, torch.Tensor]:
         """Logits; ``None`` task labels give every head's logits (a dict, as in Avalanche).
 
-        Batches are single-task in sequential training; mixed batches (replay, joint training)
-        are split per task. Heads of different widths are padded with ``-inf``, so the padding
-        gets zero probability in softmax and cross-entropy and is never the argmax.
+        Batches are single-task in sequential training; in mixed batches (replay, joint
+        training) the encoder runs once on the whole batch and each task's rows go to its head
+        (one encoder pass per batch whatever its tasks: sharded weights need every process to
+        run the same passes). Heads of different widths are padded with ``-inf``, so the
+        padding gets zero probability in softmax and cross-entropy and is never the argmax.
         """
         if task_labels is None:
             return self.forward_all_tasks(x)
@@ -108,10 +113,8 @@ class ContinualClassifier(MultiTaskModule):
         tasks = task_labels.unique()
         if len(tasks) == 1:
             return self.forward_single_task(x, int(tasks[0]))
-        outputs = [
-            self.forward_single_task({k: v[task_labels == t] for k, v in x.items()}, int(t))
-            for t in tasks
-        ]
+        features = self.features(x)
+        outputs = [self._head_logits(features[task_labels == t], int(t)) for t in tasks]
         logits = torch.full(
             (len(task_labels), max(o.shape[1] for o in outputs)),
             float("-inf"),

@@ -36,6 +36,7 @@ import torch
 from avalanche.training.regularization import LearningWithoutForgetting
 from torch import nn
 
+from cl_lora import distributed
 from cl_lora.backbones.base import Backbone, Inputs
 from cl_lora.backbones.language_model import LanguageModel
 from cl_lora.errors import BadInputError
@@ -310,6 +311,7 @@ class TextToText(Problem):
             use_cache=True,
             pad_token_id=self.pad,
             eos_token_id=self.eos,
+            synced_gpus=distributed.sharded(),  # sharded weights: all processes step together
         )
         if verbatim:
             return self.tokenizer.batch_decode(

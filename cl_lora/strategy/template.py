@@ -19,6 +19,7 @@ import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +41,15 @@ from cl_lora.strategy.dash import TRAINING_PLUGINS
 from cl_lora.strategy.optim import TrainingRecipe, task_optimizer
 from cl_lora.strategy.plugins import TaskScorePlugin
 from cl_lora.streams import Stream
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """What a process whose share of a batch is empty runs instead when the weights are sharded
+    (FSDP2): one row of the batch, collated, whose loss counts 0 and whose predictions are
+    dropped. Its forward (and backward) gathers the weights with the other processes."""
+
+    batch: list[Any]
 
 
 class LoRAStrategy(SupervisedTemplate):
@@ -258,13 +268,14 @@ class LoRAStrategy(SupervisedTemplate):
             if self._stop_training:
                 break
             group = [batch for batch in group if batch is not None]  # an empty share
-            terms = [self.problem.loss_terms(targets) for _, targets, _ in group]
+            terms = [self._loss_terms(batch) for batch in group]
             step_terms = distributed.sum_over_processes(sum(terms))  # the whole step's
             if not group:  # this process's shares of the step were all empty
                 self._before_training_iteration(**kwargs)
                 self.optimizer.zero_grad()
                 self.loss = self._make_empty_loss()
-            for k, (self.mbatch, share) in enumerate(zip(group, terms, strict=True)):
+            for k, (batch, share) in enumerate(zip(group, terms, strict=True)):
+                self.mbatch = batch.batch if isinstance(batch, StandIn) else batch
                 self._unpack_minibatch()
                 if k == 0:
                     self._before_training_iteration(**kwargs)
@@ -322,11 +333,18 @@ class LoRAStrategy(SupervisedTemplate):
         inputs, targets = self.problem.collate(examples, labels, training=self.is_training)
         return [inputs, targets, torch.tensor(tasks)]
 
-    def collate_share(self, items: Sequence[tuple[dict, int, int]]) -> list[Any] | None:
-        """This process's share of a global batch, collated (``None`` when the share is
-        empty); the whole batch in a one-process run."""
+    def collate_share(self, items: Sequence[tuple[dict, int, int]]) -> list[Any] | StandIn | None:
+        """This process's share of a global batch, collated; the whole batch in a one-process
+        run. An empty share is ``None``, or under sharded weights a :class:`StandIn` (every
+        process must run the same forwards)."""
         share = distributed.share(items)
-        return self.collate(share) if share else None
+        if share:
+            return self.collate(share)
+        return StandIn(self.collate(items[-1:])) if distributed.sharded() else None
+
+    def _loss_terms(self, batch: list[Any] | StandIn) -> int:
+        """What the micro-batch adds to its step's loss terms (a stand-in: nothing)."""
+        return 0 if isinstance(batch, StandIn) else self.problem.loss_terms(batch[1])
 
     def _unpack_minibatch(self) -> None:
         inputs, targets, tasks = self.mbatch
@@ -352,6 +370,12 @@ class LoRAStrategy(SupervisedTemplate):
         """Avalanche's evaluation loop, predicting through the problem: ``mb_output`` holds
         the batch's predicted label ids (a generation pass for a language model)."""
         for batch in self.dataloader:
+            if isinstance(batch, StandIn):  # its forward keeps the processes in step; unused
+                self.mbatch = batch.batch
+                self._unpack_minibatch()
+                with self.autocast(), torch.no_grad():
+                    self.problem.predict(self.model, self.mb_x, self.mb_task_id)
+                batch = None
             if batch is not None:
                 self.mbatch = batch
                 self._unpack_minibatch()
