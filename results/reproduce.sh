@@ -64,6 +64,15 @@ python -m cl_lora.sweep --streams offline-text --inits lora lora-dash:t=20 lora-
   --set max_length=32 --set lr_search=2.5e-4,5e-4,1e-3 --max-parallel 1 \
   --output-dir "$FINDINGS/dash-text"
 python -m cl_lora.leaderboard.findings versus-lora "$FINDINGS/dash-text" --out results/findings
+# (c) again with each rate searched on the default wide grid (7 rates 1e-5..1e-2, up to 2 more
+# past an edge), seed-major.
+for seed in 0 1 2 3 4; do
+  python -m cl_lora.sweep --streams offline-text --inits lora lora-dash:t=20 lora-init lora-tsd:t=20 \
+    --seeds "$seed" --set max_train_per_task=512 --set max_test_per_task=200 --set epochs=2 \
+    --set max_length=32 --set lr_search=1e-05,3.16e-05,0.0001,0.000316,0.001,0.00316,0.01 \
+    --set lr_extend=2 --max-parallel 1 --output-dir "$FINDINGS/dash-text-wide"
+done
+python -m cl_lora.leaderboard.findings versus-lora "$FINDINGS/dash-text-wide" --out results/findings/wide
 
 # (b) LoRA-Null's knowledge claim on SmolLM2: a single-task fine-tune, as the paper does
 # (offline-instruct's trec-question: 96 examples x 2 epochs), each method's learning rate
