@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmarks._common import alternating_calls, benchmark_parser, entry_point, run_benchmark
 from cl_lora.errors import BadInputError
+from cl_lora.sharding import FSDP2_VARIABLES
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def _arguments(settings: Settings, out: Path) -> list[str]:
 SIDES = {
     "1": (1, {}),
     "N": (0, {}),
-    "N fsdp2": (0, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}),
+    "N fsdp2": (0, FSDP2_VARIABLES),
 }
 
 

@@ -31,6 +31,10 @@ from torch import nn
 
 from cl_lora.errors import BadInputError
 
+#: The environment accelerate's launcher sets for an FSDP2 config (what a torchrun launch sets by
+#: hand to shard the same way).
+FSDP2_VARIABLES = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+
 
 @dataclass(frozen=True)
 class ShardingConfig:

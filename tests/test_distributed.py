@@ -27,6 +27,7 @@ from safetensors.numpy import load_file
 from cl_lora import distributed, inits
 from cl_lora.baselines import BASELINES
 from cl_lora.plugins import PLUGINS
+from cl_lora.sharding import FSDP2_VARIABLES
 
 SCRIPT = Path(__file__).with_name("multiprocess_stream.py")
 LAUNCH = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node"]
@@ -36,8 +37,7 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SCRIPT.parent.parent)}
 
 
-#: accelerate's variables for an FSDP2 config (what ``accelerate launch --config_file`` sets)
-FSDP2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+FSDP2 = FSDP2_VARIABLES  # what ``accelerate launch`` sets for an FSDP2 config
 
 
 def _toy(

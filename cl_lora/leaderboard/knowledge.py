@@ -183,12 +183,16 @@ def _task_table(grid: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _after_task_columns(grid: pd.DataFrame) -> list[str]:
+    """``loglik_drop_1`` ... ``loglik_drop_T``, in task order."""
+    columns = [c for c in grid if c.startswith(AFTER_TASK)]
+    return sorted(columns, key=lambda c: int(c[len(AFTER_TASK) :]))
+
+
 def _along_table(grid: pd.DataFrame, others: list[str]) -> list[str]:
     """The gold log-likelihood drop after each task: LoRA-Null's own, and each M's minus
     LoRA-Null's; then after which tasks LoRA-Null keeps more than every M."""
-    steps = sorted(
-        (c for c in grid if c.startswith(AFTER_TASK)), key=lambda c: int(c[len(AFTER_TASK) :])
-    )
+    steps = _after_task_columns(grid)
     header = " | ".join(f"after task {c[len(AFTER_TASK) :]}" for c in steps)
     lines = [f"| gold log-lik drop | {header} |", "|---|" + "---|" * len(steps)]
     reference = grid[grid["window"] == KNOWLEDGE_REFERENCE]
@@ -240,9 +244,7 @@ def plot_knowledge_stream(grid: pd.DataFrame) -> Figure:
     each method's Delta R^G, every seed a dot, the mean ± 95% CI."""
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     drop_ax, general_ax = fig.subplots(1, 2)
-    steps = sorted(
-        (c for c in grid if c.startswith(AFTER_TASK)), key=lambda c: int(c[len(AFTER_TASK) :])
-    )
+    steps = _after_task_columns(grid)
     for index, (method, rows) in enumerate(grid.groupby("window", sort=True)):
         color = f"C{index}"
         stats = [interval(rows[c].to_numpy(dtype=float)) for c in steps]
