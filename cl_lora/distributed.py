@@ -65,12 +65,24 @@ class Processes:
             "world_size": self.world,
             "backend": self.backend,
             "sharding": None if self.fsdp is None else "fsdp2",
+            "weights_read_by": _weights_read_by,
             "communication_s": communication_seconds(),
         }
 
 
 _current = Processes()
 _communication_s = 0.0  # spent in this module's collective operations
+_weights_read_by: list[int] | None = None  # the processes that read the backbone's weights
+
+
+def note_weights_read(read: bool) -> list[bool]:
+    """Per process, whether it read the backbone's weights from their files (``read``: this
+    process's answer), recorded for ``result.json``: every process does, except under FSDP2
+    with accelerate's ``cpu_ram_efficient_loading`` (process 0 reads, then sends them)."""
+    global _weights_read_by
+    answers = gather_in_order(read)
+    _weights_read_by = [rank for rank, answer in enumerate(answers) if answer]
+    return answers
 
 
 def communication_seconds() -> float:

@@ -78,17 +78,27 @@ def load_backbone(
     weights hashed into ``source["fingerprint"]``; then sharded over the processes when the
     launch asks for FSDP2."""
     bf16_weights = config.precision == "bf16" and device.type == "cuda"
+    processes = distributed.current()
+    # FSDP2's cpu_ram_efficient_loading: process 0 alone reads the weights, then sends them
+    ram_efficient = distributed.sharded() and processes.fsdp.ram_efficient_loading
     options = LoadOptions(
         max_length=config.max_length,
         dtype=torch.bfloat16 if bf16_weights else torch.float32,
         gradient_checkpointing=config.gradient_checkpointing,
+        weights=processes.main or not ram_efficient,
     )
     backbone = family.load(name, options)
+    # per process: whether it read the weights (a family may read them all the same)
+    read = distributed.note_weights_read(not sharding.is_empty(backbone.encoder))
     if fingerprint:  # of the whole weights, before any sharding
-        backbone.source["fingerprint"] = weights_fingerprint(backbone.encoder)
-    processes = distributed.current()
+        mine = weights_fingerprint(backbone.encoder) if read[processes.rank] else None
+        backbone.source["fingerprint"] = distributed.gather_in_order(mine)[0]
     if distributed.sharded():
+        sent = not all(read)  # process 0 sends its weights to those that did not read them
+        whole = sharding.whole_weights(backbone.encoder) if sent and processes.main else None
         sharding.shard(backbone.encoder, processes.fsdp, device, processes.world)
+        if sent:
+            sharding.fill_from_first_process(backbone.encoder, whole, device, read[processes.rank])
     return backbone
 
 

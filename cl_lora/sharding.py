@@ -42,6 +42,8 @@ class ShardingConfig:
     the model's ``_no_split_modules``)."""
 
     units: tuple[str, ...] | None = None
+    # cpu_ram_efficient_loading: process 0 alone reads the weights and sends them to the others
+    ram_efficient_loading: bool = False
 
 
 def requested() -> ShardingConfig | None:
@@ -65,6 +67,11 @@ def requested() -> ShardingConfig | None:
             "fsdp_offload_params: true is not supported: shard over more processes instead",
         ),
         (
+            plugin.activation_checkpointing,
+            "fsdp_activation_checkpointing is not supported: pass --gradient-checkpointing (the "
+            "backbone's own activation checkpointing, which works with sharded weights)",
+        ),
+        (
             policy != "TRANSFORMER_BASED_WRAP",
             f"fsdp_auto_wrap_policy: {policy} is not supported: use TRANSFORMER_BASED_WRAP "
             "(one decoder layer per unit)",
@@ -73,8 +80,15 @@ def requested() -> ShardingConfig | None:
     for refused, message in refusals:
         if refused:
             raise BadInputError(message)
-    names = plugin.transformer_cls_names_to_wrap
-    return ShardingConfig(units=tuple(names) if names else None)
+    # read here too when the policy is left out (TRANSFORMER_BASED_WRAP is this module's
+    # default; accelerate reads the classes only when the policy is named)
+    names = plugin.transformer_cls_names_to_wrap or os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP")
+    if isinstance(names, str):
+        names = [name.strip() for name in names.split(",") if name.strip()]
+    return ShardingConfig(
+        units=tuple(names) if names else None,
+        ram_efficient_loading=bool(plugin.cpu_ram_efficient_loading),
+    )
 
 
 def shard(model: nn.Module, config: ShardingConfig, device: torch.device, world: int) -> int:
@@ -88,7 +102,8 @@ def shard(model: nn.Module, config: ShardingConfig, device: torch.device, world:
     if not units:
         raise BadInputError(
             f"FSDP: no module of {type(model).__name__} is a {', '.join(sorted(names)) or 'unit'}"
-            ": set fsdp_transformer_layer_cls_to_wrap to its decoder layer class"
+            ": set fsdp_transformer_layer_cls_to_wrap to the class of its repeated blocks "
+            "(a decoder layer; timm's ViT: Block)"
         )
     mesh = init_device_mesh(device.type, (world,))
     for unit in units:
@@ -120,3 +135,36 @@ def write_weight(weight: torch.Tensor, value: torch.Tensor) -> None:
 
     mine = distribute_tensor(value, weight.device_mesh, weight.placements, src_data_rank=None)
     weight.to_local().copy_(mine.to_local())
+
+
+def is_empty(model: nn.Module) -> bool:
+    """Whether ``model`` was built without its weights (on the ``meta`` device)."""
+    return any(p.is_meta for p in model.parameters())
+
+
+def whole_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s weights by name, kept whole through :func:`shard` (which replaces them with
+    shards): process 0's source for :func:`fill_from_first_process`."""
+    return dict(model.named_parameters())
+
+
+def fill_from_first_process(
+    model: nn.Module, whole: dict[str, torch.Tensor] | None, device: torch.device, loaded: bool
+) -> None:
+    """Give every process's sharded ``model`` process 0's weights and buffers (each process
+    calls this): accelerate's ``cpu_ram_efficient_loading``, where only process 0 (each
+    machine's first, in transformers) reads the weights file, so that the others never hold the
+    whole model in CPU memory. ``whole``: process 0's weights before sharding (else ``None``);
+    ``loaded``: whether this process loaded them (else its model is allocated here first).
+    Weights are sent one at a time, each process keeping its shard."""
+    import torch.distributed as dist
+
+    if not loaded:
+        model.to_empty(device=device)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if whole is not None:  # process 0: its weights as loaded, its buffers as they are
+            full = whole.get(name, tensor).detach().to(device).contiguous()
+        else:
+            full = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+        dist.broadcast(full, src=0)
+        write_weight(tensor, full)

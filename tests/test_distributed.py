@@ -254,12 +254,13 @@ def test_the_command_run_by_the_launcher_gives_the_one_process_result(
         "world_size": 2,
         "backend": "gloo",
         "sharding": None,
+        "weights_read_by": [0, 1],
         "effective_batch": 4,
         "grad_accumulation": 1,
         "per_process_batch": 2,
         "per_process_eval_batch": 2,
     }
-    assert one["processes"]["world_size"] == 1
+    assert (one["processes"]["world_size"], one["processes"]["weights_read_by"]) == (1, [0])
     assert one["matrix"] == two["matrix"]
     curve = one["retention"]["gold_loglik"]["curve"]  # the NQ probe, sharded too
     assert _near(two["retention"]["gold_loglik"]["curve"], curve)
@@ -306,6 +307,8 @@ def test_accelerate_launch_runs_it_on_two_processes_too(
     two, _ = _result(tmp_path / "two")
     assert (two["processes"]["world_size"], two["processes"]["backend"]) == (2, "gloo")
     assert two["processes"]["sharding"] == sharding
+    # the documented config reads the weights on process 0 only (cpu_ram_efficient_loading)
+    assert two["processes"]["weights_read_by"] == ([0] if sharding else [0, 1])
     assert two["matrix"] == one["matrix"]
     assert _near(two["retention"]["gold_loglik"]["curve"], one["retention"]["gold_loglik"]["curve"])
 
@@ -359,6 +362,11 @@ def test_a_killed_launch_resumes_to_the_unbroken_result(
             "fsdp_reshard_after_forward: false is not supported",
         ),
         ({**FSDP2, "FSDP_OFFLOAD_PARAMS": "true"}, "cpu", "fsdp_offload_params: true is not"),
+        (
+            {**FSDP2, "FSDP_ACTIVATION_CHECKPOINTING": "true"},
+            "cpu",
+            "fsdp_activation_checkpointing is not supported: pass --gradient-checkpointing",
+        ),
         (
             {**FSDP2, "FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP"},
             "cpu",

@@ -63,3 +63,18 @@ def weights_fingerprint(model: nn.Module) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()[:16]
+
+
+def pretrained_model(
+    auto_class: Any, location: str, weights: bool = True, **kwargs: Any
+) -> nn.Module:
+    """``auto_class.from_pretrained(location, **kwargs)`` (a transformers auto class); with
+    ``weights`` False the same architecture built from the checkpoint's config on the meta
+    device, reading no weights (they are filled in later by another process's)."""
+    if weights:
+        return auto_class.from_pretrained(location, **kwargs)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(location)
+    with torch.device("meta"):
+        return auto_class.from_config(config, **kwargs)

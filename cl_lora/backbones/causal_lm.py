@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cl_lora.backbones.base import Backbone
+from cl_lora.backbones.base import Backbone, pretrained_model
 from cl_lora.backbones.registry import LoadOptions, register_family
 from cl_lora.backbones.vit import cache_root
 from cl_lora.errors import BadInputError, did_you_mean
@@ -183,10 +183,15 @@ def _smollm2_revision() -> str:
 
 
 def load_pretrained(
-    name: str, location: str, dtype: torch.dtype, auto_class: str = "AutoModelForCausalLM"
+    name: str,
+    location: str,
+    dtype: torch.dtype,
+    auto_class: str = "AutoModelForCausalLM",
+    weights: bool = True,
 ) -> tuple[nn.Module, Any]:
-    """Model (transformers' ``auto_class``) and tokenizer from a local folder or the Hub (the
-    Hub's cache only when it cannot be reached), or a one-line error saying what to pass."""
+    """Model (transformers' ``auto_class``; without ``weights``, its architecture only) and
+    tokenizer from a local folder or the Hub (the Hub's cache only when it cannot be reached),
+    or a one-line error saying what to pass."""
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # loading is one step, not progress
@@ -195,7 +200,8 @@ def load_pretrained(
     try:
         with nullcontext(True) if local else cache_only_when_unreachable() as reachable:
             tokenizer = transformers.AutoTokenizer.from_pretrained(location)
-            model = getattr(transformers, auto_class).from_pretrained(location, dtype=dtype)
+            auto = getattr(transformers, auto_class)
+            model = pretrained_model(auto, location, weights, dtype=dtype)
     except (OSError, ValueError) as error:
         reason = first_line(error) if local else load_failure(error, reachable)
         hint = did_you_mean(name, [SMOLLM2], cutoff=0.5)
@@ -210,9 +216,11 @@ def load_causal_lm(
     *,
     dtype: torch.dtype = torch.float32,
     gradient_checkpointing: bool = False,
+    weights: bool = True,
 ) -> Backbone:
     """The causal LM ``name`` (see the module docstring for the forms it takes) with its
-    tokenizer, in ``dtype`` (bf16 for CUDA runs) and eval mode.
+    tokenizer, in ``dtype`` (bf16 for CUDA runs) and eval mode (without ``weights``: the
+    architecture only, see :class:`~cl_lora.backbones.registry.LoadOptions`).
 
     ``gradient_checkpointing`` recomputes each block's activations in the backward pass: less
     memory for longer sequences, at about a third more compute.
@@ -221,7 +229,7 @@ def load_causal_lm(
 
     hf_logging.disable_progress_bar()  # a bar for loading 300 tensors is noise, not progress
     location, gguf, revision = resolve_causal_lm(name)
-    model, tokenizer = load_pretrained(name, location, dtype)
+    model, tokenizer = load_pretrained(name, location, dtype, weights=weights)
     source = {
         "name": name,
         "path": location,
@@ -255,7 +263,10 @@ def load_causal_lm_family(name: str, options: LoadOptions) -> Backbone:
     """The family's loader: :func:`load_causal_lm` in the run's weight dtype (the token budget
     is the text-to-text problem's to apply)."""
     return load_causal_lm(
-        name, dtype=options.dtype, gradient_checkpointing=options.gradient_checkpointing
+        name,
+        dtype=options.dtype,
+        gradient_checkpointing=options.gradient_checkpointing,
+        weights=options.weights,
     )
 
 

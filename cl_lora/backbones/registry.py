@@ -28,6 +28,9 @@ class LoadOptions:
     max_length: int = 64  # tokens a text backbone reads
     dtype: torch.dtype = torch.float32  # weights (bf16 for language models on CUDA)
     gradient_checkpointing: bool = False
+    # False: the architecture only, its tensors on the meta device, where the weights come
+    # from another process (FSDP2's cpu_ram_efficient_loading); a family may still read them
+    weights: bool = True
 
 
 @dataclass(frozen=True)

@@ -53,14 +53,19 @@ def is_encoder_decoder(name: str) -> bool:
 
 
 def load_seq2seq_lm(
-    name: str, *, dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    gradient_checkpointing: bool = False,
+    weights: bool = True,
 ) -> Backbone:
-    """The encoder-decoder LM ``name`` with its tokenizer, in ``dtype`` and eval mode."""
+    """The encoder-decoder LM ``name`` with its tokenizer, in ``dtype`` and eval mode (without
+    ``weights``: the architecture only)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     location = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
-    model, tokenizer = load_pretrained(name, location, dtype, "AutoModelForSeq2SeqLM")
+    model, tokenizer = load_pretrained(name, location, dtype, "AutoModelForSeq2SeqLM", weights)
     source = {
         "name": name,
         "path": location,
@@ -83,5 +88,8 @@ def load_seq2seq_lm(
 def load_seq2seq_family(name: str, options: LoadOptions) -> Backbone:
     """The family's loader: :func:`load_seq2seq_lm` in the run's weight dtype."""
     return load_seq2seq_lm(
-        name, dtype=options.dtype, gradient_checkpointing=options.gradient_checkpointing
+        name,
+        dtype=options.dtype,
+        gradient_checkpointing=options.gradient_checkpointing,
+        weights=options.weights,
     )

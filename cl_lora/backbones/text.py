@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cl_lora.backbones.base import Backbone, Inputs, linear_layer_names
+from cl_lora.backbones.base import Backbone, Inputs, linear_layer_names, pretrained_model
 from cl_lora.backbones.registry import LoadOptions, register_family
 from cl_lora.errors import BadInputError, did_you_mean
 from cl_lora.hub import load_failure
@@ -75,9 +75,12 @@ def tokenize(tokenizer: Any, max_length: int, examples: Sequence[dict[str, Any]]
     return dict(tokenizer(texts, pairs, **options, **padding))
 
 
-def load_text_backbone(name: str | None = MINILM, max_length: int = 128) -> Backbone:
-    """Encoder and tokenizer for ``name`` (``None``: the packaged default); Hub names need
-    network unless already cached."""
+def load_text_backbone(
+    name: str | None = MINILM, max_length: int = 128, weights: bool = True
+) -> Backbone:
+    """Encoder and tokenizer for ``name`` (``None``: the packaged default; without
+    ``weights``: the encoder's architecture only); Hub names need network unless already
+    cached."""
     name = name or MINILM
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -86,7 +89,7 @@ def load_text_backbone(name: str | None = MINILM, max_length: int = 128) -> Back
     source = resolve_text_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        encoder = AutoModel.from_pretrained(source)
+        encoder = pretrained_model(AutoModel, source, weights)
     except OSError as error:
         hint = did_you_mean(name, [MINILM], cutoff=0.5)
         raise BadInputError(
@@ -118,4 +121,4 @@ def load_text_backbone(name: str | None = MINILM, max_length: int = 128) -> Back
 )
 def load_text_encoder(name: str, options: LoadOptions) -> Backbone:
     """The family's loader: :func:`load_text_backbone` with the run's token budget."""
-    return load_text_backbone(name, max_length=options.max_length)
+    return load_text_backbone(name, max_length=options.max_length, weights=options.weights)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from cl_lora import distributed
 from cl_lora.errors import BadInputError, did_you_mean
 from cl_lora.hub import require_hub
 from cl_lora.lazy import lazy_module
@@ -141,6 +143,24 @@ def first_metric(values: dict[str, Any]) -> tuple[str, float]:
     raise RuntimeError(f"lm-eval reported no metric: {sorted(values)}")
 
 
+def _data_parallel(harness: Any) -> None:
+    """Split the harness's documents over the run's processes with lm-eval's own data-parallel
+    evaluation (each process scores every n-th document, the metrics are gathered on process 0),
+    through the attributes ``HFLM`` reads when it did not launch the processes itself.
+
+    Not under FSDP2: the harness groups a multiple-choice document's requests by context, so
+    the processes' forward counts would differ, where sharded weights need every process to
+    run the same forwards; there each process evaluates every document.
+    """
+    from accelerate.utils import extract_model_from_parallel, gather, wait_for_everyone
+
+    processes = distributed.current()
+    harness._rank, harness._world_size = processes.rank, processes.world
+    harness.accelerator = SimpleNamespace(
+        gather=gather, wait_for_everyone=wait_for_everyone, unwrap_model=extract_model_from_parallel
+    )
+
+
 class LMEvalProbe:
     """Runs the harness tasks before the first task and after each (see the module docstring)."""
 
@@ -168,12 +188,15 @@ class LMEvalProbe:
         if isinstance(network, PeftModel):  # the LoRA layers live inside the base model
             network = network.get_base_model()
         harness = HFLM(pretrained=network, tokenizer=self.tokenizer, batch_size=self.batch_size)
+        if distributed.current().many and not distributed.sharded():
+            _data_parallel(harness)
         results = lm_eval.simple_evaluate(
             model=harness,
             tasks=self.tasks,
             limit=self.limit,
             task_manager=task_manager(self.include),
         )
+        results = distributed.gather_in_order(results)[0]  # reported by process 0 only
         return {
             task: {k: float(v) for k, v in values.items() if isinstance(v, int | float)}
             for task, values in results["results"].items()

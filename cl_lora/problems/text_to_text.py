@@ -303,8 +303,7 @@ class TextToText(Problem):
         the first of ``stops``; ``verbatim``: decoded as they are (special tokens dropped,
         nothing stripped or cut, spaces as the tokens have them: TRACE's decoding)."""
         output = model.encoder.generate(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
+            **self._generation_inputs(model, inputs),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
@@ -324,6 +323,10 @@ class TextToText(Problem):
         )
         return [re.split("|".join(map(re.escape, stops)), text.strip(), maxsplit=1)[0].strip()
                 for text in texts]  # fmt: skip
+
+    def _generation_inputs(self, model: nn.Module, inputs: Inputs) -> dict[str, Any]:
+        """What ``generate`` reads of a batch of prompts."""
+        return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
 
     def _continuation(self, output: torch.Tensor, inputs: Inputs) -> torch.Tensor:
         """The generated tokens of ``generate``'s output (a causal LM repeats the prompt)."""
@@ -441,6 +444,20 @@ class Seq2SeqTextToText(TextToText):
     def answer_targets(self, targets: torch.Tensor) -> torch.Tensor:
         """Decoder position ``t`` predicts answer token ``t``: the targets as they are."""
         return targets
+
+    def _generation_inputs(self, model: nn.Module, inputs: Inputs) -> dict[str, Any]:
+        """With sharded weights (FSDP2), also the encoder's outputs, computed through the
+        model's own forward: FSDP2 gathers the weights no layer unit holds (the shared
+        embedding) in that forward's hook, where ``generate`` would run the encoder stack alone
+        and find them sharded."""
+        given = super()._generation_inputs(model, inputs)
+        if not distributed.sharded():
+            return given
+        from transformers.modeling_outputs import BaseModelOutput
+
+        start = torch.full_like(given["input_ids"][:, :1], self.decoder_start)
+        encoded = model.encoder(**given, decoder_input_ids=start).encoder_last_hidden_state
+        return {**given, "encoder_outputs": BaseModelOutput(last_hidden_state=encoded)}
 
     def _continuation(self, output: torch.Tensor, inputs: Inputs) -> torch.Tensor:
         """All of the decoder's output (its start token is special and decodes to nothing)."""
