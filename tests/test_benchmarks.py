@@ -252,3 +252,23 @@ def test_distributed_benchmark_runs_one_command_on_one_and_two_processes(tmp_pat
     assert 0 < sharded["communication_share"] < 1
     with pytest.raises(BadInputError, match="--processes must be at least 2"):
         distributed.measure(distributed.Settings(processes=1))
+
+
+def test_fsdp2_loading_benchmark_reads_the_weights_on_every_process_or_on_process_0(
+    tmp_path: Path,
+) -> None:
+    """Both sides load the same model (its whole size reported by every process); the processes
+    that read its weights are all of them, then process 0 alone; each row has its growth."""
+    from llm_fixtures import tiny_llama, tiny_llama_dir
+
+    from benchmarks import fsdp2_loading
+
+    result = fsdp2_loading.main(["--backbone", tiny_llama_dir(tmp_path)])
+    whole = sum(p.numel() * p.element_size() for p in tiny_llama().encoder.parameters()) / 2**20
+    every, first = result["sides"].values()
+    assert [row["read_by"] for row in every] == [[0, 1]] * 2
+    assert [row["read_by"] for row in first] == [[0]] * 2
+    for row in every + first:
+        assert row["weights_mb"] == pytest.approx(whole) and row["rss_growth_mb"] >= 0
+    with pytest.raises(BadInputError, match="--processes must be at least 2"):
+        fsdp2_loading.measure(fsdp2_loading.Settings(processes=1))
