@@ -88,6 +88,16 @@ def benchmark_parser(module: str, doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def settings_parser(module: str, doc: str, settings_cls: type) -> argparse.ArgumentParser:
+    """:func:`benchmark_parser` with one flag per field of the ``settings_cls`` dataclass
+    (``--field-name``, of the default's type and value)."""
+    parser = benchmark_parser(module, doc)
+    for name, default in vars(settings_cls()).items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, type=type(default), default=default)
+    return parser
+
+
 def run_benchmark(
     argv: Sequence[str] | None,
     parser: argparse.ArgumentParser,

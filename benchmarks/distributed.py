@@ -16,7 +16,6 @@ speed-up; on GPUs each process brings its own device.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -26,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import alternating_calls, benchmark_parser, entry_point, run_benchmark
+from benchmarks._common import (
+    alternating_calls,
+    entry_point,
+    run_benchmark,
+    settings_parser,
+)
 from cl_lora.errors import BadInputError
 from cl_lora.sharding import FSDP2_VARIABLES
 
@@ -180,16 +184,9 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = benchmark_parser("distributed", __doc__)
-    for name, default in vars(Settings()).items():
-        flag = "--" + name.replace("_", "-")
-        parser.add_argument(flag, dest=name, type=type(default), default=default)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_benchmark(argv, _parser(), Settings, measure, table)
+    parser = settings_parser("distributed", __doc__, Settings)
+    return run_benchmark(argv, parser, Settings, measure, table)
 
 
 if __name__ == "__main__":

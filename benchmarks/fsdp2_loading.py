@@ -13,7 +13,6 @@ model (plus its shard); of one that does not, about its shard.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import benchmark_parser, entry_point, run_benchmark
+from benchmarks._common import entry_point, run_benchmark, settings_parser
 from cl_lora.errors import BadInputError
 from cl_lora.sharding import FSDP2_VARIABLES
 
@@ -128,17 +127,9 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = benchmark_parser("fsdp2_loading", __doc__)
-    for name, default in vars(Settings()).items():
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=type(default), default=default
-        )
-    return parser
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    return run_benchmark(argv, _parser(), Settings, measure, table)
+    parser = settings_parser("fsdp2_loading", __doc__, Settings)
+    return run_benchmark(argv, parser, Settings, measure, table)
 
 
 if __name__ == "__main__":
