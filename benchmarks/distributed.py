@@ -16,6 +16,7 @@ speed-up; on GPUs each process brings its own device.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -184,9 +185,12 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _parser() -> argparse.ArgumentParser:
+    return settings_parser("distributed", __doc__, Settings)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = settings_parser("distributed", __doc__, Settings)
-    return run_benchmark(argv, parser, Settings, measure, table)
+    return run_benchmark(argv, _parser(), Settings, measure, table)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ model (plus its shard); of one that does not, about its shard.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -127,9 +128,12 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _parser() -> argparse.ArgumentParser:
+    return settings_parser("fsdp2_loading", __doc__, Settings)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = settings_parser("fsdp2_loading", __doc__, Settings)
-    return run_benchmark(argv, parser, Settings, measure, table)
+    return run_benchmark(argv, _parser(), Settings, measure, table)
 
 
 if __name__ == "__main__":
