@@ -168,6 +168,9 @@ def test_local_sweep_puts_parallel_runs_on_the_gpus_in_turn(monkeypatch, tmp_pat
         def __exit__(self, *exc) -> bool:
             return False
 
+        def shutdown(self, wait: bool = True) -> None:
+            pass
+
         def submit(self, function, config, output_dir, threads, gpu) -> Future:
             submitted.append(gpu)
             future = Future()
@@ -182,3 +185,20 @@ def test_local_sweep_puts_parallel_runs_on_the_gpus_in_turn(monkeypatch, tmp_pat
     assert sorted(submitted[:3]) == ["4", "5", "6"] and set(submitted) == {"4", "5", "6"}
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert backends.gpu_of_slot(3) is None
+
+
+def test_a_dead_worker_fails_its_run_and_the_queued_runs_go_on(monkeypatch, tmp_path) -> None:
+    """A worker process that dies breaks its pool: its run is recorded as failed, the pool is
+    replaced and the runs still queued run (before, the sweep stopped with a traceback)."""
+    from dying_worker import dies_on_seed_1
+
+    from cl_lora.sweep import backends
+
+    # submitted by name: each spawned worker imports its module to run it
+    monkeypatch.setattr(backends, "execute", dies_on_seed_1)
+    runs = {f"run{i}": RunConfig(seed=i) for i in range(4)}
+    ends = [payload for kind, payload in backends.local_runs(runs, tmp_path, 1) if kind == "end"]
+    assert [(end["run_id"], end["status"]) for end in ends] == [
+        ("seed0", "done"), ("run1", "failed"), ("seed2", "done"), ("seed3", "done")
+    ]  # fmt: skip
+    assert "worker died" in ends[1]["error"]

@@ -12,6 +12,7 @@ import os
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +44,19 @@ def local_runs(
 ) -> Iterator[Event]:
     """Up to ``max_parallel`` runs at once, each in a fresh process (no state leaks between
     runs), sharing this machine's CPU threads evenly among them and its GPUs round-robin
-    (:func:`gpu_of_slot`: each running run holds a slot)."""
+    (:func:`gpu_of_slot`: each running run holds a slot). A worker that dies (killed, e.g. for
+    memory) fails the runs it was running and the pool it broke is replaced, so the runs still
+    queued go on."""
     threads = max(1, torch.get_num_threads() // max_parallel)
     context = multiprocessing.get_context("spawn")
     queue = deque(runs.items())
     free_slots = deque(range(max_parallel))
     running: dict[Future, tuple[str, int]] = {}
-    with ProcessPoolExecutor(max_parallel, mp_context=context, max_tasks_per_child=1) as pool:
+    pool: ProcessPoolExecutor | None = None
+    try:
         while queue or running:
+            if pool is None:
+                pool = ProcessPoolExecutor(max_parallel, mp_context=context, max_tasks_per_child=1)
             while queue and len(running) < max_parallel:
                 run_id, config = queue.popleft()
                 slot = free_slots.popleft()
@@ -65,8 +71,15 @@ def local_runs(
                 free_slots.append(slot)
                 try:
                     yield "end", future.result()
+                except BrokenProcessPool as error:  # every run of the pool ends with it
+                    pool.shutdown(wait=False)
+                    pool = None
+                    yield "end", _died(run_id, error)
                 except Exception as error:
                     yield "end", _died(run_id, error)
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def ray_runs(
