@@ -150,12 +150,20 @@ def test_loglikelihood_equals_a_hand_computed_sum() -> None:
     with torch.no_grad():
         logits = network(input_ids=torch.tensor([ids + cont])).logits[0, len(ids) - 1 : -1]
     by_hand = torch.log_softmax(logits, -1)[torch.arange(len(cont)), cont].sum().item()
+    heads: list[int] = []  # positions the LM head computes logits for, per forward
+    hook = network.lm_head.register_forward_hook(lambda m, i, o: heads.append(o.shape[1]))
     alone, batched = (
         loglikelihoods(network, tokenizer, requests, batch_size=4)[0]
         for requests in ([(context, continuation)], [(context, continuation), ("A " * 30, "b")])
     )
+    hook.remove()
     assert alone.loglik == pytest.approx(by_hand, abs=1e-5)
     assert batched.loglik == pytest.approx(by_hand, abs=1e-4)
+    # only the continuation's positions: alone, those of " Paris"; batched, from the earliest
+    # continuation position of the batch (the short request's) to the longest sequence's end
+    long_ids, long_cont = encode_pair(tokenizer, "A " * 30, "b", False)
+    longest = len(long_ids) + len(long_cont) - 1
+    assert heads == [len(cont), longest - (len(ids) - 1)]
 
 
 def test_probe_questions_never_occur_in_the_stream() -> None:

@@ -103,7 +103,10 @@ def token_loglikelihoods(
 
     Causal requests that feed the model the same tokens (the options of a lettered question,
     ``" A"`` .. ``" D"``, all read the context alone) share one forward pass, as the harness's
-    logits cache shares it; only the continuations' positions go through the log-softmax."""
+    logits cache shares it; only the continuations' positions go through the log-softmax, and
+    a causal model's head computes logits only from the batch's earliest continuation position
+    on (``logits_to_keep``: a full-vocabulary row per position of a long prompt batch is
+    gigabytes)."""
     device = next(network.parameters()).device
     encoded = [(list(c), list(x)) for c, x in pairs]
     if seq2seq:  # encoder input and decoder labels
@@ -125,12 +128,17 @@ def token_loglikelihoods(
             logits = network(
                 input_ids=_pad(contexts, pad).to(device), attention_mask=mask, labels=labels
             ).logits
-        else:
-            logits = network(input_ids=_pad([list(s) for s, _ in batch], 0).to(device)).logits
+            offset = 0
+        else:  # the LM head runs on the last positions only, from the earliest continuation's
+            width = max(len(sequence) for sequence, _ in batch)
+            first = min(len(key[0]) - len(encoded[i][1]) for key in batch for i in readers[key])
+            offset = max(0, first)
+            fed = _pad([list(s) for s, _ in batch], 0).to(device)
+            logits = network(input_ids=fed, logits_to_keep=width - offset).logits
         for row, key in enumerate(batch):
             for index in readers[key]:
                 continuation = encoded[index][1]
-                end = len(continuation) if seq2seq else len(key[0])
+                end = len(continuation) if seq2seq else len(key[0]) - offset
                 window = logits[row, end - len(continuation) : end]
                 positions = torch.log_softmax(window.float(), dim=-1)
                 tokens = torch.tensor(continuation, device=device)
