@@ -152,9 +152,9 @@ def fill_from_first_process(
     model: nn.Module, whole: dict[str, torch.Tensor] | None, device: torch.device, loaded: bool
 ) -> None:
     """Give every process's sharded ``model`` process 0's weights and buffers (each process
-    calls this): accelerate's ``cpu_ram_efficient_loading``, where only process 0 (each
-    machine's first, in transformers) reads the weights file, so that the others never hold the
-    whole model in CPU memory. ``whole``: process 0's weights before sharding (else ``None``);
+    calls this): accelerate's ``cpu_ram_efficient_loading``, where process 0 alone reads the
+    weights and the others build the architecture on the meta device, so that they never hold
+    the whole model in CPU memory. ``whole``: process 0's weights before sharding (else ``None``);
     ``loaded``: whether this process loaded them (else its model is allocated here first).
     Weights are sent one at a time, each process keeping its shard."""
     import torch.distributed as dist
