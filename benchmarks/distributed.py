@@ -26,12 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import (
-    alternating_calls,
-    entry_point,
-    run_benchmark,
-    settings_parser,
-)
+from benchmarks._common import alternating_calls, entry_point, run_benchmark, settings_parser
 from cl_lora.errors import BadInputError
 from cl_lora.sharding import FSDP2_VARIABLES
 

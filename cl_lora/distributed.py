@@ -255,6 +255,29 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor]) -> None:
             tensor.data.copy_(sent)
 
 
+def fill_from_first_process(
+    model: torch.nn.Module,
+    whole: dict[str, torch.Tensor] | None,
+    device: torch.device,
+    loaded: bool,
+) -> None:
+    """Give every process's sharded ``model`` process 0's weights and buffers (each process
+    calls this): FSDP2's ``cpu_ram_efficient_loading``, where process 0 alone reads the weights
+    and the others build the architecture on the meta device, so that they never hold the whole
+    model in CPU memory. ``whole``: process 0's weights before sharding (else ``None``);
+    ``loaded``: whether this process loaded them (else its model is allocated here first).
+    Weights are sent one at a time, each process keeping its shard."""
+    if not loaded:
+        model.to_empty(device=device)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if whole is not None:  # process 0: its weights as loaded, its buffers as they are
+            full = whole.get(name, tensor).detach().to(device).contiguous()
+        else:
+            full = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
+        broadcast_tensors([full])
+        sharding.write_weight(tensor, full)
+
+
 def broadcast_rng() -> None:
     """Give every process process 0's CPU random state (data order, replay sampling), which
     per-process work of different sizes (dropout on unequal shares) can have moved apart."""

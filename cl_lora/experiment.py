@@ -95,10 +95,12 @@ def load_backbone(
         backbone.source["fingerprint"] = distributed.gather_in_order(mine)[0]
     if distributed.sharded():
         sent = not all(read)  # process 0 sends its weights to those that did not read them
-        whole = sharding.whole_weights(backbone.encoder) if sent and processes.main else None
+        # process 0's whole weights, kept through the sharding that replaces them
+        whole = dict(backbone.encoder.named_parameters()) if sent and processes.main else None
         sharding.shard(backbone.encoder, processes.fsdp, device, processes.world)
         if sent:
-            sharding.fill_from_first_process(backbone.encoder, whole, device, read[processes.rank])
+            loaded = read[processes.rank]
+            distributed.fill_from_first_process(backbone.encoder, whole, device, loaded)
     return backbone
 
 

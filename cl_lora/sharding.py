@@ -140,31 +140,3 @@ def write_weight(weight: torch.Tensor, value: torch.Tensor) -> None:
 def is_empty(model: nn.Module) -> bool:
     """Whether ``model`` was built without its weights (on the ``meta`` device)."""
     return any(p.is_meta for p in model.parameters())
-
-
-def whole_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s weights by name, kept whole through :func:`shard` (which replaces them with
-    shards): process 0's source for :func:`fill_from_first_process`."""
-    return dict(model.named_parameters())
-
-
-def fill_from_first_process(
-    model: nn.Module, whole: dict[str, torch.Tensor] | None, device: torch.device, loaded: bool
-) -> None:
-    """Give every process's sharded ``model`` process 0's weights and buffers (each process
-    calls this): accelerate's ``cpu_ram_efficient_loading``, where process 0 alone reads the
-    weights and the others build the architecture on the meta device, so that they never hold
-    the whole model in CPU memory. ``whole``: process 0's weights before sharding (else ``None``);
-    ``loaded``: whether this process loaded them (else its model is allocated here first).
-    Weights are sent one at a time, each process keeping its shard."""
-    import torch.distributed as dist
-
-    if not loaded:
-        model.to_empty(device=device)
-    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        if whole is not None:  # process 0: its weights as loaded, its buffers as they are
-            full = whole.get(name, tensor).detach().to(device).contiguous()
-        else:
-            full = torch.empty(tensor.shape, dtype=tensor.dtype, device=device)
-        dist.broadcast(full, src=0)
-        write_weight(tensor, full)

@@ -135,7 +135,7 @@ def results(tmp_path_factory) -> dict[tuple[str, str], dict]:
     data = tmp_path_factory.mktemp("data")
     cache = {"CL_LORA_CACHE": str(data / "cache")}  # where the offline-vision ViT is found
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(*next(iter(cache.items())))
+        patch.setenv("CL_LORA_CACHE", cache["CL_LORA_CACHE"])
         streams = _streams(data)
     out = tmp_path_factory.mktemp("runs")
     for launch, processes, variables in (("one", 1, {}), ("ddp", 2, {}), ("fsdp2", 2, FSDP2)):
@@ -177,10 +177,10 @@ def test_two_processes_give_the_one_process_numbers(results, stream: str, launch
     assert alone["run_id"] == two["run_id"]
     assert two["matrix"] == alone["matrix"]
     assert two["scores"] == alone["scores"]  # every metric of every cell (TRACE's too)
-    curves = _curves(alone.get("retention"))
-    assert curves.keys() == _curves(two.get("retention")).keys()
+    curves, theirs = _curves(alone.get("retention")), _curves(two.get("retention"))
+    assert curves.keys() == theirs.keys()
     for name, curve in curves.items():
-        assert _near(_curves(two["retention"])[name], curve), name
+        assert _near(theirs[name], curve), name
     searched = [{**(run.get("lr_search") or {}), "cost": None} for run in (alone, two)]
     assert searched[0] == searched[1]  # the same candidates scored the same, the same choice
 
