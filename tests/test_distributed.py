@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,23 @@ def llama(tmp_path_factory) -> str:
     return tiny_llama_dir(tmp_path_factory.mktemp("llama"))
 
 
+@pytest.fixture(scope="module")
+def launched(llama: str, tmp_path_factory) -> Callable[[str], tuple[Path, str]]:
+    """The tiny-Llama command line (``_run_args``) launched once per kind, "one" (one
+    process), "ddp" (two) or "fsdp2" (two, weights sharded), and shared by the tests that read
+    it: its output folder and what it printed."""
+    launches: dict[str, tuple[Path, str]] = {}
+
+    def launch(kind: str) -> tuple[Path, str]:
+        if kind not in launches:
+            processes, variables = {"one": (1, None), "ddp": (2, None), "fsdp2": (2, FSDP2)}[kind]
+            out = tmp_path_factory.mktemp(kind)
+            launches[kind] = out, _finished(_cli(processes, _run_args(llama, out), variables))
+        return launches[kind]
+
+    return launch
+
+
 def _run_args(llama: str, out: Path) -> list[str]:
     return [
         "--stream", "offline-instruct", "--tasks", "movie-sentiment,sms-spam",
@@ -239,14 +257,11 @@ def _result(out: Path) -> tuple[dict, dict[str, dict]]:
     return json.loads(path.read_text()), adapters
 
 
-def test_the_command_run_by_the_launcher_gives_the_one_process_result(
-    llama: str, tmp_path: Path
-) -> None:
-    _finished(_cli(1, _run_args(llama, tmp_path / "one")))
-    printed = _finished(_cli(2, _run_args(llama, tmp_path / "two")))
+def test_the_command_run_by_the_launcher_gives_the_one_process_result(launched) -> None:
+    (alone, _), (both, printed) = launched("one"), launched("ddp")
     assert printed.count("result: ") == 1  # one process reports
-    one, one_adapters = _result(tmp_path / "one")
-    two, two_adapters = _result(tmp_path / "two")
+    one, one_adapters = _result(alone)
+    two, two_adapters = _result(both)
     assert one["run_id"] == two["run_id"]  # the process count is not part of the run
     assert two["processes"].pop("communication_s") > 0
     assert one["processes"]["communication_s"] == 0
@@ -280,7 +295,7 @@ ACCELERATE_CONFIG = Path(__file__).parent.parent / "docs" / "accelerate" / "fsdp
     ids=["data-parallel", "fsdp2-config"],
 )
 def test_accelerate_launch_runs_it_on_two_processes_too(
-    launch: list[str], sharding: str | None, llama: str, tmp_path: Path
+    launch: list[str], sharding: str | None, llama: str, launched, tmp_path: Path
 ) -> None:
     """accelerate's launcher (its ``launch`` command, called in-process after cl_lora's
     torchvision shim: the ``accelerate`` script itself imports torchvision first, which fails
@@ -293,8 +308,6 @@ def test_accelerate_launch_runs_it_on_two_processes_too(
         " '-m', 'cl_lora.run', *sys.argv[1:]]\n"
         "main()"
     )
-    argv = [*_run_args(llama, tmp_path / "one"), "--device", "cpu"]
-    _finished(_cli(1, argv))
     launch = subprocess.Popen(
         [sys.executable, "-c", code, *_run_args(llama, tmp_path / "two"), "--device", "cpu"],
         stdout=subprocess.PIPE,
@@ -303,7 +316,7 @@ def test_accelerate_launch_runs_it_on_two_processes_too(
         env=_environment(),
     )
     _finished(launch)
-    one, _ = _result(tmp_path / "one")
+    one, _ = _result(launched("one")[0])
     two, _ = _result(tmp_path / "two")
     assert (two["processes"]["world_size"], two["processes"]["backend"]) == (2, "gloo")
     assert two["processes"]["sharding"] == sharding
@@ -325,11 +338,11 @@ def _kill_all(pid: int) -> None:
 
 @pytest.mark.parametrize("variables", [None, FSDP2], ids=["data-parallel", "fsdp2"])
 def test_a_killed_launch_resumes_to_the_unbroken_result(
-    variables: dict | None, llama: str, tmp_path: Path
+    variables: dict | None, llama: str, launched, tmp_path: Path
 ) -> None:
     """Also with sharded weights: the resumed run replays the finished task's merge into the
     shards."""
-    _finished(_cli(2, _run_args(llama, tmp_path / "unbroken"), variables))
+    unbroken_out, _ = launched("fsdp2" if variables else "ddp")
     broken = tmp_path / "broken"
     launch = _cli(2, _run_args(llama, broken), variables)
     for line in launch.stderr:  # the task lines survive --quiet
@@ -342,7 +355,7 @@ def test_a_killed_launch_resumes_to_the_unbroken_result(
     printed = _finished(_cli(2, [*_run_args(llama, broken), "--resume"], variables))
     assert "result: " in printed
     resumed, resumed_adapters = _result(broken)
-    unbroken, unbroken_adapters = _result(tmp_path / "unbroken")
+    unbroken, unbroken_adapters = _result(unbroken_out)
     assert resumed["determinism"]["resumed_after_task"] == 0
     assert resumed["matrix"] == unbroken["matrix"]
     assert resumed["retention"] == unbroken["retention"]
