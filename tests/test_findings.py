@@ -202,6 +202,7 @@ def stream_grid(seeds: int = 5, pissa_acc: float = 0.8) -> pd.DataFrame:
                      loglik_drop=drops[-1], forgetting=0.05,
                      general_ability=general[method] + noise[i, seed, 3] / 4,
                      lr_edge="high" if (method, seed) == ("pissa", 2) else None,
+                     minutes=30.0 + seed,
                      **{f"loglik_drop_{k + 1}": d for k, d in enumerate(drops)},
                      **{"change mmlu acc": general[method], "change mmlu acc_norm": 0.0})
             )  # fmt: skip
@@ -233,7 +234,28 @@ def test_knowledge_stream_gives_its_verdicts_only_on_five_finished_seeds() -> No
     # four seeds: the tables, no verdict
     table, verdict = knowledge_stream_report(stream_grid(seeds=4))
     assert verdict == "none yet: 4 of 5 seeds finished by every method" and "| lora |" in table
+    # every finished run, with its time; here 3 methods x 5 seeds of 30 + seed minutes
+    assert re.search(
+        r"\| pissa \| 2 \| 0\.003 \| 0\.\d{3} \| 0\.050 \| 0\.69\d \| -0\.01\d \| 32 \|", table
+    )
+    assert "Run time: 8.0 h over 15 runs" in knowledge_stream_report(grid)[0]
     assert len(plot_knowledge_stream(grid).axes) == 2
+
+
+def test_knowledge_stream_shows_finished_runs_before_any_seed_is_complete() -> None:
+    """A sweep part-way through its first seed: no pairs, but each finished run is shown."""
+    from cl_lora.leaderboard.knowledge import knowledge_stream_report
+
+    grid = stream_grid(seeds=2)
+    pissa_only_seed_1 = (grid["window"] != "pissa") & (grid["seed"] == 0) | (
+        (grid["window"] == "pissa") & (grid["seed"] == 1)
+    )
+    table, verdict = knowledge_stream_report(grid[pissa_only_seed_1])
+    assert verdict == "none yet: no seed is finished by every method"
+    assert table.startswith("Seeds finished by all 3 methods: none (finished runs: lora 1,")
+    runs = [line.split(" | ")[:2] for line in table.splitlines() if re.match(r"\| \S+ \| \d", line)]
+    assert runs == [["| lora", "0"], ["| lora-null", "0"], ["| pissa", "1"]]
+    assert "Run time: 1.5 h over 3 runs" in table
 
 
 def test_knowledge_stream_pairs_only_the_seeds_every_method_finished() -> None:
@@ -257,9 +279,11 @@ def test_knowledge_stream_reads_each_runs_curves(tmp_path: Path) -> None:
              "other_metrics": {"acc_norm": {"curve": [0.4, 0.5, None]}}}  # fmt: skip
     result = {
         "retention": {"gold_loglik": {"curve": [-2.0, -2.5, -3.25]}, "probes": {"mmlu": probe}},
-        "lr_search": {"edge": "low"},
-    }
+        "lr_search": {"edge": "low", "cost": {"seconds": 600.0}},
+        "timings": {"train_s": [300.0, 400.0], "eval_s": [100.0, 80.0], "total_s": 20.0},
+    }  # total_s: a resumed run's last part only
     row = _along_stream(result)
+    assert row["minutes"] == pytest.approx((600 + 700 + 180) / 60)
     assert row["loglik_drop_1"] == 0.5 and row["loglik_drop_2"] == 1.25  # before - after task k
     assert row["change mmlu acc"] == pytest.approx(-0.1)  # after the last task - before
     assert np.isnan(row["change mmlu acc_norm"]) and row["lr_edge"] == "low"

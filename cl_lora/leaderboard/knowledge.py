@@ -111,7 +111,17 @@ def _along_stream(result: Mapping[str, Any]) -> dict[str, Any]:
             known = first is not None and last is not None
             row[f"{CHANGE}{name} {metric}"] = last - first if known else np.nan
     row["lr_edge"] = (result.get("lr_search") or {}).get("edge")
+    row["minutes"] = _run_seconds(result) / 60
     return row
+
+
+def _run_seconds(result: Mapping[str, Any]) -> float:
+    """The time a run spent searching its rate, initializing, training and evaluating (with
+    its probes): the parts ``result.json`` keeps across a resume, where ``total_s`` counts only
+    the last process's part."""
+    timings = result["timings"]
+    search = ((result.get("lr_search") or {}).get("cost") or {}).get("seconds", 0.0)
+    return search + sum(timings["train_s"]) + sum(timings["eval_s"])
 
 
 def knowledge_stream_report(grid: pd.DataFrame) -> tuple[str, str]:
@@ -137,9 +147,10 @@ def knowledge_stream_report(grid: pd.DataFrame) -> tuple[str, str]:
     shared = grid[grid["seed"].isin(complete)]
     runs = ", ".join(f"{method} {counts[method]}" for method in methods)
     lines = [f"Seeds finished by all {len(methods)} methods: "
-             f"{', '.join(map(str, complete)) or 'none'} (finished runs: {runs})."]  # fmt: skip
+             f"{', '.join(map(str, complete)) or 'none'} (finished runs: {runs}).",
+             "", _runs_table(grid)]  # fmt: skip
     if shared.empty:
-        return lines[0], "none yet: no seed is finished by every method"
+        return "\n".join(lines), "none yet: no seed is finished by every method"
     table, kept = knowledge_report(shared)
     others = [m for m in methods if m != KNOWLEDGE_REFERENCE]
     lower_acc = [
@@ -158,6 +169,23 @@ def knowledge_stream_report(grid: pd.DataFrame) -> tuple[str, str]:
     return "\n".join(lines), (
         f"{kept}{qualifier}; LoRA-Null keeps the most general ability: {general[1]}"
     )
+
+
+def _runs_table(grid: pd.DataFrame) -> str:
+    """Every finished run, unpaired (the seeds not yet finished by every method too): its
+    rate, ACC, forgetting, gold log-likelihood drop, Delta R^G and run time; then the total."""
+    lines = ["| method | seed | lr trained | ACC | forgetting | gold log-lik drop | Delta R^G "
+             "| minutes |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for _, run in grid.sort_values(["seed", "window"]).iterrows():
+        numbers = [f"{run[c]:.3f}" for c in ("acc", "forgetting", "loglik_drop")]
+        lines.append(
+            f"| {run['window']} | {run['seed']} | {run['lr']:g} | "
+            + " | ".join(numbers)
+            + f" | {run['general_ability']:+.3f} | {run['minutes']:.0f} |"
+        )
+    hours = grid["minutes"].sum() / 60
+    return "\n".join([*lines, "", f"Run time: {hours:.1f} h over {len(grid)} runs (searching, "
+                      "initializing, training and evaluating with the probes)."])  # fmt: skip
 
 
 def _task_table(grid: pd.DataFrame) -> str:
