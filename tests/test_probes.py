@@ -231,10 +231,22 @@ def test_probe_set_keeps_every_curve_and_the_general_ability_change() -> None:
     assert resumed.curves == probes.curves and resumed.probes["b"].seen == 3
 
 
-def test_a_run_scores_several_probes_and_a_local_harness_task(tmp_path, capsys) -> None:
+def test_a_run_scores_several_probes_and_a_local_harness_task(tmp_path, capsys, monkeypatch):
     """End to end offline: NQ-open, PIQA and a harness task from a local YAML (--lm-eval-
-    include), each with its curve in result.json and on the summary."""
+    include), each with its curve in result.json and on the summary; the harness's task index
+    built once for the run's check and its three evaluations."""
+    import lm_eval.tasks
+
     from cl_lora.run import main
+
+    built = []
+
+    class CountedTaskManager(lm_eval.tasks.TaskManager):
+        def __init__(self, *args, **kwargs) -> None:
+            built.append(kwargs.get("include_path"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", CountedTaskManager)
 
     stream = toy_text_to_text_stream()
     problem = build_problem(stream, tiny_llama(), 64)
@@ -256,6 +268,7 @@ def test_a_run_scores_several_probes_and_a_local_harness_task(tmp_path, capsys) 
     assert probes[f"lm-eval:{task}"]["metric"] == f"mean of {task}:acc,none"  # not its stderr
     assert result["retention"]["curve"] == probes["nq-open"]["curve"]
     assert result["retention"]["general_ability"]["delta"] is not None
+    assert built == [str(tasks)]  # indexing the harness's ~15k YAMLs takes 10-45 s
     out = capsys.readouterr().out
     assert "probe piqa" in out and "general ability" in out
     from cl_lora.leaderboard.__main__ import main as leaderboard

@@ -16,6 +16,7 @@ run stops before any work with a one-line error.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,10 +50,18 @@ def require_lm_eval(tasks: Sequence[str]) -> None:
 
 def task_manager(include: str | None) -> Any:
     """The harness's task index, with the task YAMLs of ``include`` (a folder) added."""
-    from lm_eval.tasks import TaskManager
-
     if include is not None and not Path(include).is_dir():
         raise BadInputError(f"--lm-eval-include {include} is not a folder of task YAML files")
+    return _task_index(include)
+
+
+@functools.cache
+def _task_index(include: str | None) -> Any:
+    """Built once per folder and process: indexing the harness's ~15k task YAMLs takes 10-45 s,
+    and a run asks before its work and at every evaluation. The index only names files; each
+    evaluation still builds fresh task objects from them."""
+    from lm_eval.tasks import TaskManager
+
     return TaskManager(include_path=include)
 
 
