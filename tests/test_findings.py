@@ -280,10 +280,13 @@ def test_knowledge_stream_reads_each_runs_curves(tmp_path: Path) -> None:
     result = {
         "retention": {"gold_loglik": {"curve": [-2.0, -2.5, -3.25]}, "probes": {"mmlu": probe}},
         "lr_search": {"edge": "low", "cost": {"seconds": 600.0}},
-        "timings": {"train_s": [300.0, 400.0], "eval_s": [100.0, 80.0], "total_s": 20.0},
-    }  # total_s: a resumed run's last part only
+        "timings": {"train_s": [300.0, 400.0], "eval_s": [100.0, 80.0], "total_s": 1500.0},
+        "determinism": {"resumed_after_task": None},
+    }
     row = _along_stream(result)
-    assert row["minutes"] == pytest.approx((600 + 700 + 180) / 60)
+    assert row["minutes"] == 25.0  # the wall time, from the search's start to the result
+    result["determinism"]["resumed_after_task"] = 0  # total_s counts the last part only
+    assert _along_stream(result)["minutes"] == pytest.approx((600 + 700 + 180) / 60)
     assert row["loglik_drop_1"] == 0.5 and row["loglik_drop_2"] == 1.25  # before - after task k
     assert row["change mmlu acc"] == pytest.approx(-0.1)  # after the last task - before
     assert np.isnan(row["change mmlu acc_norm"]) and row["lr_edge"] == "low"

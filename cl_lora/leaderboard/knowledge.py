@@ -116,10 +116,13 @@ def _along_stream(result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _run_seconds(result: Mapping[str, Any]) -> float:
-    """The time a run spent searching its rate, initializing, training and evaluating (with
-    its probes): the parts ``result.json`` keeps across a resume, where ``total_s`` counts only
-    the last process's part."""
+    """A run's wall time (``total_s``, from the start of its search to its result). A resumed
+    run's ``total_s`` counts only its last part, so its time is the parts ``result.json`` keeps
+    across a resume: the search, each task's init and training and each evaluation with the
+    probes (the model's loading and the first probe, before the first task, are not in it)."""
     timings = result["timings"]
+    if (result.get("determinism") or {}).get("resumed_after_task") is None:
+        return timings["total_s"]
     search = ((result.get("lr_search") or {}).get("cost") or {}).get("seconds", 0.0)
     return search + sum(timings["train_s"]) + sum(timings["eval_s"])
 
@@ -184,8 +187,8 @@ def _runs_table(grid: pd.DataFrame) -> str:
             + f" | {run['general_ability']:+.3f} | {run['minutes']:.0f} |"
         )
     hours = grid["minutes"].sum() / 60
-    return "\n".join([*lines, "", f"Run time: {hours:.1f} h over {len(grid)} runs (searching, "
-                      "initializing, training and evaluating with the probes)."])  # fmt: skip
+    return "\n".join([*lines, "", f"Run time: {hours:.1f} h over {len(grid)} runs (a resumed "
+                      "run: its search, training and evaluations only)."])  # fmt: skip
 
 
 def _task_table(grid: pd.DataFrame) -> str:
